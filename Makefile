@@ -1,0 +1,37 @@
+# promoter-relay developer commands. Everything runs from a local virtualenv that `make` builds itself.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test lint unit bench chaos clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	# The older Segment client (body-only writeKey auth), importable only by tests that ask for it.
+	$(BIN)/pip install --quiet --no-deps --target $(VENV)/segment-2.3 'segment-analytics-python==2.3.6'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/promoter-relay dev
+
+lint: $(STAMP)
+	$(BIN)/ruff check app worker tests
+	$(BIN)/ruff format --check app worker tests
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+chaos: $(STAMP)
+	$(BIN)/python -m tests.chaos
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

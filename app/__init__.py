@@ -1,0 +1,42 @@
+"""promoter-relay HTTP side: Segment ingest, health checks and the inspection UI/API."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException
+
+from worker import settings as settings_module
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the app; ``test_config`` overrides settings by field name (``redis_url=...``)."""
+    from app import admin, health, ingest, metrics
+    from app.relay import connect
+
+    app = Flask(__name__)
+    overrides = dict(test_config or {})
+    testing = bool(overrides.pop("TESTING", False))
+    app.config.update(TESTING=testing, MAX_CONTENT_LENGTH=None, JSON_SORT_KEYS=False)
+    settings = settings_module.load(os.environ, **overrides)
+    app.extensions["relay"] = connect(settings)
+
+    app.register_blueprint(health.bp)
+    app.register_blueprint(ingest.bp)
+    app.register_blueprint(admin.bp)
+    app.register_blueprint(metrics.bp)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(error: HTTPException) -> tuple[Response, int]:
+        code = error.code or 500
+        return jsonify(success=False, errors={"_request": [error.description or error.name]}), code
+
+    @app.errorhandler(Exception)
+    def _unexpected(error: Exception) -> tuple[Response, int]:
+        app.logger.exception("unhandled error")
+        return jsonify(success=False, errors={"_service": ["Internal error; retry later."]}), 500
+
+    return app

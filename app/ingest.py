@@ -1,0 +1,236 @@
+"""Segment-compatible ingest: the Tracking API (``/v1/...``) and the Webhooks destination (``/segment``).
+
+A request is answered 200 only after its events are recorded and queued in Redis by one atomic
+script; anything that cannot be used is answered 4xx with field errors (Segment never retries a 4xx,
+so nothing is lost by refusing early); Redis trouble is a 503 with ``Retry-After`` so that Segment
+retries later instead of dropping events.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from flask import Blueprint, Response, current_app, jsonify, request
+from marshmallow import ValidationError
+
+from app.auth import basic_username, key_matches, signature_matches
+from app.payload import (
+    MAX_BATCH_EVENTS,
+    MAX_EVENT_BYTES,
+    PayloadError,
+    event_size,
+    first_element_bytes,
+    parse_json,
+    read_body,
+)
+from app.relay import relay
+from app.schemas import MESSAGE_TYPES, SHORT_TYPES, load_message, promoter_enabled, to_event
+from worker import broker, keys
+from worker.events import DELIVERED_TYPES, ORDER_EVENTS, Event, user_key
+from worker.ledger import Admission
+from worker.settings import Settings
+
+bp = Blueprint("ingest", __name__)
+
+RETRY_AFTER_SECONDS = 5
+
+
+@dataclass
+class Outcome:
+    admissions: list[Admission] = field(default_factory=list)
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Unauthorized(Exception):
+    pass
+
+
+@bp.errorhandler(PayloadError)
+def _payload_error(error: PayloadError) -> tuple[Response, int]:
+    return jsonify(success=False, errors=error.errors), error.status
+
+
+@bp.errorhandler(Unauthorized)
+def _unauthorized(error: Unauthorized) -> tuple[Response, int]:
+    response = jsonify(success=False, errors={"_auth": [str(error)]})
+    response.headers["WWW-Authenticate"] = 'Basic realm="promoter-relay"'
+    return response, 401
+
+
+@bp.errorhandler(redis.RedisError)
+def _redis_down(error: redis.RedisError) -> tuple[Response, int]:
+    current_app.logger.warning("redis unavailable, answering 503: %s", type(error).__name__)
+    response = jsonify(success=False, errors={"_service": ["Temporarily unable to store events."]})
+    response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response, 503
+
+
+@bp.post("/v1/<kind>")
+def tracking_api(kind: str) -> tuple[Response, int]:
+    kind = SHORT_TYPES.get(kind, kind)
+    if kind not in MESSAGE_TYPES and kind != "batch":
+        return jsonify(success=False, errors={"_path": [f"Unknown endpoint /v1/{kind}."]}), 404
+    document = parse_json(read_body(request))
+    body_key = document.get("writeKey") if isinstance(document, dict) else None
+    _require_write_key(basic_username(request) or (body_key if isinstance(body_key, str) else None))
+    if kind != "batch":
+        return _single(document, kind)
+    if not isinstance(document, dict):
+        raise PayloadError(400, {"_schema": ["A batch must be a JSON object."]})
+    shared = {name: document.get(name) for name in ("context", "integrations")}
+    return _batch(document.get("batch"), shared)
+
+
+@bp.post("/segment")
+def webhook() -> tuple[Response, int]:
+    body = read_body(request)
+    document = parse_json(body)
+    secret = relay().settings.segment_shared_secret
+    if secret:
+        signed = first_element_bytes(body.decode("utf-8")) if isinstance(document, list) else body
+        if isinstance(document, list) and not document:
+            signed = body
+        if not signature_matches(secret, signed, request.headers.get("X-Signature")):
+            raise Unauthorized("Missing or invalid X-Signature.")
+    else:
+        body_key = document.get("writeKey") if isinstance(document, dict) else None
+        _require_write_key(basic_username(request) or (body_key if isinstance(body_key, str) else None))
+    if isinstance(document, list):
+        return _batch(document, {})
+    return _single(document, None)
+
+
+def _require_write_key(candidate: str | None) -> None:
+    allowed = relay().settings.segment_write_keys
+    if not allowed:
+        raise Unauthorized("No write keys are configured on this relay (SEGMENT_WRITE_KEYS).")
+    if not candidate:
+        raise Unauthorized("Missing write key (HTTP Basic username or writeKey).")
+    if not key_matches(candidate, allowed):
+        raise Unauthorized("Invalid write key.")
+
+
+def _single(document: Any, kind: str | None) -> tuple[Response, int]:
+    if isinstance(document, dict) and event_size(document) > MAX_EVENT_BYTES:
+        raise PayloadError(413, {"_request": [f"Event exceeds {MAX_EVENT_BYTES} bytes."]})
+    outcome = _admit([document], kind, {})
+    if outcome.rejected:
+        _count_rejected([{"type": kind} if kind else document], outcome)
+        return jsonify(success=False, errors=outcome.rejected[0]["errors"]), 400
+    fresh = relay().ledger.accept(outcome.admissions)
+    if not fresh[0]:
+        return jsonify(success=True, duplicate=True), 200
+    return jsonify(success=True), 200
+
+
+def _batch(items: Any, shared: dict[str, Any]) -> tuple[Response, int]:
+    if not isinstance(items, list):
+        raise PayloadError(400, {"batch": ["Must be a list of messages."]})
+    if len(items) > MAX_BATCH_EVENTS:
+        raise PayloadError(400, {"batch": [f"At most {MAX_BATCH_EVENTS} events per batch."]})
+    outcome = _admit(items, None, shared)
+    fresh = relay().ledger.accept(outcome.admissions)
+    if outcome.rejected:
+        _count_rejected(items, outcome)
+    accepted = sum(fresh)
+    status = 400 if items and not outcome.admissions else 200
+    return (
+        jsonify(
+            success=status == 200,
+            accepted=accepted,
+            duplicates=len(fresh) - accepted,
+            rejected=outcome.rejected,
+        ),
+        status,
+    )
+
+
+def _merge(item: Any, shared: dict[str, Any]) -> Any:
+    """Batch-level context/integrations apply to every item; the item's own values win."""
+    if not isinstance(item, dict):
+        return item
+    merged = dict(item)
+    for name, value in shared.items():
+        if isinstance(value, dict) and value:
+            own = item.get(name)
+            merged[name] = {**value, **own} if isinstance(own, dict) else value
+    return merged
+
+
+def _admit(items: list[Any], kind: str | None, shared: dict[str, Any]) -> Outcome:
+    outcome = Outcome()
+    events: list[tuple[int, Event, bool]] = []
+    for index, raw in enumerate(items):
+        item = _merge(raw, shared)
+        try:
+            if kind is None and event_size(item) > MAX_EVENT_BYTES:
+                raise ValidationError({"_schema": [f"Event exceeds {MAX_EVENT_BYTES} bytes."]})
+            message = load_message(item, kind)
+            enabled = promoter_enabled(message.get("integrations") or {})
+            events.append((index, to_event(message), enabled))
+        except ValidationError as error:
+            outcome.rejected.append({"index": index, "errors": _errors(error)})
+    unknown = _identifies_without_known_email([event for _, event, enabled in events if enabled])
+    settings = relay().settings
+    for index, event, enabled in events:
+        if event["messageId"] in unknown:
+            errors = {"traits": {"email": ["Missing data for required field (user not known yet)."]}}
+            outcome.rejected.append({"index": index, "errors": errors})
+            continue
+        outcome.admissions.append(_admission(event, enabled, settings))
+    outcome.rejected.sort(key=lambda entry: int(entry["index"]))
+    return outcome
+
+
+def _admission(event: Event, enabled: bool, settings: Settings) -> Admission:
+    if not enabled:
+        return Admission(event, "skipped", "Promoter disabled by the integrations object")
+    if event["type"] not in DELIVERED_TYPES:
+        return Admission(event, "skipped", f"{event['type']} messages are not sent to Promoter")
+    name = event.get("event") or ""
+    if event["type"] == "track" and name not in ORDER_EVENTS and not settings.is_survey_event(name):
+        return Admission(event, "skipped", "not a survey event (SURVEY_EVENTS)")
+    return Admission(event, "received", "", broker.envelope(event, settings.queue_name))
+
+
+def _identifies_without_known_email(events: list[Event]) -> set[str]:
+    """Identify calls that carry no email are trait updates, valid only for users the relay knows."""
+    seen_email: set[str] = set()
+    pending: list[Event] = []
+    for event in events:
+        if event["type"] != "identify":
+            continue
+        if event["traits"].get("email"):
+            seen_email.add(user_key(event))
+        elif user_key(event) not in seen_email:
+            pending.append(event)
+    if not pending:
+        return set()
+    pipe = relay().redis.pipeline(transaction=False)
+    for event in pending:
+        pipe.hexists(keys.known(user_key(event)), "email")
+    return {event["messageId"] for event, known in zip(pending, pipe.execute(), strict=True) if not known}
+
+
+def _count_rejected(items: list[Any], outcome: Outcome) -> None:
+    """Rejections are counted by the type the sender claimed (``unknown`` when it was unusable)."""
+    by_type: dict[str, int] = {}
+    for entry in outcome.rejected:
+        item = items[entry["index"]]
+        claimed = item.get("type") if isinstance(item, dict) else None
+        kind = claimed if claimed in MESSAGE_TYPES else "unknown"
+        by_type[kind] = by_type.get(kind, 0) + 1
+    try:
+        pipe = relay().redis.pipeline(transaction=False)
+        for kind, count in by_type.items():
+            pipe.hincrby(keys.STATS, f"rejected:{kind}", count)
+        pipe.execute()
+    except redis.RedisError:
+        current_app.logger.warning("could not count %d rejected events", len(outcome.rejected))
+
+
+def _errors(error: ValidationError) -> Any:
+    messages: Any = error.normalized_messages()  # type: ignore[no-untyped-call]
+    return messages

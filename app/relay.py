@@ -1,0 +1,35 @@
+"""The per-app handles (settings, Redis, ledger) that views reach through ``relay()``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+from flask import current_app
+
+from worker.ledger import Ledger
+from worker.settings import Settings
+
+
+@dataclass(frozen=True)
+class Relay:
+    settings: Settings
+    redis: redis.Redis
+    ledger: Ledger
+
+
+def connect(settings: Settings) -> Relay:
+    # Short timeouts: Segment's webhook gives up after 5 s, and a 503 it can retry beats a hang.
+    client = redis.Redis.from_url(
+        settings.redis_url,
+        socket_connect_timeout=1.0,
+        socket_timeout=2.0,
+        health_check_interval=30,
+        decode_responses=True,
+    )
+    return Relay(settings, client, Ledger(client, settings.status_ttl_seconds, settings.queue_name))
+
+
+def relay() -> Relay:
+    handle: Relay = current_app.extensions["relay"]
+    return handle

@@ -1,0 +1,506 @@
+"""A local fake of the Promoter.io API: as strict as the real one, controllable, and observable.
+
+Tests, benchmarks and `promoter-relay dev` need a Promoter that can be made slow, down, throttled or picky
+on demand, and that remembers what it was sent, so delivery can be asserted from outside the relay (even from
+another process, through the `/_sandbox/` control routes). Answers follow the DRF shapes described in
+DESIGN.md so the relay's error classification is exercised against what it will meet in production.
+
+Both API routes answer 200, for a new contact as for an updated one: the relay must not depend on 201.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http import HTTPStatus
+from typing import Any, NamedTuple, Self, TypeGuard
+
+import flask
+import requests
+from werkzeug.exceptions import HTTPException
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+
+JSON = dict[str, Any]
+CONTROL_PREFIX = "/_sandbox"
+
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_EMAIL_RE = re.compile(
+    rf"{_ATEXT}(?:\.{_ATEXT})*@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{{0,61}}[A-Za-z0-9])?\.)+[A-Za-z]{{2,63}}"
+)
+_ATTRIBUTE_NAME_RE = re.compile(r"[A-Za-z0-9_ ]+")
+_INELIGIBLE = {"non_field_errors": ["Contact is not eligible for survey."]}
+
+
+def _is_int(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+
+
+def _not_a_dict(value: Any) -> list[str]:
+    return [f"Invalid data. Expected a dictionary, but got {type(value).__name__}."]
+
+
+def _items(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda value: isinstance(value, list | tuple | set | frozenset) and all(check(v) for v in value)
+
+
+# Config field -> (what a valid value is, validity check, normaliser). Shared by the constructor and the
+# control route so a Python-side and an HTTP-side configuration cannot drift apart.
+_CONFIG: dict[str, tuple[str, Callable[[Any], bool], Callable[[Any], Any]]] = {
+    "api_key": ("a non-empty string", lambda v: isinstance(v, str) and v != "", str),
+    "latency_ms": ("a number >= 0", _is_number, float),
+    "failure_rate": ("a number from 0 to 1", lambda v: _is_number(v) and v <= 1, float),
+    "timeout_rate": ("a number from 0 to 1", lambda v: _is_number(v) and v <= 1, float),
+    "timeout_seconds": ("a number >= 0", _is_number, float),
+    "down": ("true or false", lambda v: isinstance(v, bool), bool),
+    "ineligible_emails": (
+        "a list of strings",
+        _items(lambda v: isinstance(v, str)),
+        lambda v: {e.lower() for e in v},
+    ),
+    "campaigns": (
+        "null or a list of integers",
+        lambda v: v is None or _items(_is_int)(v),
+        lambda v: None if v is None else set(v),
+    ),
+    "seed": ("null or an integer", lambda v: v is None or _is_int(v), lambda v: v),
+    "fail_next": ("a list of HTTP status codes", _items(lambda v: _is_int(v) and 100 <= v <= 599), list),
+    "throttle_next": ("an integer >= 0", lambda v: _is_int(v) and v >= 0, int),
+    "retry_after": ("an integer >= 0", lambda v: _is_int(v) and v >= 0, int),
+    "delay_next": ("a list of numbers >= 0", _items(_is_number), lambda v: [float(x) for x in v]),
+    "survey_cooldown_seconds": ("a number >= 0", _is_number, float),
+}
+
+
+def _normalise(name: str, value: Any) -> Any:
+    if name not in _CONFIG:
+        raise ValueError(f"unknown config field {name!r}; known: {', '.join(sorted(_CONFIG))}")
+    expected, valid, convert = _CONFIG[name]
+    if not valid(value):
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    return convert(value)
+
+
+class _Plan(NamedTuple):
+    record: JSON
+    sleep: float
+    failure: int | None
+    retry_after: int
+
+
+@dataclass
+class SandboxState:
+    """Configuration, recorded calls and contacts of one sandbox, shared by request threads under one lock.
+
+    Every random draw comes from one seeded generator, two per call, so a seeded run fails the same calls
+    whatever the rates are changed to. `seq` and contact ids are never reused, even across `reset()`, so a
+    stale id held by the relay cannot silently match a different contact.
+    """
+
+    api_key: str = field(default="sandbox-key", repr=False)
+    latency_ms: float = 0
+    failure_rate: float = 0
+    timeout_rate: float = 0
+    timeout_seconds: float = 2.0
+    down: bool = False
+    ineligible_emails: set[str] = field(default_factory=set)
+    campaigns: set[int] | None = None
+    seed: int | None = None
+    fail_next: list[int] = field(default_factory=list)
+    throttle_next: int = 0
+    retry_after: int = 1
+    delay_next: list[float] = field(default_factory=list)
+    # Promoter's own throttle: a contact surveyed for a campaign within this window is "not eligible".
+    survey_cooldown_seconds: float = 0
+    _surveyed: dict[tuple[int, str], float] = field(default_factory=dict, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
+    _random: random.Random = field(init=False, repr=False, compare=False)
+    _calls: list[JSON] = field(default_factory=list, init=False, repr=False)
+    _contacts: dict[str, JSON] = field(default_factory=dict, init=False, repr=False)
+    _seq: int = field(default=0, init=False, repr=False)
+    _next_id: int = field(default=1, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for name in _CONFIG:
+            setattr(self, name, _normalise(name, getattr(self, name)))
+        self._random = random.Random(self.seed)
+
+    def configure(self, fields: Mapping[str, Any]) -> JSON:
+        """Validate everything before changing anything, so a bad request leaves the config as it was."""
+        normalised = {name: _normalise(name, value) for name, value in fields.items()}
+        with self._lock:
+            for name, value in normalised.items():
+                setattr(self, name, value)
+            if "seed" in normalised:
+                self._random = random.Random(self.seed)
+        return self.config()
+
+    def config(self) -> JSON:
+        """Leaves out api_key: the control routes are unauthenticated and their output ends up in logs."""
+        with self._lock:
+            values = {name: getattr(self, name) for name in _CONFIG if name != "api_key"}
+        return {
+            k: sorted(v) if isinstance(v, set) else list(v) if isinstance(v, list) else v
+            for k, v in values.items()
+        }
+
+    def begin_call(self, method: str, path: str, body: Any) -> _Plan:
+        """Records the call and decides its fate in one locked step, so one-shot queues fire exactly once."""
+        with self._lock:
+            self._seq += 1
+            record: JSON = {"seq": self._seq, "at": time.time(), "method": method, "path": path}
+            record |= {"json": body, "status": None}
+            self._calls.append(record)
+            timeout_draw, failure_draw = self._random.random(), self._random.random()
+            sleep = (self.delay_next.pop(0) if self.delay_next else 0.0) + self.latency_ms / 1000
+            sleep += self.timeout_seconds if timeout_draw < self.timeout_rate else 0.0
+            failure: int | None = None
+            if self.fail_next:
+                failure = self.fail_next.pop(0)
+            elif self.throttle_next > 0:
+                self.throttle_next -= 1
+                failure = 429
+            elif self.down or failure_draw < self.failure_rate:
+                failure = 503
+            return _Plan(record, sleep, failure, self.retry_after)
+
+    def finish_call(self, record: JSON, status: int) -> None:
+        with self._lock:
+            record["status"] = status
+
+    def calls(self, path: str | None = None) -> list[JSON]:
+        """Calls still being answered (sleeping) are listed with status None."""
+        with self._lock:
+            return [dict(c) for c in self._calls if path is None or c["path"] == path]
+
+    def contacts(self) -> list[JSON]:
+        with self._lock:
+            return [{**c, "attributes": dict(c["attributes"])} for c in self._contacts.values()]
+
+    def reset(self) -> None:
+        with self._lock:
+            self._calls.clear()
+            self._contacts.clear()
+            self._surveyed.clear()
+
+    def is_ineligible(self, email: str) -> bool:
+        with self._lock:
+            return email.lower() in self.ineligible_emails
+
+    def take_survey_slot(self, campaign: int, email: str) -> bool:
+        """False while the contact is within the cooldown of an earlier survey of this campaign."""
+        key, now = (campaign, email.lower()), time.time()
+        with self._lock:
+            last = self._surveyed.get(key)
+            if last is not None and now - last < self.survey_cooldown_seconds:
+                return False
+            self._surveyed[key] = now
+            return True
+
+    def upsert(self, data: Mapping[str, Any]) -> JSON:
+        """Contacts are keyed by lower-cased email, like Promoter; the first spelling seen is kept."""
+        with self._lock:
+            contact = self._contacts.get(data["email"].lower())
+            if contact is None:
+                created = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+                contact = {"id": self._next_id, "email": data["email"], "first_name": "", "last_name": ""}
+                contact |= {"created_date": created, "attributes": {}, "contact_list": []}
+                self._contacts[data["email"].lower()] = contact
+                self._next_id += 1
+            for name in ("first_name", "last_name"):
+                if data.get(name) is not None:
+                    contact[name] = data[name]
+            contact["attributes"].update(data.get("attributes") or {})
+            contact["contact_list"] = sorted({*contact["contact_list"], *(data.get("contact_list") or [])})
+            return {k: dict(v) if k == "attributes" else v for k, v in contact.items() if k != "contact_list"}
+
+
+class _Rejected(Exception):
+    def __init__(self, status: int, payload: JSON, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(status, payload)
+        self.status, self.payload, self.headers = status, payload, dict(headers or {})
+
+
+def _response(status: int, payload: JSON, headers: Mapping[str, str] | None = None) -> flask.Response:
+    response = flask.jsonify(payload)
+    response.status_code = status
+    response.headers.update(headers or {})
+    return response
+
+
+def _failure(status: int, retry_after: int) -> flask.Response:
+    if status == 429:
+        detail = f"Request was throttled. Expected available in {float(retry_after)} seconds."
+        return _response(429, {"detail": detail}, {"Retry-After": str(retry_after)})
+    if status == 503:
+        return _response(503, {"detail": "Service unavailable"})
+    try:
+        return _response(status, {"detail": HTTPStatus(status).phrase})
+    except ValueError:
+        return _response(status, {"detail": "Error"})
+
+
+def _authenticate(header: str | None, api_key: str) -> flask.Response | None:
+    """Any scheme other than `Token` counts as a wrong token: the relay never sends another one."""
+    challenge = {"WWW-Authenticate": "Token"}
+    if not header:
+        return _response(401, {"detail": "Authentication credentials were not provided."}, challenge)
+    scheme, _, token = header.partition(" ")
+    if scheme != "Token" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
+        return _response(401, {"detail": "Invalid token."}, challenge)
+    return None
+
+
+def _parse(raw: bytes) -> tuple[Any, str | None]:
+    if not raw.strip():
+        return None, None
+    try:
+        return json.loads(raw), None
+    except ValueError as exc:
+        return None, f"JSON parse error - {exc}"
+
+
+def _body() -> JSON:
+    """An empty body reads as `{}`, as in DRF, so it yields field errors rather than a parse error."""
+    if flask.g.parse_error is not None:
+        raise _Rejected(400, {"detail": flask.g.parse_error})
+    body = {} if flask.g.body is None else flask.g.body
+    if not isinstance(body, dict):
+        raise _Rejected(400, {"non_field_errors": _not_a_dict(body)})
+    return body
+
+
+def _attribute_errors(attributes: Any) -> list[str]:
+    if attributes is None:
+        return []
+    if not isinstance(attributes, dict):
+        return [f'Expected a dictionary of items but got type "{type(attributes).__name__}".']
+    errors = []
+    for name, value in attributes.items():
+        if not _ATTRIBUTE_NAME_RE.fullmatch(name):
+            errors.append(f"Attribute name {name!r} may only contain letters, digits, underscore and space.")
+        if not isinstance(value, str):
+            errors.append(f"Attribute {name!r} must be a string.")
+    return errors
+
+
+def _contact_errors(data: JSON) -> JSON:
+    errors: JSON = {}
+    email = data.get("email")
+    if email is None or email == "":
+        errors["email"] = ["This field is required."]
+    elif not isinstance(email, str) or len(email) > 254 or not _EMAIL_RE.fullmatch(email):
+        errors["email"] = ["Enter a valid email address."]
+    for name in ("first_name", "last_name"):
+        if data.get(name) is not None and not isinstance(data[name], str):
+            errors[name] = ["Not a valid string."]
+    if data.get("contact_list") is not None and not _items(_is_int)(data["contact_list"]):
+        errors["contact_list"] = ["A valid list of integers is required."]
+    if attribute_errors := _attribute_errors(data.get("attributes")):
+        errors["attributes"] = attribute_errors
+    return errors
+
+
+def create_sandbox(state: SandboxState | None = None) -> flask.Flask:
+    """Every non-control request passes the gate (record, sleep, injected failure, auth) before any route,
+    so unknown paths and wrong methods are recorded and fail the same way real ones do."""
+    state = SandboxState() if state is None else state
+    app = flask.Flask(__name__)
+    app.extensions["promoter_sandbox"] = state
+
+    @app.before_request
+    def gate() -> flask.Response | None:
+        request = flask.request
+        if request.path.startswith(CONTROL_PREFIX + "/"):
+            return None
+        flask.g.body, flask.g.parse_error = _parse(request.get_data(cache=True))
+        plan = state.begin_call(request.method, request.path, flask.g.body)
+        flask.g.record = plan.record
+        if plan.sleep > 0:
+            time.sleep(plan.sleep)
+        if plan.failure is not None:
+            return _failure(plan.failure, plan.retry_after)
+        return _authenticate(request.headers.get("Authorization"), state.api_key)
+
+    @app.after_request
+    def record_status(response: flask.Response) -> flask.Response:
+        if (record := flask.g.get("record")) is not None:
+            state.finish_call(record, response.status_code)
+        return response
+
+    @app.errorhandler(_Rejected)
+    def rejected(exc: _Rejected) -> flask.Response:
+        return _response(exc.status, exc.payload, exc.headers)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> flask.Response:
+        status = exc.code or 500
+        detail = {404: "Not found.", 405: f'Method "{flask.request.method}" not allowed.'}.get(status)
+        return _response(status, {"detail": detail or exc.name})
+
+    @app.post("/contacts/")
+    def upsert_contact() -> flask.Response:
+        body = _body()
+        if errors := _contact_errors(body):
+            raise _Rejected(400, errors)
+        return _response(200, state.upsert(body))
+
+    @app.post("/v2/survey/")
+    def survey() -> flask.Response:
+        body, errors = _body(), dict[str, Any]()
+        campaign, contact, campaigns = body.get("campaign_id"), body.get("contact"), state.campaigns
+        if not _is_int(campaign):
+            errors["campaign_id"] = ["A valid integer is required."]
+        elif campaign <= 0 or (campaigns is not None and campaign not in campaigns):
+            errors["campaign_id"] = [f'Invalid pk "{campaign}" - object does not exist.']
+        if contact is None:
+            errors["contact"] = ["This field is required."]
+        elif not isinstance(contact, dict):
+            errors["contact"] = {"non_field_errors": _not_a_dict(contact)}
+        elif contact_errors := _contact_errors(contact):
+            errors["contact"] = contact_errors
+        if attribute_errors := _attribute_errors(body.get("attributes")):
+            errors["attributes"] = attribute_errors
+        if errors or not isinstance(contact, dict) or not _is_int(campaign):
+            raise _Rejected(400, errors)
+        if state.is_ineligible(contact["email"]) or not state.take_survey_slot(campaign, contact["email"]):
+            raise _Rejected(400, _INELIGIBLE)
+        answer = {"campaign": campaign, "contact": state.upsert(contact)}
+        return _response(200, answer | {"attributes": body.get("attributes") or {}})
+
+    @app.get(f"{CONTROL_PREFIX}/calls")
+    def list_calls() -> JSON:
+        return {"calls": state.calls(flask.request.args.get("path"))}
+
+    @app.delete(f"{CONTROL_PREFIX}/calls")
+    def reset_calls() -> JSON:
+        state.reset()
+        return {"calls": []}
+
+    @app.get(f"{CONTROL_PREFIX}/config")
+    def get_config() -> JSON:
+        return state.config()
+
+    @app.post(f"{CONTROL_PREFIX}/config")
+    def set_config() -> JSON:
+        fields = flask.request.get_json(silent=True)
+        if not isinstance(fields, dict):
+            raise _Rejected(400, {"detail": "Expected a JSON object of config fields."})
+        try:
+            return state.configure(fields)
+        except ValueError as exc:
+            raise _Rejected(400, {"detail": str(exc)}) from exc
+
+    @app.get(f"{CONTROL_PREFIX}/contacts")
+    def list_contacts() -> JSON:
+        return {"contacts": state.contacts()}
+
+    @app.get(f"{CONTROL_PREFIX}/healthz")
+    def healthz() -> JSON:
+        return {"ok": True}
+
+    return app
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        """One access line per test request drowns pytest output; errors still go through `log_error`."""
+
+
+class SandboxServer:
+    """A sandbox on a real socket in a daemon thread, so clients are tested over genuine HTTP."""
+
+    def __init__(self, state: SandboxState | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.state = SandboxState() if state is None else state
+        self.host, self.port = host, port
+        self._server: BaseWSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("SandboxServer is not started")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self._server.server_port}"
+
+    def start(self) -> Self:
+        if self._server is None:
+            app = create_sandbox(self.state)
+            self._server = make_server(
+                self.host, self.port, app, threaded=True, request_handler=_QuietHandler
+            )
+            self._thread = threading.Thread(
+                target=self._server.serve_forever, args=(0.05,), name="promoter-sandbox", daemon=True
+            )
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Request threads are daemons, so a call sleeping on an injected delay does not hold up the stop;
+        the short poll interval in `start` keeps shutdown from costing half a second per test."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._server = self._thread = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def serve(host: str, port: int, state: SandboxState) -> None:
+    """Blocks until interrupted; access lines are kept here because someone is watching this terminal."""
+    server = make_server(host, port, create_sandbox(state), threaded=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+
+
+class SandboxControl:
+    """Drives a sandbox over HTTP, so tests work the same whether it runs in-process or in another process."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/")
+
+    def _call(self, method: str, route: str, **kwargs: Any) -> JSON:
+        response = requests.request(method, f"{self.url}{CONTROL_PREFIX}{route}", timeout=10, **kwargs)
+        response.raise_for_status()
+        payload: JSON = response.json()
+        return payload
+
+    def calls(self, path: str | None = None) -> list[JSON]:
+        calls: list[JSON] = self._call("GET", "/calls", params={"path": path} if path else None)["calls"]
+        return calls
+
+    def reset(self) -> None:
+        self._call("DELETE", "/calls")
+
+    def configure(self, **fields: Any) -> JSON:
+        """Sets are sent as lists, since that is all JSON has."""
+        body = {k: sorted(v) if isinstance(v, set | frozenset) else v for k, v in fields.items()}
+        return self._call("POST", "/config", json=body)
+
+    def config(self) -> JSON:
+        return self._call("GET", "/config")
+
+    def surveys(self) -> list[JSON]:
+        return [call for call in self.calls("/v2/survey/") if call["status"] == 200]
+
+    def contacts(self) -> list[JSON]:
+        contacts: list[JSON] = self._call("GET", "/contacts")["contacts"]
+        return contacts

@@ -1,0 +1,197 @@
+"""marshmallow schemas for the Segment spec, and the reduction of a message to a worker ``Event``.
+
+Segment's libraries disagree on details (snake_case vs camelCase traits, ``Z`` vs ``+00:00``,
+explicit ``null`` everywhere, numeric user ids), so the schemas are lenient where the spec is and
+strict where delivery depends on it: a message that would only fail later in the worker is
+rejected here with a field error, because Segment never retries a 4xx but does retry a 5xx.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from marshmallow import (
+    EXCLUDE,
+    Schema,
+    ValidationError,
+    fields,
+    post_load,
+    validate,
+    validates_schema,
+)
+
+from worker.events import Event
+
+MESSAGE_TYPES = ("identify", "track", "page", "screen", "group", "alias")
+SHORT_TYPES = {"i": "identify", "t": "track", "p": "page", "s": "screen", "g": "group", "a": "alias"}
+PROMOTER_KEYS = ("Promoter", "Promoter.io")
+_email = validate.Email(error="Not a valid email address.")
+
+
+class Identifier(fields.Field[str]):
+    """A user or anonymous id: Segment allows strings, and many senders send numbers."""
+
+    default_error_messages = {"invalid": "Must be a non-empty string or a number."}
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise self.make_error("invalid")
+        text = str(value).strip()
+        if not text or len(text) > 512:
+            raise self.make_error("invalid")
+        return text
+
+
+class Mapping(fields.Dict):
+    """An object that may also arrive as an explicit null, which means empty."""
+
+    def deserialize(self, value: Any, attr: str | None = None, data: Any = None, **kwargs: Any) -> Any:
+        if value is None:
+            return {}
+        return super().deserialize(value, attr, data, **kwargs)
+
+
+class Timestamp(fields.DateTime):
+    """Both ``...Z`` and ``...+00:00`` come in; one UTC spelling goes out."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        parsed: datetime = super()._deserialize(value, attr, data, **kwargs)
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return parsed.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+class MessageSchema(Schema):
+    """Fields every Segment message may carry; anything else (version, channel, ...) is ignored."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    type = fields.String(required=True, validate=validate.OneOf(MESSAGE_TYPES))
+    messageId = fields.String(load_default=None, allow_none=True, validate=validate.Length(1, 512))
+    userId = Identifier(load_default=None, allow_none=True)
+    anonymousId = Identifier(load_default=None, allow_none=True)
+    timestamp = Timestamp(load_default=None, allow_none=True)
+    originalTimestamp = Timestamp(load_default=None, allow_none=True)
+    sentAt = Timestamp(load_default=None, allow_none=True)
+    context = Mapping(load_default=dict, allow_none=True)
+    integrations = Mapping(load_default=dict, allow_none=True)
+    traits = Mapping(load_default=dict, allow_none=True)
+    properties = Mapping(load_default=dict, allow_none=True)
+    event = fields.String(load_default=None, allow_none=True)
+    writeKey = fields.String(load_default=None, allow_none=True, load_only=True)
+
+    @validates_schema
+    def _check_type_rules(self, data: dict[str, Any], **kwargs: Any) -> None:
+        kind = data.get("type")
+        if kind == "identify":
+            if not data.get("userId"):
+                raise ValidationError("Missing data for required field.", "userId")
+            email = _find_email(data.get("traits") or {})
+            if email is not None:
+                try:
+                    _email(email)
+                except ValidationError as error:
+                    raise ValidationError({"traits": {"email": error.messages}}) from None
+        elif kind == "track":
+            if not data.get("event") or not str(data["event"]).strip():
+                raise ValidationError("Missing data for required field.", "event")
+            if not data.get("userId") and not data.get("anonymousId"):
+                raise ValidationError("userId or anonymousId is required.", "userId")
+        _campaign_override(data.get("integrations") or {})
+
+    @post_load
+    def _fill_message_id(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        if not data.get("messageId"):
+            data["messageId"] = f"relay-{uuid.uuid4()}"
+        return data
+
+
+def _find_email(traits: dict[str, Any]) -> str | None:
+    for key in ("email", "Email", "EMAIL"):
+        value = traits.get(key)
+        if value is not None:
+            if not isinstance(value, str):
+                raise ValidationError({"traits": {"email": ["Not a valid string."]}})
+            return value.strip()
+    return None
+
+
+def normalize_traits(traits: dict[str, Any]) -> dict[str, Any]:
+    """Canonical ``email``/``firstName``/``lastName`` out of whichever spelling the sender used."""
+    out = {k: v for k, v in traits.items() if v is not None}
+    email = _find_email(out)
+    for key in ("Email", "EMAIL"):
+        out.pop(key, None)
+    if email:
+        out["email"] = email
+    for canonical, snake in (("firstName", "first_name"), ("lastName", "last_name")):
+        value = out.pop(snake, None)
+        if not out.get(canonical) and value:
+            out[canonical] = value
+        if canonical in out:
+            out[canonical] = str(out[canonical]).strip()
+    name = out.get("name")
+    if isinstance(name, str) and name.strip() and not out.get("firstName") and not out.get("lastName"):
+        first, _, last = name.strip().partition(" ")
+        out["firstName"], out["lastName"] = first, last.strip()
+    return out
+
+
+def promoter_enabled(integrations: dict[str, Any]) -> bool:
+    """Segment's rule: a destination explicitly off is off; ``All: false`` turns off the unnamed."""
+    for key in PROMOTER_KEYS:
+        if key in integrations:
+            return bool(integrations[key])
+    return integrations.get("All", True) is not False
+
+
+def _campaign_override(integrations: dict[str, Any]) -> int | None:
+    for key in PROMOTER_KEYS:
+        options = integrations.get(key)
+        if isinstance(options, dict) and options.get("campaign") is not None:
+            campaign = options["campaign"]
+            try:
+                number = int(str(campaign))
+            except ValueError:
+                number = 0
+            if isinstance(campaign, bool) or number <= 0:
+                raise ValidationError({"integrations": {key: {"campaign": ["Not a valid campaign id."]}}})
+            return number
+    return None
+
+
+def to_event(message: dict[str, Any]) -> Event:
+    """Reduce a validated message to the worker's ``Event`` contract."""
+    kind = message["type"]
+    traits = message.get("traits") or {}
+    if kind == "track" and not traits:
+        traits = (message.get("context") or {}).get("traits") or {}
+    return Event(
+        messageId=message["messageId"],
+        type=kind,
+        userId=message.get("userId"),
+        anonymousId=message.get("anonymousId"),
+        traits=normalize_traits(traits) if isinstance(traits, dict) else {},
+        event=(message.get("event") or "").strip() or None,
+        properties=message.get("properties") or {},
+        context=message.get("context") or {},
+        timestamp=message.get("timestamp") or message.get("originalTimestamp"),
+        receivedAt=datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        campaignId=_campaign_override(message.get("integrations") or {}),
+    )
+
+
+_schema = MessageSchema()
+
+
+def load_message(raw: Any, default_type: str | None = None) -> dict[str, Any]:
+    """Validate one raw message; raises ``ValidationError`` with field-level messages."""
+    if not isinstance(raw, dict):
+        raise ValidationError({"_schema": ["Each message must be a JSON object."]})
+    if default_type is not None:
+        raw = {**raw, "type": default_type}
+    result: dict[str, Any] = _schema.load(raw)
+    return result

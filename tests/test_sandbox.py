@@ -1,0 +1,280 @@
+"""The fake Promoter must answer like the real one, or every relay test built on it proves the wrong thing."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+
+from app.sandbox import SandboxControl, SandboxServer, SandboxState, create_sandbox
+
+KEY = "s3cret-sandbox-key"
+CONTACT = {"email": "ada@example.com", "first_name": "Ada", "last_name": "Lovelace"}
+
+
+@pytest.fixture
+def server() -> Iterator[SandboxServer]:
+    with SandboxServer(SandboxState(api_key=KEY)) as running:
+        yield running
+
+
+@pytest.fixture
+def control(server: SandboxServer) -> SandboxControl:
+    return SandboxControl(server.url)
+
+
+def call(
+    server: SandboxServer,
+    path: str,
+    body: Any = None,
+    *,
+    auth: str | None = f"Token {KEY}",
+    data: str | None = None,
+) -> requests.Response:
+    headers = {"Authorization": auth} if auth is not None else {}
+    return requests.post(server.url + path, json=body, data=data, headers=headers, timeout=10)
+
+
+def survey(email: str = "ada@example.com", campaign: int = 7) -> dict[str, Any]:
+    return {"campaign_id": campaign, "contact": {**CONTACT, "email": email}, "attributes": {"plan": "pro"}}
+
+
+def test_url_has_no_trailing_slash_and_healthz_answers(server: SandboxServer) -> None:
+    assert server.url.startswith("http://127.0.0.1:") and not server.url.endswith("/")
+    assert requests.get(server.url + "/_sandbox/healthz", timeout=5).status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/contacts/", "/v2/survey/"])
+@pytest.mark.parametrize(
+    ("auth", "detail"),
+    [
+        (None, "Authentication credentials were not provided."),
+        ("Token wrong-key", "Invalid token."),
+        (f"Bearer {KEY}", "Invalid token."),
+        ("Token", "Invalid token."),
+    ],
+)
+def test_auth_is_required(server: SandboxServer, path: str, auth: str | None, detail: str) -> None:
+    response = call(server, path, CONTACT, auth=auth)
+    assert response.status_code == 401
+    assert response.json() == {"detail": detail}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "expected"),
+    [
+        ("/contacts/", {}, {"email": ["This field is required."]}),
+        ("/contacts/", {"first_name": "Ada"}, {"email": ["This field is required."]}),
+        ("/contacts/", {"email": "not-an-email"}, {"email": ["Enter a valid email address."]}),
+        ("/contacts/", {"email": "a@b"}, {"email": ["Enter a valid email address."]}),
+        (
+            "/contacts/",
+            {**CONTACT, "attributes": {"address.city": "Paris"}},
+            {
+                "attributes": [
+                    "Attribute name 'address.city' may only contain letters, digits, underscore and space."
+                ]
+            },
+        ),
+        (
+            "/contacts/",
+            {**CONTACT, "attributes": {"order_count": 3}},
+            {"attributes": ["Attribute 'order_count' must be a string."]},
+        ),
+        (
+            "/contacts/",
+            [CONTACT],
+            {"non_field_errors": ["Invalid data. Expected a dictionary, but got list."]},
+        ),
+        ("/v2/survey/", {**survey(), "campaign_id": None}, {"campaign_id": ["A valid integer is required."]}),
+        (
+            "/v2/survey/",
+            {**survey(), "campaign_id": "seven"},
+            {"campaign_id": ["A valid integer is required."]},
+        ),
+        ("/v2/survey/", survey(campaign=0), {"campaign_id": ['Invalid pk "0" - object does not exist.']}),
+        ("/v2/survey/", {"campaign_id": 7}, {"contact": ["This field is required."]}),
+        (
+            "/v2/survey/",
+            {"campaign_id": 7, "contact": {}},
+            {"contact": {"email": ["This field is required."]}},
+        ),
+        ("/v2/survey/", survey(email="nope"), {"contact": {"email": ["Enter a valid email address."]}}),
+        (
+            "/v2/survey/",
+            {**survey(), "attributes": {"nps": 9}},
+            {"attributes": ["Attribute 'nps' must be a string."]},
+        ),
+    ],
+)
+def test_validation_errors(server: SandboxServer, path: str, body: Any, expected: dict[str, Any]) -> None:
+    response = call(server, path, body)
+    assert response.status_code == 400
+    assert response.json() == expected
+
+
+@pytest.mark.parametrize("path", ["/contacts/", "/v2/survey/"])
+def test_non_json_body_is_a_parse_error(server: SandboxServer, path: str) -> None:
+    response = call(server, path, data="{not json")
+    assert response.status_code == 400
+    assert response.json()["detail"].startswith("JSON parse error")
+
+
+def test_unknown_campaign_is_rejected_when_campaigns_are_set(server: SandboxServer) -> None:
+    server.state.configure({"campaigns": [7]})
+    response = call(server, "/v2/survey/", survey(campaign=9))
+    assert response.status_code == 400
+    assert response.json() == {"campaign_id": ['Invalid pk "9" - object does not exist.']}
+    assert call(server, "/v2/survey/", survey(campaign=7)).status_code == 200
+
+
+def test_upsert_merges_attributes_and_keeps_id(server: SandboxServer, control: SandboxControl) -> None:
+    first = call(server, "/contacts/", {**CONTACT, "attributes": {"plan": "free", "city": "London"}})
+    second = call(server, "/contacts/", {"email": "ADA@Example.com", "attributes": {"plan": "pro"}})
+    assert first.status_code == second.status_code == 200
+    created, updated = first.json(), second.json()
+    assert set(created) == {"id", "email", "first_name", "last_name", "created_date", "attributes"}
+    assert updated["id"] == created["id"]
+    assert updated["created_date"] == created["created_date"]
+    assert updated["first_name"] == "Ada"
+    assert updated["attributes"] == {"plan": "pro", "city": "London"}
+    other = call(server, "/contacts/", {"email": "grace@example.com", "contact_list": [3]}).json()
+    assert other["id"] != created["id"]
+    assert [c["contact_list"] for c in control.contacts()] == [[], [3]]
+
+
+def test_survey_success_is_recorded_and_upserts_the_contact(
+    server: SandboxServer, control: SandboxControl
+) -> None:
+    response = call(server, "/v2/survey/", survey())
+    assert response.status_code == 200
+    body = response.json()
+    assert body["campaign"] == 7
+    assert body["attributes"] == {"plan": "pro"}
+    assert body["contact"]["email"] == "ada@example.com"
+    [recorded] = control.surveys()
+    assert recorded["json"] == survey()
+    assert recorded["method"] == "POST" and recorded["path"] == "/v2/survey/"
+    assert isinstance(recorded["seq"], int) and isinstance(recorded["at"], float)
+    assert [c["id"] for c in control.contacts()] == [body["contact"]["id"]]
+
+
+def test_ineligible_contact(server: SandboxServer, control: SandboxControl) -> None:
+    control.configure(ineligible_emails={"Ada@Example.com"})
+    response = call(server, "/v2/survey/", survey())
+    assert response.status_code == 400
+    assert response.json() == {"non_field_errors": ["Contact is not eligible for survey."]}
+    assert control.surveys() == []
+    assert [c["status"] for c in control.calls()] == [400]
+
+
+def test_fail_next_sequence_then_success(server: SandboxServer, control: SandboxControl) -> None:
+    control.configure(fail_next=[500, 503])
+    statuses = [call(server, "/v2/survey/", survey()).status_code for _ in range(3)]
+    assert statuses == [500, 503, 200]
+    assert [c["status"] for c in control.calls("/v2/survey/")] == [500, 503, 200]
+    assert control.config()["fail_next"] == []
+
+
+def test_throttle_next_answers_429_with_retry_after(server: SandboxServer, control: SandboxControl) -> None:
+    control.configure(throttle_next=2, retry_after=42)
+    for _ in range(2):
+        response = call(server, "/contacts/", CONTACT)
+        assert response.status_code == 429
+        assert response.headers["Retry-After"] == "42"
+        assert response.json() == {"detail": "Request was throttled. Expected available in 42.0 seconds."}
+    assert call(server, "/contacts/", CONTACT).status_code == 200
+
+
+def test_failures_come_before_auth(server: SandboxServer, control: SandboxControl) -> None:
+    control.configure(fail_next=[503])
+    assert call(server, "/contacts/", CONTACT, auth=None).status_code == 503
+    assert call(server, "/contacts/", CONTACT, auth=None).status_code == 401
+
+
+@pytest.mark.parametrize(
+    "config",
+    [{"latency_ms": 150}, {"delay_next": [0.15]}, {"timeout_rate": 1, "timeout_seconds": 0.15}],
+)
+def test_delays_are_applied(server: SandboxServer, control: SandboxControl, config: dict[str, Any]) -> None:
+    control.configure(**config)
+    started = time.monotonic()
+    assert call(server, "/contacts/", CONTACT).status_code == 200
+    assert time.monotonic() - started >= 0.15
+
+
+@pytest.mark.parametrize("config", [{"down": True}, {"failure_rate": 1}])
+def test_down_and_failure_rate_answer_503(
+    server: SandboxServer, control: SandboxControl, config: dict[str, Any]
+) -> None:
+    control.configure(**config)
+    for path in ("/contacts/", "/v2/survey/"):
+        response = call(server, path, survey())
+        assert response.status_code == 503
+        assert response.json() == {"detail": "Service unavailable"}
+    assert requests.get(server.url + "/_sandbox/healthz", timeout=5).status_code == 200
+
+
+def test_seeded_failures_are_reproducible() -> None:
+    def pattern() -> list[int]:
+        client = create_sandbox(SandboxState(api_key=KEY, seed=3, failure_rate=0.5)).test_client()
+        headers = {"Authorization": f"Token {KEY}"}
+        return [client.post("/contacts/", json=CONTACT, headers=headers).status_code for _ in range(20)]
+
+    first = pattern()
+    assert first == pattern()
+    assert {200, 503} == set(first)
+
+
+def test_calls_never_contain_the_api_key(server: SandboxServer, control: SandboxControl) -> None:
+    call(server, "/contacts/", CONTACT)
+    call(server, "/v2/survey/", survey(), auth=f"Token {KEY}x")
+    call(server, "/nowhere/", {}, auth=f"Token {KEY}")
+    calls = control.calls()
+    assert [c["status"] for c in calls] == [200, 401, 404]
+    dumped = json.dumps(calls) + requests.get(server.url + "/_sandbox/config", timeout=5).text
+    assert KEY not in dumped
+
+
+def test_config_round_trip(control: SandboxControl) -> None:
+    wanted = {
+        "latency_ms": 5.0,
+        "failure_rate": 0.25,
+        "timeout_rate": 0.0,
+        "timeout_seconds": 1.5,
+        "down": False,
+        "ineligible_emails": ["a@example.com", "b@example.com"],
+        "campaigns": [1, 2],
+        "seed": 11,
+        "fail_next": [500],
+        "throttle_next": 1,
+        "retry_after": 30,
+        "delay_next": [0.5],
+    }
+    assert control.configure(**wanted) == wanted
+    assert control.config() == wanted
+    assert "api_key" not in control.config()
+
+
+@pytest.mark.parametrize("body", [{"failure_rate": 2}, {"nonsense": 1}, {"fail_next": "500"}, [1]])
+def test_bad_config_is_rejected_and_changes_nothing(server: SandboxServer, body: Any) -> None:
+    before = SandboxControl(server.url).config()
+    response = requests.post(server.url + "/_sandbox/config", json=body, timeout=5)
+    assert response.status_code == 400
+    assert "detail" in response.json()
+    assert SandboxControl(server.url).config() == before
+
+
+def test_calls_filter_and_reset(server: SandboxServer, control: SandboxControl) -> None:
+    call(server, "/contacts/", CONTACT)
+    call(server, "/v2/survey/", survey())
+    assert [c["path"] for c in control.calls("/contacts/")] == ["/contacts/"]
+    assert len(control.calls()) == 2
+    control.reset()
+    assert control.calls() == [] and control.contacts() == []
+    call(server, "/contacts/", CONTACT)
+    assert control.calls()[0]["seq"] == 3

@@ -1,0 +1,197 @@
+"""Status records: one small Redis hash per message, plus a capped history and global counters.
+
+The status record doubles as the dedup marker: a ``messageId`` whose record exists has been
+accepted before, so a Segment retry is acknowledged without being queued again. It is written in
+the same Lua step that queues the task, which is what makes "answered 200" equal "queued".
+
+Every state change of every script goes through the ``set_state`` Lua function below, so history,
+counters and TTLs cannot drift apart between code paths.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from worker import keys
+from worker.events import Event, user_key
+
+FINAL_STATES = frozenset({"delivered", "ineligible", "skipped", "dead"})
+STATES = ("received", "held", "retrying", "delivered", "ineligible", "skipped", "dead")
+RECENT_LIMIT = 200
+HISTORY_LIMIT = 50
+
+# Shared by every script that changes a message's state. ARGV conventions stay with each script.
+LUA_PRELUDE = f"""
+local STATS = '{keys.STATS}'
+local function set_state(key, state, detail, now, ttl, attempts)
+  redis.call('HSET', key, 'state', state, 'updated', now, 'detail', detail or '')
+  if attempts then redis.call('HSET', key, 'attempts', attempts) end
+  local log = key .. ':log'
+  redis.call('RPUSH', log, cjson.encode({{at = tonumber(now), state = state, detail = detail or ''}}))
+  redis.call('LTRIM', log, -{HISTORY_LIMIT}, -1)
+  redis.call('EXPIRE', key, ttl)
+  redis.call('EXPIRE', log, ttl)
+  redis.call('HINCRBY', STATS, 'state:' .. state, 1)
+  local minute = STATS .. ':m:' .. math.floor(tonumber(now) / 60)
+  redis.call('HINCRBY', minute, state, 1)
+  redis.call('EXPIRE', minute, 3900)
+end
+"""
+
+_ACCEPT = (
+    LUA_PRELUDE
+    + f"""
+-- KEYS[1] queue, KEYS[1+i] status key of item i; ARGV[1] now, ARGV[2] ttl, then 7 per item.
+local now, ttl = ARGV[1], tonumber(ARGV[2])
+local fresh = {{}}
+for i = 2, #KEYS do
+  local key = KEYS[i]
+  local base = 2 + (i - 2) * 7
+  local state, kind = ARGV[base + 1], ARGV[base + 2]
+  if redis.call('EXISTS', key) == 1 then
+    fresh[#fresh + 1] = 0
+    redis.call('HINCRBY', STATS, 'duplicate:' .. kind, 1)
+  else
+    redis.call('HSET', key, 'id', ARGV[base + 6], 'type', kind, 'user', ARGV[base + 3],
+      'event', ARGV[base + 4], 'received', now, 'since', now, 'attempts', 0)
+    set_state(key, state, ARGV[base + 5], now, ttl)
+    if ARGV[base + 7] ~= '' then redis.call('LPUSH', KEYS[1], ARGV[base + 7]) end
+    redis.call('HINCRBY', STATS, 'accepted:' .. kind, 1)
+    redis.call('LPUSH', '{keys.RECENT}', ARGV[base + 6])
+    fresh[#fresh + 1] = 1
+  end
+end
+redis.call('LTRIM', '{keys.RECENT}', 0, {RECENT_LIMIT - 1})
+return fresh
+"""
+)
+
+_TRANSITION = (
+    LUA_PRELUDE
+    + """
+-- KEYS[1] status key; ARGV: now, ttl, state, detail, attempts ('' = unchanged)
+local attempts = ARGV[5] ~= '' and ARGV[5] or nil
+set_state(KEYS[1], ARGV[3], ARGV[4], ARGV[1], tonumber(ARGV[2]), attempts)
+return 1
+"""
+)
+
+
+_BEGIN = """
+-- KEYS: status; ARGV: now, ttl. Counts an attempt; returns state, attempts, since.
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[1], 'state', 'received', 'received', ARGV[1], 'since', ARGV[1], 'attempts', 0)
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+end
+local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+local record = redis.call('HMGET', KEYS[1], 'state', 'since')
+return {record[1] or 'received', attempts, record[2] or ARGV[1]}
+"""
+
+# The survey guard: 'sent' after Promoter accepted it, 'inflight:<deadline>' while a worker calls.
+_CLAIM_SURVEY = """
+-- KEYS: status; ARGV: now, lease seconds. Returns 'go', 'sent' or the seconds still leased.
+local current = redis.call('HGET', KEYS[1], 'survey') or ''
+if current == 'sent' then return 'sent' end
+local deadline = tonumber(string.match(current, '^inflight:(.+)$') or '0')
+if deadline > tonumber(ARGV[1]) then return tostring(deadline - tonumber(ARGV[1])) end
+redis.call('HSET', KEYS[1], 'survey', 'inflight:' .. (tonumber(ARGV[1]) + tonumber(ARGV[2])))
+return 'go'
+"""
+
+
+@dataclass(frozen=True)
+class Attempt:
+    state: str
+    number: int
+    since: float
+
+
+@dataclass(frozen=True)
+class Admission:
+    """One validated event on its way in: the state it starts in and its task message, if any."""
+
+    event: Event
+    state: str
+    detail: str = ""
+    message: str | None = None
+
+
+class Ledger:
+    def __init__(self, client: redis.Redis, ttl_seconds: int, queue: str) -> None:
+        self.client = client
+        self.ttl = ttl_seconds
+        self.queue = queue
+        self._accept = client.register_script(_ACCEPT)
+        self._transition = client.register_script(_TRANSITION)
+        self._begin = client.register_script(_BEGIN)
+        self._claim_survey = client.register_script(_CLAIM_SURVEY)
+
+    def accept(self, admissions: Sequence[Admission]) -> list[bool]:
+        """Record and queue every admission in one atomic round trip; False marks a duplicate."""
+        if not admissions:
+            return []
+        argv: list[Any] = [f"{time.time():.3f}", self.ttl]
+        for item in admissions:
+            event = item.event
+            argv += [
+                item.state,
+                event["type"],
+                user_key(event),
+                event.get("event") or "",
+                item.detail,
+                event["messageId"],
+                item.message or "",
+            ]
+        status_keys = [keys.message(a.event["messageId"]) for a in admissions]
+        flags = self._accept(keys=[self.queue, *status_keys], args=argv, client=self.client)
+        return [bool(flag) for flag in flags]
+
+    def transition(self, message_id: str, state: str, detail: str = "", attempts: int | None = None) -> None:
+        self._transition(
+            keys=[keys.message(message_id)],
+            args=[f"{time.time():.3f}", self.ttl, state, detail, "" if attempts is None else attempts],
+            client=self.client,
+        )
+
+    def begin(self, message_id: str) -> Attempt:
+        state, number, since = self._begin(
+            keys=[keys.message(message_id)], args=[f"{time.time():.3f}", self.ttl], client=self.client
+        )
+        return Attempt(str(state), int(number), float(since))
+
+    def claim_survey(self, message_id: str, lease_seconds: float) -> str | float:
+        """'go' to call Promoter, 'sent' if it already accepted this survey, else seconds to wait."""
+        answer = self._claim_survey(
+            keys=[keys.message(message_id)], args=[f"{time.time():.3f}", lease_seconds], client=self.client
+        )
+        return answer if answer in ("go", "sent") else float(answer)
+
+    def settle_survey(self, message_id: str, sent: bool) -> None:
+        """Record that Promoter answered (sent) or that the call failed and may be made again."""
+        self.client.hset(keys.message(message_id), "survey", "sent" if sent else "")
+
+    def status(self, message_id: str) -> dict[str, Any] | None:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(keys.message(message_id))
+        pipe.lrange(keys.history(message_id), 0, -1)
+        record, log = pipe.execute()
+        if not record:
+            return None
+        result: dict[str, Any] = {_text(k): _text(v) for k, v in record.items()}
+        result["attempts"] = int(result.get("attempts") or 0)
+        result["history"] = [json.loads(entry) for entry in log]
+        return result
+
+    def counters(self) -> dict[str, int]:
+        return {_text(k): int(v) for k, v in self.client.hgetall(keys.STATS).items()}
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
