@@ -254,6 +254,7 @@ def test_config_round_trip(control: SandboxControl) -> None:
         "throttle_next": 1,
         "retry_after": 30,
         "delay_next": [0.5],
+        "survey_cooldown_seconds": 60.0,
     }
     assert control.configure(**wanted) == wanted
     assert control.config() == wanted
@@ -278,3 +279,15 @@ def test_calls_filter_and_reset(server: SandboxServer, control: SandboxControl) 
     assert control.calls() == [] and control.contacts() == []
     call(server, "/contacts/", CONTACT)
     assert control.calls()[0]["seq"] == 3
+
+
+def test_survey_cooldown_makes_a_repeat_survey_ineligible(
+    server: SandboxServer, control: SandboxControl
+) -> None:
+    control.configure(survey_cooldown_seconds=60)
+    assert call(server, "/v2/survey/", survey()).status_code == 200
+    again = call(server, "/v2/survey/", survey())
+    assert again.status_code == 400
+    assert again.json() == {"non_field_errors": ["Contact is not eligible for survey."]}
+    assert call(server, "/v2/survey/", survey(campaign=8)).status_code == 200
+    assert call(server, "/v2/survey/", survey(email="other@example.com")).status_code == 200
