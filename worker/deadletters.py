@@ -14,15 +14,16 @@ from typing import Any, cast
 import redis
 
 from worker import broker, keys
-from worker.events import Event
+from worker.events import Event, user_key
 from worker.ledger import LUA_PRELUDE, RECENT_LIMIT
 
 _BURY = (
     LUA_PRELUDE
     + f"""
--- KEYS: status; ARGV: now, ttl, id, record, reason, attempts
+-- KEYS: status; ARGV: now, ttl, id, record, reason, attempts, type, user, event name
 redis.call('HSET', '{keys.DEAD}', ARGV[3], ARGV[4])
-redis.call('HSET', KEYS[1], 'id', ARGV[3])
+redis.call('HSET', KEYS[1], 'id', ARGV[3], 'type', ARGV[7], 'user', ARGV[8], 'event', ARGV[9])
+redis.call('HSETNX', KEYS[1], 'received', ARGV[1])
 redis.call('ZADD', '{keys.DEAD_INDEX}', ARGV[1], ARGV[3])
 set_state(KEYS[1], 'dead', ARGV[5], ARGV[1], tonumber(ARGV[2]), ARGV[6])
 return 1
@@ -81,6 +82,9 @@ class DeadLetters:
                 json.dumps(record, separators=(",", ":")),
                 reason,
                 attempts,
+                event["type"],
+                user_key(event),
+                event.get("event") or "",
             ],
             client=self.client,
         )

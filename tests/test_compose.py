@@ -1,0 +1,150 @@
+"""docker-compose.yml as written: its properties, and its service commands run as local processes.
+
+No Docker engine exists here, so the test reads each service's command out of the compose file and
+runs exactly that (three workers, like ``--scale worker=3``) against a local Redis and the sandbox,
+then proves events flow end to end.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import requests
+import yaml
+
+from app.sandbox import SandboxServer
+from tests.conftest import ADMIN_TOKEN, ROOT, WRITE_KEY, wait_until, worker_env
+
+pytestmark = pytest.mark.integration
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES: dict[str, Any] = COMPOSE["services"]
+
+
+def test_compose_services_and_properties() -> None:
+    assert set(SERVICES) == {"redis", "api", "worker", "beat", "flower"}
+    redis_command = " ".join(SERVICES["redis"]["command"])
+    assert "--appendonly yes" in redis_command and "--maxmemory-policy noeviction" in redis_command
+    for name, service in SERVICES.items():
+        assert "healthcheck" in service, f"{name} has no health check"
+    worker = SERVICES["worker"]
+    assert "container_name" not in worker and "ports" not in worker, "worker must be scalable"
+    assert "deploy" not in SERVICES["beat"] or SERVICES["beat"]["deploy"].get("replicas", 1) == 1
+    assert SERVICES["api"]["command"][0] == "gunicorn"
+    for name in ("api", "worker", "beat", "flower"):
+        assert SERVICES[name]["env_file"] == ".env"
+        assert SERVICES[name]["depends_on"]["redis"]["condition"] == "service_healthy"
+    example = (ROOT / ".env.example").read_text()
+    for variable in ("PROMOTER_API_KEY", "PROMOTER_CAMPAIGN_ID", "SEGMENT_WRITE_KEYS", "ADMIN_TOKEN"):
+        assert f"{variable}=" in example
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def stack(
+    redis_client: redis.Redis, redis_url: str, sandbox: SandboxServer, tmp_path: Path
+) -> Iterator[dict[str, Any]]:
+    api_port, flower_port = _free_port(), _free_port()
+    env = worker_env(
+        redis_url,
+        sandbox.url,
+        SEGMENT_WRITE_KEYS=WRITE_KEY,
+        ADMIN_TOKEN=ADMIN_TOKEN,
+        GUNICORN_BIND=f"127.0.0.1:{api_port}",
+        GUNICORN_WORKERS="2",
+        FLOWER_BASIC_AUTH=f"admin:{ADMIN_TOKEN}",
+    )
+    bindir = Path(sys.executable).parent
+    started: list[subprocess.Popen[bytes]] = []
+
+    def run(name: str, command: list[str]) -> None:
+        command = [str(bindir / command[0]) if (bindir / command[0]).exists() else command[0], *command[1:]]
+        command = [part.replace("/tmp/celerybeat-schedule", str(tmp_path / "beat")) for part in command]
+        command = [f"--port={flower_port}" if part == "--port=5555" else part for part in command]
+        log = open(tmp_path / f"{name}-{len(started)}.log", "wb")  # noqa: SIM115
+        started.append(
+            subprocess.Popen(
+                command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        )
+
+    run("api", SERVICES["api"]["command"])
+    for _ in range(3):
+        worker_command = list(SERVICES["worker"]["command"])
+        worker_command += ["-n", f"w{uuid.uuid4().hex[:6]}@%h"]
+        run("worker", worker_command)
+    run("beat", SERVICES["beat"]["command"])
+    run("flower", SERVICES["flower"]["command"])
+    try:
+        yield {
+            "api": f"http://127.0.0.1:{api_port}",
+            "flower": f"http://127.0.0.1:{flower_port}",
+            "logs": tmp_path,
+        }
+    finally:
+        for process in started:
+            try:
+                os.killpg(process.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                continue
+        for process in started:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def _up(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def test_stack_as_written_delivers_end_to_end(stack: dict[str, Any], sandbox: SandboxServer) -> None:
+    api = stack["api"]
+    wait_until(lambda: _up(f"{api}/readyz"), timeout=60)
+    auth = (WRITE_KEY, "")
+    users = [f"s{i}" for i in range(30)]
+    for user in users:
+        batch = {
+            "batch": [
+                {"type": "track", "userId": user, "event": "NPS"},
+                {"type": "identify", "userId": user, "traits": {"email": f"{user}@example.com"}},
+            ]
+        }
+        response = requests.post(f"{api}/v1/batch", json=batch, auth=auth, timeout=5)
+        assert response.status_code == 200 and response.json()["accepted"] == 2
+
+    def surveyed() -> set[str]:
+        return {
+            c["json"]["contact"]["email"] for c in sandbox.state.calls("/v2/survey/") if c["status"] == 200
+        }
+
+    wait_until(lambda: surveyed() == {f"{u}@example.com" for u in users}, timeout=90)
+    assert len([c for c in sandbox.state.calls("/v2/survey/") if c["status"] == 200]) == len(users)
+    stats = requests.get(
+        f"{api}/admin/api/stats", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=5
+    )
+    assert stats.json()["totals"]["delivered"] == 2 * len(users)
+    wait_until(lambda: _up(f"{stack['flower']}/healthcheck"), timeout=60)
+    workers = requests.get(f"{stack['flower']}/api/workers", auth=("admin", ADMIN_TOKEN), timeout=10)
+    assert workers.status_code == 200
+    logs = "".join(p.read_text(errors="replace") for p in Path(stack["logs"]).glob("worker-*.log"))
+    assert "delivered" in logs
