@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
 	# The older Segment client (body-only writeKey auth), importable only by tests that ask for it.
-	$(BIN)/pip install --quiet --no-deps --target $(VENV)/segment-2.3 'segment-analytics-python==2.3.6'
+	$(BIN)/pip install --quiet --no-deps --target $(VENV)/segment-2.3 'segment-analytics-python==2.3.6' 'backoff~=2.1'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -47,31 +47,53 @@ class Unauthorized(Exception):
     pass
 
 
+_CODES = {
+    400: "invalid_request",
+    401: "unauthorized",
+    404: "not_found",
+    413: "payload_too_large",
+    415: "unsupported_encoding",
+    503: "unavailable",
+}
+
+
+def _first_message(errors: Any) -> str:
+    while isinstance(errors, dict | list) and errors:
+        errors = next(iter(errors.values())) if isinstance(errors, dict) else errors[0]
+    return str(errors)
+
+
+def failure(status: int, errors: dict[str, Any]) -> tuple[Response, int]:
+    """Field errors plus Segment's own ``code``/``message`` pair, which its Python client reads."""
+    body = {"success": False, "code": _CODES.get(status, "error"), "message": _first_message(errors)}
+    return jsonify(**body, errors=errors), status
+
+
 @bp.errorhandler(PayloadError)
 def _payload_error(error: PayloadError) -> tuple[Response, int]:
-    return jsonify(success=False, errors=error.errors), error.status
+    return failure(error.status, error.errors)
 
 
 @bp.errorhandler(Unauthorized)
 def _unauthorized(error: Unauthorized) -> tuple[Response, int]:
-    response = jsonify(success=False, errors={"_auth": [str(error)]})
+    response, status = failure(401, {"_auth": [str(error)]})
     response.headers["WWW-Authenticate"] = 'Basic realm="promoter-relay"'
-    return response, 401
+    return response, status
 
 
 @bp.errorhandler(redis.RedisError)
 def _redis_down(error: redis.RedisError) -> tuple[Response, int]:
     current_app.logger.warning("redis unavailable, answering 503: %s", type(error).__name__)
-    response = jsonify(success=False, errors={"_service": ["Temporarily unable to store events."]})
+    response, status = failure(503, {"_service": ["Temporarily unable to store events."]})
     response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
-    return response, 503
+    return response, status
 
 
 @bp.post("/v1/<kind>")
 def tracking_api(kind: str) -> tuple[Response, int]:
     kind = SHORT_TYPES.get(kind, kind)
     if kind not in MESSAGE_TYPES and kind != "batch":
-        return jsonify(success=False, errors={"_path": [f"Unknown endpoint /v1/{kind}."]}), 404
+        return failure(404, {"_path": [f"Unknown endpoint /v1/{kind}."]})
     document = parse_json(read_body(request))
     body_key = document.get("writeKey") if isinstance(document, dict) else None
     _require_write_key(basic_username(request) or (body_key if isinstance(body_key, str) else None))
@@ -89,9 +111,8 @@ def webhook() -> tuple[Response, int]:
     document = parse_json(body)
     secret = relay().settings.segment_shared_secret
     if secret:
-        signed = first_element_bytes(body.decode("utf-8")) if isinstance(document, list) else body
-        if isinstance(document, list) and not document:
-            signed = body
+        batch = isinstance(document, list) and bool(document)
+        signed = first_element_bytes(body.decode("utf-8")) if batch else body
         if not signature_matches(secret, signed, request.headers.get("X-Signature")):
             raise Unauthorized("Missing or invalid X-Signature.")
     else:
@@ -118,7 +139,7 @@ def _single(document: Any, kind: str | None) -> tuple[Response, int]:
     outcome = _admit([document], kind, {})
     if outcome.rejected:
         _count_rejected([{"type": kind} if kind else document], outcome)
-        return jsonify(success=False, errors=outcome.rejected[0]["errors"]), 400
+        return failure(400, outcome.rejected[0]["errors"])
     fresh = relay().ledger.accept(outcome.admissions)
     if not fresh[0]:
         return jsonify(success=True, duplicate=True), 200
@@ -135,16 +156,12 @@ def _batch(items: Any, shared: dict[str, Any]) -> tuple[Response, int]:
     if outcome.rejected:
         _count_rejected(items, outcome)
     accepted = sum(fresh)
-    status = 400 if items and not outcome.admissions else 200
-    return (
-        jsonify(
-            success=status == 200,
-            accepted=accepted,
-            duplicates=len(fresh) - accepted,
-            rejected=outcome.rejected,
-        ),
-        status,
-    )
+    counts = {"accepted": accepted, "duplicates": len(fresh) - accepted, "rejected": outcome.rejected}
+    if items and not outcome.admissions:
+        response, status = failure(400, {"batch": ["No message in the batch is valid."]})
+        body = {k: v for k, v in (response.get_json() or {}).items() if k != "errors"}
+        return jsonify(**body, **counts), status
+    return jsonify(success=True, **counts), 200
 
 
 def _merge(item: Any, shared: dict[str, Any]) -> Any:

@@ -7,6 +7,8 @@ decompressed size of gzip bodies, so a small gzip bomb cannot make the process a
 from __future__ import annotations
 
 import json
+import math
+import re
 import zlib
 from typing import Any
 
@@ -50,11 +52,32 @@ def _gunzip(raw: bytes) -> bytes:
         raise PayloadError(400, {"_request": ["Body is not valid gzip."]}) from None
     if len(body) > MAX_REQUEST_BYTES or inflater.unconsumed_tail:
         raise PayloadError(413, {"_request": [f"Decompressed body exceeds {MAX_REQUEST_BYTES} bytes."]})
+    if not inflater.eof:
+        raise PayloadError(400, {"_request": ["Body is not valid gzip."]})
     return body
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 
 def _reject_constant(token: str) -> Any:
     raise ValueError(f"{token} is not valid JSON")
+
+
+def _finite_float(token: str) -> float:
+    value = float(token)
+    if math.isinf(value):
+        raise ValueError(f"number {token[:40]} is out of range")
+    return value
+
+
+def _encodable(document: Any) -> bool:
+    """Escaped surrogate halves (``"\\ud800"``) parse, but cannot be stored or sent as UTF-8."""
+    try:
+        json.dumps(document, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def parse_json(body: bytes) -> Any:
@@ -66,7 +89,7 @@ def parse_json(body: bytes) -> Any:
     if not text.strip():
         raise PayloadError(400, {"_request": ["Body is empty."]})
     try:
-        document = json.loads(text, parse_constant=_reject_constant)
+        document = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
         too_deep = _depth(document) > MAX_DEPTH
     except RecursionError:
         too_deep = True
@@ -74,6 +97,10 @@ def parse_json(body: bytes) -> Any:
         raise PayloadError(400, {"_request": [f"Invalid JSON: {str(error)[:200]}"]}) from None
     if too_deep:
         raise PayloadError(400, {"_request": [f"JSON nests deeper than {MAX_DEPTH} levels."]})
+    if _SURROGATE_ESCAPE.search(text) and not _encodable(document):
+        raise PayloadError(
+            400, {"_request": ["JSON contains an unpaired surrogate escape (not valid Unicode)."]}
+        )
     return document
 
 

@@ -60,7 +60,10 @@ class Timestamp(fields.DateTime):
         parsed: datetime = super()._deserialize(value, attr, data, **kwargs)
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=UTC)
-        return parsed.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        try:
+            return parsed.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        except OverflowError:
+            raise self.make_error("invalid", input=value, obj_type=self.OBJ_TYPE) from None
 
 
 class MessageSchema(Schema):
@@ -70,7 +73,14 @@ class MessageSchema(Schema):
         unknown = EXCLUDE
 
     type = fields.String(required=True, validate=validate.OneOf(MESSAGE_TYPES))
-    messageId = fields.String(load_default=None, allow_none=True, validate=validate.Length(1, 512))
+    messageId = fields.String(
+        load_default=None,
+        allow_none=True,
+        validate=[
+            validate.Length(0, 512),
+            validate.Regexp(r"^[^|\x00-\x1f]*$", error="May not contain '|' or control characters."),
+        ],
+    )
     userId = Identifier(load_default=None, allow_none=True)
     anonymousId = Identifier(load_default=None, allow_none=True)
     timestamp = Timestamp(load_default=None, allow_none=True)
@@ -143,8 +153,9 @@ def normalize_traits(traits: dict[str, Any]) -> dict[str, Any]:
 def promoter_enabled(integrations: dict[str, Any]) -> bool:
     """Segment's rule: a destination explicitly off is off; ``All: false`` turns off the unnamed."""
     for key in PROMOTER_KEYS:
-        if key in integrations:
-            return bool(integrations[key])
+        value = integrations.get(key)
+        if value is not None:
+            return value is not False
     return integrations.get("All", True) is not False
 
 

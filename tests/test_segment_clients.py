@@ -1,0 +1,338 @@
+"""The real ``segment-analytics-python`` clients against the running relay over HTTP.
+
+2.4.x (installed in the venv) sends the write key as HTTP Basic *and* in the body; 2.3.x (installed
+with ``pip --target .venv/segment-2.3``) sends it only in the body. 2.3 runs in a subprocess whose
+``PYTHONPATH`` puts that directory first, so ``segment`` is 2.3 while requests & co. come from the venv.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import segment.analytics as analytics
+from segment.analytics.request import APIError
+from segment.analytics.version import VERSION as CLIENT_VERSION
+from werkzeug.serving import make_server
+
+from app import create_app
+from tests.conftest import ROOT, WRITE_KEY, settings_for, wait_until
+
+QUEUE = "relay"
+SEGMENT_23 = ROOT / ".venv" / "segment-2.3"
+
+
+@dataclass
+class LiveRelay:
+    url: str
+    seen: list[dict[str, str]] = field(default_factory=list)
+
+
+@pytest.fixture
+def live(redis_client: redis.Redis, redis_url: str) -> Iterator[LiveRelay]:
+    """The app served by werkzeug on an ephemeral port, recording each request's headers."""
+    app = create_app({"TESTING": True, **settings_for(redis_url)})
+    relay = LiveRelay("")
+    inner = app.wsgi_app
+
+    def recording(environ: dict[str, Any], start_response: Any) -> Any:
+        relay.seen.append(
+            {
+                "path": environ.get("PATH_INFO", ""),
+                "authorization": environ.get("HTTP_AUTHORIZATION", ""),
+                "encoding": environ.get("HTTP_CONTENT_ENCODING", ""),
+                "agent": environ.get("HTTP_USER_AGENT", ""),
+            }
+        )
+        return inner(environ, start_response)
+
+    app.wsgi_app = recording  # type: ignore[method-assign]
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="live-relay", daemon=True
+    )
+    thread.start()
+    relay.url = f"http://127.0.0.1:{server.server_port}"
+    try:
+        yield relay
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+        server.server_close()
+
+
+def status(r: redis.Redis, message_id: str) -> dict[str, str]:
+    record: dict[str, str] = r.hgetall(f"relay:msg:{{{message_id}}}")
+    return record
+
+
+def queued(r: redis.Redis) -> dict[str, dict[str, Any]]:
+    """Task messages on the queue, by the message id of the event they carry."""
+    events = {}
+    for raw in r.lrange(QUEUE, 0, -1):
+        message = json.loads(raw)
+        [event], kwargs, _embed = json.loads(message["body"])
+        assert kwargs == {}
+        assert message["headers"]["task"] == f"relay.{event['type']}"
+        events[event["messageId"]] = event
+    return events
+
+
+def assert_landed(
+    r: redis.Redis, prefix: str, user: str, traits: dict[str, Any], library_version: str
+) -> None:
+    """identify + track queued with normalized traits; page recorded as skipped."""
+    identify = status(r, f"{prefix}-identify")
+    assert (identify["type"], identify["user"], identify["state"]) == ("identify", f"u:{user}", "received")
+    track = status(r, f"{prefix}-track")
+    assert (track["type"], track["user"], track["event"], track["state"]) == (
+        "track",
+        f"u:{user}",
+        "NPS",
+        "received",
+    )
+    page = status(r, f"{prefix}-page")
+    assert (page["type"], page["user"], page["state"]) == ("page", f"u:{user}", "skipped")
+
+    events = queued(r)
+    assert set(events) == {f"{prefix}-identify", f"{prefix}-track"}
+    identify_event = events[f"{prefix}-identify"]
+    assert identify_event["userId"] == user
+    for name, value in traits.items():
+        assert identify_event["traits"][name] == value
+    assert "first_name" not in identify_event["traits"]
+    assert "last_name" not in identify_event["traits"]
+    assert identify_event["context"]["library"] == {"name": "analytics-python", "version": library_version}
+    # The client stamps "+00:00"; the relay hands the worker "Z".
+    assert identify_event["timestamp"].endswith("Z")
+    track_event = events[f"{prefix}-track"]
+    assert track_event["event"] == "NPS"
+    assert track_event["properties"] == {"score": 9, "comment": "ok"}
+
+
+# --------------------------------------------------------------------------------------- 2.4.x
+
+
+def test_installed_client_is_2_4() -> None:
+    assert CLIENT_VERSION.startswith("2.4")
+
+
+@pytest.mark.parametrize("gzip", [False, True], ids=["plain", "gzip"])
+def test_client_2_4_sync_mode(live: LiveRelay, redis_client: redis.Redis, gzip: bool) -> None:
+    prefix = f"py24-sync-{'gz' if gzip else 'plain'}"
+    client = analytics.Client(WRITE_KEY, host=live.url, gzip=gzip, sync_mode=True, max_retries=0)
+    user = f"{prefix}-user"
+    traits = {"email": f"{prefix}@example.com", "first_name": "Ada", "last_name": "Lovelace", "plan": "pro"}
+    assert client.identify(user_id=user, traits=traits, message_id=f"{prefix}-identify")[0]
+    assert client.track(
+        user_id=user, event="NPS", properties={"score": 9, "comment": "ok"}, message_id=f"{prefix}-track"
+    )[0]
+    assert client.page(user_id=user, category="Docs", name="Install", message_id=f"{prefix}-page")[0]
+
+    assert_landed(
+        redis_client,
+        prefix,
+        user,
+        {"email": f"{prefix}@example.com", "firstName": "Ada", "lastName": "Lovelace", "plan": "pro"},
+        CLIENT_VERSION,
+    )
+    assert [r["path"] for r in live.seen] == ["/v1/batch"] * 3
+    assert all(r["authorization"].startswith("Basic ") for r in live.seen)
+    assert {r["encoding"] for r in live.seen} == {"gzip" if gzip else ""}
+    assert all(r["agent"] == f"analytics-python/{CLIENT_VERSION}" for r in live.seen)
+
+
+@pytest.mark.parametrize("gzip", [False, True], ids=["plain", "gzip"])
+def test_client_2_4_background_consumer_with_flush(
+    live: LiveRelay, redis_client: redis.Redis, gzip: bool
+) -> None:
+    prefix = f"py24-async-{'gz' if gzip else 'plain'}"
+    errors: list[Any] = []
+    client = analytics.Client(
+        WRITE_KEY,
+        host=live.url,
+        gzip=gzip,
+        upload_interval=0.05,
+        on_error=lambda error, batch: errors.append((error, batch)),
+    )
+    user = f"{prefix}-user"
+    try:
+        client.identify(
+            user_id=user,
+            traits={"email": f"{prefix}@example.com", "name": "Grace Hopper"},
+            message_id=f"{prefix}-identify",
+        )
+        client.track(
+            user_id=user, event="NPS", properties={"score": 9, "comment": "ok"}, message_id=f"{prefix}-track"
+        )
+        client.page(user_id=user, name="Pricing", message_id=f"{prefix}-page")
+        client.flush()
+    finally:
+        client.join()
+    assert errors == []
+    wait_until(lambda: status(redis_client, f"{prefix}-page"), timeout=5)
+    assert_landed(
+        redis_client,
+        prefix,
+        user,
+        {
+            "email": f"{prefix}@example.com",
+            "name": "Grace Hopper",
+            "firstName": "Grace",
+            "lastName": "Hopper",
+        },
+        CLIENT_VERSION,
+    )
+    assert live.seen and all(r["authorization"].startswith("Basic ") for r in live.seen)
+
+
+def test_client_2_4_wrong_write_key_sync_raises_401(
+    live: LiveRelay, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = analytics.Client("not-the-key", host=live.url, sync_mode=True, max_retries=0)
+    with pytest.raises(APIError) as raised:
+        client.track(user_id="intruder", event="NPS", properties={}, message_id="py24-wrong-sync")
+    assert raised.value.status == 401
+    assert raised.value.code == "unauthorized"
+    assert status(redis_client, "py24-wrong-sync") == {}
+    assert redis_client.llen(QUEUE) == 0
+
+
+def test_client_2_4_wrong_write_key_reaches_on_error(
+    live: LiveRelay, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    errors: list[tuple[Exception, list[dict[str, Any]]]] = []
+    client = analytics.Client(
+        "not-the-key",
+        host=live.url,
+        upload_interval=0.05,
+        max_retries=3,
+        on_error=lambda error, batch: errors.append((error, batch)),
+    )
+    with caplog.at_level(logging.ERROR, logger="segment"):
+        try:
+            client.identify(
+                user_id="intruder", traits={"email": "x@example.com"}, message_id="py24-wrong-async"
+            )
+            client.flush()
+        finally:
+            client.join()
+    assert len(errors) == 1
+    error, batch = errors[0]
+    assert isinstance(error, APIError)
+    assert error.status == 401
+    assert [m["messageId"] for m in batch] == ["py24-wrong-async"]
+    # A 401 is final: the client must not have retried it.
+    assert len(live.seen) == 1
+    assert any(record.name == "segment" and record.levelno >= logging.ERROR for record in caplog.records)
+    assert status(redis_client, "py24-wrong-async") == {}
+    assert redis_client.llen(QUEUE) == 0
+
+
+# --------------------------------------------------------------------------------------- 2.3.x
+
+SCRIPT_23 = r"""
+import json, sys
+
+import requests
+import segment.analytics as analytics
+from segment.analytics.request import APIError
+from segment.analytics.version import VERSION
+
+url, key, gzip, prefix = sys.argv[1], sys.argv[2], sys.argv[3] == "1", sys.argv[4]
+client = analytics.Client(key, host=url, gzip=gzip, sync_mode=True)
+user = prefix + "-user"
+calls = [
+    lambda: client.identify(
+        user_id=user,
+        traits={"email": prefix + "@example.com", "first_name": "Bea", "last_name": "Stone"},
+        message_id=prefix + "-identify",
+    ),
+    lambda: client.track(
+        user_id=user, event="NPS", properties={"score": 9, "comment": "ok"}, message_id=prefix + "-track"
+    ),
+    lambda: client.page(user_id=user, category="Docs", name="Install", message_id=prefix + "-page"),
+]
+results = []
+for call in calls:
+    try:
+        ok, _ = call()
+        results.append({"ok": ok})
+    except APIError as error:
+        results.append({"ok": False, "error": "APIError", "status": error.status})
+    except Exception as error:
+        results.append({"ok": False, "error": type(error).__name__, "detail": repr(error)})
+print(json.dumps({
+    "version": VERSION,
+    "segment": analytics.__file__,
+    "requests": requests.__file__,
+    "results": results,
+}))
+"""
+
+
+def run_client_23(url: str, key: str, gzip: bool, prefix: str, tmp_path: Path) -> dict[str, Any]:
+    assert (SEGMENT_23 / "segment" / "analytics").is_dir(), (
+        f"segment-analytics-python 2.3 missing at {SEGMENT_23}"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env["PYTHONPATH"] = str(SEGMENT_23)
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT_23, url, key, "1" if gzip else "0", prefix],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    report: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["version"].startswith("2.3"), report
+    assert Path(report["segment"]).resolve().is_relative_to(SEGMENT_23.resolve()), report
+    assert Path(report["requests"]).resolve().is_relative_to(Path(sys.prefix).resolve()), report
+    assert not Path(report["requests"]).resolve().is_relative_to(SEGMENT_23.resolve()), report
+    return report
+
+
+@pytest.mark.parametrize("gzip", [False, True], ids=["plain", "gzip"])
+def test_client_2_3_body_write_key_only(
+    live: LiveRelay, redis_client: redis.Redis, gzip: bool, tmp_path: Path
+) -> None:
+    prefix = f"py23-{'gz' if gzip else 'plain'}"
+    report = run_client_23(live.url, WRITE_KEY, gzip, prefix, tmp_path)
+    assert report["results"] == [{"ok": True}] * 3
+    assert_landed(
+        redis_client,
+        prefix,
+        f"{prefix}-user",
+        {"email": f"{prefix}@example.com", "firstName": "Bea", "lastName": "Stone"},
+        report["version"],
+    )
+    assert [r["path"] for r in live.seen] == ["/v1/batch"] * 3
+    # 2.3 authenticates only with the writeKey in the body.
+    assert [r["authorization"] for r in live.seen] == [""] * 3
+    assert {r["encoding"] for r in live.seen} == {"gzip" if gzip else ""}
+    assert {r["agent"] for r in live.seen} == {f"analytics-python/{report['version']}"}
+
+
+def test_client_2_3_wrong_write_key_is_a_401_api_error(
+    live: LiveRelay, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """2.3 reads ``code`` and ``message`` from an error body; anything else it does not treat as
+    an API error (so its background consumer would retry a 401 like a network failure)."""
+    report = run_client_23(live.url, "not-the-key", False, "py23-wrong", tmp_path)
+    assert [r["authorization"] for r in live.seen] == [""] * 3
+    assert redis_client.llen(QUEUE) == 0
+    assert status(redis_client, "py23-wrong-identify") == {}
+    assert report["results"] == [{"ok": False, "error": "APIError", "status": 401}] * 3, report["results"]
