@@ -210,3 +210,24 @@ def test_concurrent_identify_and_track_never_strand_a_track(
     assert per_email == {f"{u}@example.com": 1 for u in users}
     assert int(redis_client.get(keys.HELD_COUNT) or 0) == 0
     assert redis_client.zcard(keys.HOLDS) == 0
+
+
+def test_task_message_lost_by_the_broker_is_requeued_and_delivered(
+    client: FlaskClient, redis_client: redis.Redis, processes: Processes, sandbox_control: SandboxControl
+) -> None:
+    from worker.reconcile import Reconciler
+
+    identify_id = post(client, "identify", userId="u9", traits={"email": "lost@example.com"})
+    # What a worker or Redis killed between BRPOP and kombu's unacked bookkeeping leaves behind.
+    assert redis_client.delete("relay") == 1
+    reconciler = Reconciler(redis_client, "relay", 3600, grace_seconds=0.0)
+    assert reconciler.requeue_stale() == 1
+    assert reconciler.requeue_stale() == 0, "the re-queued message is at the queue's head, so not stale"
+    processes.worker()
+    wait_until(lambda: state(redis_client, identify_id) == "delivered")
+    assert redis_client.zscore(keys.PENDING, identify_id) is None
+    assert redis_client.hget(keys.message(identify_id), "payload") is None
+    assert "re-queued: its task message was lost" in [
+        h["detail"] for h in _history(redis_client, identify_id)
+    ]
+    assert [c["email"] for c in sandbox_control.contacts()] == ["lost@example.com"]

@@ -9,11 +9,14 @@ so a task never holds a message longer than one Promoter call plus a short rate-
 from __future__ import annotations
 
 from celery import Celery, signals
+from kombu.entity import Queue
 
 from worker import logs, runtime
 from worker.settings import load
 
 settings = load()
+CONTROL_QUEUE = f"{settings.queue_name}.control"
+HOUSEKEEPING = ("relay.dispatch_due", "relay.reconcile", "relay.expire_holds")
 
 celery = Celery("promoter_relay", include=["worker.tasks"])
 celery.conf.update(
@@ -26,6 +29,10 @@ celery.conf.update(
         "unacked_restore_throttle": 1,
     },
     task_default_queue=settings.queue_name,
+    # Housekeeping has its own queue so that retries are dispatched even behind an event backlog,
+    # and so that the head of the event queue is always an event (see worker.reconcile).
+    task_queues=[Queue(settings.queue_name), Queue(CONTROL_QUEUE)],
+    task_routes={name: {"queue": CONTROL_QUEUE} for name in HOUSEKEEPING},
     task_serializer="json",
     accept_content=["json"],
     task_ignore_result=True,
@@ -41,6 +48,7 @@ celery.conf.update(
     beat_schedule={
         "dispatch-due-retries": {"task": "relay.dispatch_due", "schedule": 1.0},
         "expire-holds": {"task": "relay.expire_holds", "schedule": 60.0},
+        "reconcile": {"task": "relay.reconcile", "schedule": 15.0},
     },
 )
 

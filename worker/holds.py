@@ -58,8 +58,10 @@ table.sort(items, function(a, b)
 end)
 for _, item in ipairs(items) do
   local at, id, message = string.match(item, '^([^|]*)|([^|]*)|(.*)$')
+  local status = 'relay:msg:{{' .. id .. '}}'
+  enqueued(status, message, now)
   redis.call('LPUSH', KEYS[1], message)
-  set_state('relay:msg:{{' .. id .. '}}', 'received', 'released: user identified', now, ttl)
+  set_state(status, 'received', 'released: user identified', now, ttl)
 end
 if #items > 0 then redis.call('DECRBY', '{keys.HELD_COUNT}', #items) end
 return #items

@@ -27,8 +27,23 @@ RECENT_LIMIT = 200
 HISTORY_LIMIT = 50
 
 # Shared by every script that changes a message's state. ARGV conventions stay with each script.
+#
+# ``relay:pending`` is the safety net under the broker: every message that should be in the queue, in
+# a worker or in the retry schedule has an entry scored with when that last became true, and its
+# status record keeps the task message (``payload``). A message that the broker lost (a worker or
+# Redis killed between BRPOP and kombu's unacked bookkeeping) shows up there as stale, and
+# ``worker.reconcile`` queues it again. Final and held messages leave the set: they need no task.
 LUA_PRELUDE = f"""
 local STATS = '{keys.STATS}'
+local PENDING = '{keys.PENDING}'
+local FINAL = {{delivered = true, ineligible = true, skipped = true, dead = true}}
+local function message_id(key)
+  return string.sub(key, {len(keys.message(""))}, -2)
+end
+local function enqueued(key, message, at)
+  redis.call('HSET', key, 'payload', message)
+  redis.call('ZADD', PENDING, at, message_id(key))
+end
 local function set_state(key, state, detail, now, ttl, attempts)
   redis.call('HSET', key, 'state', state, 'updated', now, 'detail', detail or '')
   if attempts then redis.call('HSET', key, 'attempts', attempts) end
@@ -41,6 +56,10 @@ local function set_state(key, state, detail, now, ttl, attempts)
   local minute = STATS .. ':m:' .. math.floor(tonumber(now) / 60)
   redis.call('HINCRBY', minute, state, 1)
   redis.call('EXPIRE', minute, 3900)
+  if FINAL[state] or state == 'held' then
+    redis.call('ZREM', PENDING, message_id(key))
+    redis.call('HDEL', key, 'payload')
+  end
 end
 """
 
@@ -61,7 +80,10 @@ for i = 2, #KEYS do
     redis.call('HSET', key, 'id', ARGV[base + 6], 'type', kind, 'user', ARGV[base + 3],
       'event', ARGV[base + 4], 'received', now, 'since', now, 'attempts', 0)
     set_state(key, state, ARGV[base + 5], now, ttl)
-    if ARGV[base + 7] ~= '' then redis.call('LPUSH', KEYS[1], ARGV[base + 7]) end
+    if ARGV[base + 7] ~= '' then
+      enqueued(key, ARGV[base + 7], now)
+      redis.call('LPUSH', KEYS[1], ARGV[base + 7])
+    end
     redis.call('HINCRBY', STATS, 'accepted:' .. kind, 1)
     redis.call('LPUSH', '{keys.RECENT}', ARGV[base + 6])
     fresh[#fresh + 1] = 1
@@ -83,15 +105,16 @@ return 1
 )
 
 
-_BEGIN = """
--- KEYS: status; ARGV: now, ttl. Counts an attempt; returns state, attempts, since.
+_BEGIN = f"""
+-- KEYS: status; ARGV: now, ttl, message id. Counts an attempt; returns state, attempts, since.
 if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('HSET', KEYS[1], 'state', 'received', 'received', ARGV[1], 'since', ARGV[1], 'attempts', 0)
   redis.call('EXPIRE', KEYS[1], ARGV[2])
 end
+redis.call('ZADD', '{keys.PENDING}', 'XX', ARGV[1], ARGV[3])
 local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 local record = redis.call('HMGET', KEYS[1], 'state', 'since')
-return {record[1] or 'received', attempts, record[2] or ARGV[1]}
+return {{record[1] or 'received', attempts, record[2] or ARGV[1]}}
 """
 
 # The survey guard: 'sent' after Promoter accepted it, 'inflight:<deadline>' while a worker calls.
@@ -162,7 +185,9 @@ class Ledger:
 
     def begin(self, message_id: str) -> Attempt:
         state, number, since = self._begin(
-            keys=[keys.message(message_id)], args=[f"{time.time():.3f}", self.ttl], client=self.client
+            keys=[keys.message(message_id)],
+            args=[f"{time.time():.3f}", self.ttl, message_id],
+            client=self.client,
         )
         return Attempt(str(state), int(number), float(since))
 

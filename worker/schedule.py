@@ -21,6 +21,7 @@ _SCHEDULE = (
 -- KEYS: status; ARGV: now, ttl, message id, due, task message, detail, attempts
 redis.call('ZADD', '{keys.SCHEDULE}', ARGV[4], ARGV[3])
 redis.call('HSET', '{keys.SCHEDULED}', ARGV[3], ARGV[5])
+enqueued(KEYS[1], ARGV[5], ARGV[4])
 set_state(KEYS[1], 'retrying', ARGV[6], ARGV[1], tonumber(ARGV[2]), ARGV[7] ~= '' and ARGV[7] or nil)
 return 1
 """
@@ -31,7 +32,10 @@ _DISPATCH = f"""
 local due = redis.call('ZRANGEBYSCORE', '{keys.SCHEDULE}', '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 for _, id in ipairs(due) do
   local message = redis.call('HGET', '{keys.SCHEDULED}', id)
-  if message then redis.call('LPUSH', KEYS[1], message) end
+  if message then
+    redis.call('LPUSH', KEYS[1], message)
+    redis.call('ZADD', '{keys.PENDING}', 'XX', ARGV[1], id)
+  end
   redis.call('HDEL', '{keys.SCHEDULED}', id)
   redis.call('ZREM', '{keys.SCHEDULE}', id)
 end

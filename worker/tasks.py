@@ -23,6 +23,7 @@ from worker.celery_app import celery
 from worker.events import Event
 from worker.ledger import FINAL_STATES
 from worker.promoter import IneligibleError, PermanentError, ThrottledError, TransientError
+from worker.reconcile import MARGIN_SECONDS, Reconciler
 from worker.runtime import Runtime, runtime
 from worker.schedule import backoff
 
@@ -128,6 +129,19 @@ def track(self: DeliveryTask, event: Event) -> str:
 def dispatch_due() -> int:
     """Move retries whose time has come from our schedule into the Celery queue."""
     return runtime().schedule.dispatch_due()
+
+
+@celery.task(name="relay.reconcile", ignore_result=True)
+def reconcile() -> int:
+    """Queue again any message whose task message the broker lost (see ``worker.reconcile``)."""
+    rt = runtime()
+    grace = rt.settings.visibility_timeout + MARGIN_SECONDS
+    requeued = Reconciler(
+        rt.redis, rt.settings.queue_name, rt.settings.status_ttl_seconds, grace
+    ).requeue_stale()
+    if requeued:
+        log.warning("re-queued %d messages whose task message was lost", requeued)
+    return requeued
 
 
 @celery.task(name="relay.expire_holds", ignore_result=True)
