@@ -9,6 +9,7 @@ retries later instead of dropping events.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -185,6 +186,7 @@ def _admit(items: list[Any], kind: str | None, shared: dict[str, Any]) -> Outcom
             if kind is None and event_size(item) > MAX_EVENT_BYTES:
                 raise ValidationError({"_schema": [f"Event exceeds {MAX_EVENT_BYTES} bytes."]})
             message = load_message(item, kind)
+            _within_dedup_window(message, relay().settings.status_ttl_seconds)
             enabled = promoter_enabled(message.get("integrations") or {})
             events.append((index, to_event(message), enabled))
         except ValidationError as error:
@@ -199,6 +201,23 @@ def _admit(items: list[Any], kind: str | None, shared: dict[str, Any]) -> Outcom
         outcome.admissions.append(_admission(event, enabled, settings))
     outcome.rejected.sort(key=lambda entry: int(entry["index"]))
     return outcome
+
+
+def _within_dedup_window(message: dict[str, Any], window_seconds: int) -> None:
+    """Refuse what Segment stamped as received longer ago than duplicates are remembered.
+
+    Deduplication by message id lasts as long as the status record (STATUS_TTL_SECONDS); a signed
+    webhook captured and replayed after that would otherwise be delivered again.
+    """
+    received = message.get("receivedAt")
+    if not received:
+        return
+    age = (datetime.now(UTC) - datetime.fromisoformat(received.replace("Z", "+00:00"))).total_seconds()
+    if age > window_seconds:
+        hours = window_seconds // 3600
+        raise ValidationError(
+            {"receivedAt": [f"Older than the {hours} h replay window; refused as a replay."]}
+        )
 
 
 def _admission(event: Event, enabled: bool, settings: Settings) -> Admission:

@@ -86,6 +86,7 @@ class MessageSchema(Schema):
     timestamp = Timestamp(load_default=None, allow_none=True)
     originalTimestamp = Timestamp(load_default=None, allow_none=True)
     sentAt = Timestamp(load_default=None, allow_none=True)
+    receivedAt = Timestamp(load_default=None, allow_none=True)
     context = Mapping(load_default=dict, allow_none=True)
     integrations = Mapping(load_default=dict, allow_none=True)
     traits = Mapping(load_default=dict, allow_none=True)
