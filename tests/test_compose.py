@@ -34,6 +34,7 @@ def test_compose_services_and_properties() -> None:
     assert set(SERVICES) == {"redis", "api", "worker", "beat", "flower"}
     redis_command = " ".join(SERVICES["redis"]["command"])
     assert "--appendonly yes" in redis_command and "--maxmemory-policy noeviction" in redis_command
+    assert "--appendfsync always" in redis_command
     for name, service in SERVICES.items():
         assert "healthcheck" in service, f"{name} has no health check"
     worker = SERVICES["worker"]
