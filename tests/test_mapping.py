@@ -13,14 +13,12 @@ from hypothesis import strategies as st
 
 from worker.mapping import (
     MAX_VALUE_LENGTH,
-    OrderTotals,
     attribute_name,
     contact_body,
     flatten,
     last_order_fields,
     order_amount,
     order_attributes,
-    order_update,
     survey_body,
 )
 
@@ -195,22 +193,6 @@ def test_last_order_fields_are_always_complete() -> None:
         "last_order_id": "",
         "last_order_total": "",
         "last_order_currency": "USD",
-        "last_order_date": "",
-    }
-
-
-def test_order_update_accumulates_purely() -> None:
-    start = OrderTotals()
-    first = order_update({"order_id": "o1", "total": "10.10"}, "2024-01-01T00:00:00Z", start)
-    second = order_update({"order_id": "o2", "revenue": 0.2, "currency": "GBP"}, None, first)
-    assert start == OrderTotals()
-    assert (second.count, second.revenue) == (2, Decimal("10.30"))
-    assert order_attributes(second) == {
-        "order_count": "2",
-        "lifetime_revenue": "10.30",
-        "last_order_id": "o2",
-        "last_order_total": "0.20",
-        "last_order_currency": "GBP",
         "last_order_date": "",
     }
 

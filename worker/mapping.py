@@ -282,19 +282,6 @@ def last_order_fields(properties: Mapping[str, Any], timestamp: str | None) -> d
     }
 
 
-def order_update(properties: Mapping[str, Any], timestamp: str | None, previous: OrderTotals) -> OrderTotals:
-    """The totals after one more order; applying it once per message is the caller's business."""
-    last = last_order_fields(properties, timestamp)
-    return OrderTotals(
-        count=previous.count + 1,
-        revenue=previous.revenue + order_amount(properties),
-        last_order_id=last["last_order_id"],
-        last_order_total=last["last_order_total"],
-        last_order_currency=last["last_order_currency"],
-        last_order_date=last["last_order_date"],
-    )
-
-
 def order_attributes(totals: OrderTotals | Mapping[str, str]) -> dict[str, str]:
     """Order totals as contact attributes; accepts ``OrderTotals`` or the raw Redis hash."""
     if not isinstance(totals, OrderTotals):
