@@ -9,6 +9,7 @@ from typing import Any
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
+from worker import logs
 from worker import settings as settings_module
 
 
@@ -22,6 +23,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     testing = bool(overrides.pop("TESTING", False))
     app.config.update(TESTING=testing, MAX_CONTENT_LENGTH=None, JSON_SORT_KEYS=False)
     settings = settings_module.load(os.environ, **overrides)
+    if not testing:
+        logs.configure(settings.log_format, settings.log_level)
     app.extensions["relay"] = connect(settings)
 
     app.register_blueprint(health.bp)

@@ -8,6 +8,8 @@ retries later instead of dropping events.
 
 from __future__ import annotations
 
+import logging
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -34,6 +36,7 @@ from worker.ledger import Admission
 from worker.settings import Settings
 
 bp = Blueprint("ingest", __name__)
+log = logging.getLogger("relay.ingest")
 
 RETRY_AFTER_SECONDS = 5
 
@@ -141,7 +144,7 @@ def _single(document: Any, kind: str | None) -> tuple[Response, int]:
     if outcome.rejected:
         _count_rejected([{"type": kind} if kind else document], outcome)
         return failure(400, outcome.rejected[0]["errors"])
-    fresh = relay().ledger.accept(outcome.admissions)
+    fresh = _accept(outcome.admissions)
     if not fresh[0]:
         return jsonify(success=True, duplicate=True), 200
     return jsonify(success=True), 200
@@ -153,7 +156,7 @@ def _batch(items: Any, shared: dict[str, Any]) -> tuple[Response, int]:
     if len(items) > MAX_BATCH_EVENTS:
         raise PayloadError(400, {"batch": [f"At most {MAX_BATCH_EVENTS} events per batch."]})
     outcome = _admit(items, None, shared)
-    fresh = relay().ledger.accept(outcome.admissions)
+    fresh = _accept(outcome.admissions)
     if outcome.rejected:
         _count_rejected(items, outcome)
     accepted = sum(fresh)
@@ -163,6 +166,22 @@ def _batch(items: Any, shared: dict[str, Any]) -> tuple[Response, int]:
         body = {k: v for k, v in (response.get_json() or {}).items() if k != "errors"}
         return jsonify(**body, **counts), status
     return jsonify(success=True, **counts), 200
+
+
+def _accept(admissions: list[Admission]) -> list[bool]:
+    """Store and queue (one Lua step), then log one line per event with its message and task id."""
+    fresh = relay().ledger.accept(admissions)
+    if log.isEnabledFor(logging.INFO):
+        for admission, new in zip(admissions, fresh, strict=True):
+            event = admission.event
+            context = {"message_id": event["messageId"], "task_id": admission.task_id or "-"}
+            if not new:
+                log.info("duplicate %s, acknowledged", event["type"], extra=context)
+            elif admission.state == "skipped":
+                log.info("%s skipped: %s", event["type"], admission.detail, extra=context)
+            else:
+                log.info("%s accepted and queued", event["type"], extra=context)
+    return fresh
 
 
 def _merge(item: Any, shared: dict[str, Any]) -> Any:
@@ -191,6 +210,11 @@ def _admit(items: list[Any], kind: str | None, shared: dict[str, Any]) -> Outcom
             events.append((index, to_event(message), enabled))
         except ValidationError as error:
             outcome.rejected.append({"index": index, "errors": _errors(error)})
+            log.info(
+                "message %d of the request rejected: %s",
+                index,
+                _first_message(outcome.rejected[-1]["errors"]),
+            )
     unknown = _identifies_without_known_email([event for _, event, enabled in events if enabled])
     settings = relay().settings
     for index, event, enabled in events:
@@ -228,7 +252,10 @@ def _admission(event: Event, enabled: bool, settings: Settings) -> Admission:
     name = event.get("event") or ""
     if event["type"] == "track" and name not in ORDER_EVENTS and not settings.is_survey_event(name):
         return Admission(event, "skipped", "not a survey event (SURVEY_EVENTS)")
-    return Admission(event, "received", "", broker.envelope(event, settings.queue_name))
+    task_id = str(uuid.uuid4())
+    return Admission(
+        event, "received", "", broker.envelope(event, settings.queue_name, task_id=task_id), task_id
+    )
 
 
 def _identifies_without_known_email(events: list[Event]) -> set[str]:

@@ -231,3 +231,33 @@ def test_task_message_lost_by_the_broker_is_requeued_and_delivered(
         h["detail"] for h in _history(redis_client, identify_id)
     ]
     assert [c["email"] for c in sandbox_control.contacts()] == ["lost@example.com"]
+
+
+def test_logs_carry_message_and_task_ids_and_can_be_json(
+    client: FlaskClient,
+    redis_client: redis.Redis,
+    processes: Processes,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from worker.logs import JsonFormatter
+
+    processes.env["LOG_FORMAT"] = "json"
+    processes.worker()
+    with caplog.at_level("INFO", logger="relay.ingest"):
+        identify_id = post(client, "identify", userId="j1", traits={"email": "j1@example.com"})
+    wait_until(lambda: state(redis_client, identify_id) == "delivered")
+    ingest = [r for r in caplog.records if r.name == "relay.ingest"]
+    assert len(ingest) == 1
+    ingest_line = json.loads(JsonFormatter().format(ingest[0]))
+    assert ingest_line["message_id"] == identify_id and ingest_line["msg"] == "identify accepted and queued"
+    task_id = ingest_line["task_id"]
+
+    def worker_lines() -> list[dict[str, Any]]:
+        lines = [json.loads(line) for line in processes.logs().splitlines() if line.startswith("{")]
+        return [line for line in lines if line.get("message_id") == identify_id]
+
+    lines = wait_until(
+        lambda: [x for x in worker_lines() if x["msg"].startswith("delivered")] and worker_lines()
+    )
+    assert {line["task_id"] for line in lines} == {task_id}
+    assert [line["msg"].split(":")[0] for line in lines] == ["attempt 1", "delivered"]

@@ -30,9 +30,11 @@ def task_for(event: Event) -> str:
     return IDENTIFY_TASK if event["type"] == "identify" else TRACK_TASK
 
 
-def envelope(event: Event, queue: str, *, task: str | None = None, retries: int = 0) -> str:
+def envelope(
+    event: Event, queue: str, *, task: str | None = None, retries: int = 0, task_id: str | None = None
+) -> str:
     """Serialize one delivery task for ``event`` as the exact string kombu's Redis transport reads."""
-    task_id = str(uuid.uuid4())
+    task_id = task_id or str(uuid.uuid4())
     name = task or task_for(event)
     body = json.dumps([[event], {}, _EMBED], separators=(",", ":"), ensure_ascii=False)
     headers: dict[str, Any] = {

@@ -144,6 +144,7 @@ class Admission:
     state: str
     detail: str = ""
     message: str | None = None
+    task_id: str = ""
 
 
 class Ledger:
