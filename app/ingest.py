@@ -259,7 +259,8 @@ def _admission(event: Event, enabled: bool, settings: Settings) -> Admission:
 
 
 def _identifies_without_known_email(events: list[Event]) -> set[str]:
-    """Identify calls that carry no email are trait updates, valid only for users the relay knows."""
+    """Identify calls that carry no email are trait updates, valid only for users the relay knows,
+    or whose identify with an email it has accepted (it may still be on its way to Promoter)."""
     seen_email: set[str] = set()
     pending: list[Event] = []
     for event in events:
@@ -274,7 +275,13 @@ def _identifies_without_known_email(events: list[Event]) -> set[str]:
     pipe = relay().redis.pipeline(transaction=False)
     for event in pending:
         pipe.hexists(keys.known(user_key(event)), "email")
-    return {event["messageId"] for event, known in zip(pending, pipe.execute(), strict=True) if not known}
+        pipe.exists(keys.email_seen(user_key(event)))
+    answers = pipe.execute()
+    return {
+        event["messageId"]
+        for event, known, seen in zip(pending, answers[::2], answers[1::2], strict=True)
+        if not known and not seen
+    }
 
 
 def _count_rejected(items: list[Any], outcome: Outcome) -> None:

@@ -27,7 +27,8 @@ def connect(settings: Settings) -> Relay:
         health_check_interval=30,
         decode_responses=True,
     )
-    return Relay(settings, client, Ledger(client, settings.status_ttl_seconds, settings.queue_name))
+    ledger = Ledger(client, settings.status_ttl_seconds, settings.queue_name, settings.hold_ttl_seconds)
+    return Relay(settings, client, ledger)
 
 
 def relay() -> Relay:

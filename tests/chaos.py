@@ -367,6 +367,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     delivered_tracks = [m for m, u in tracks.items() if states.get(m) == "delivered"]
     track_users = set(tracks.values())
     ineligible_tracks = [m for m, u in tracks.items() if states.get(m) == "ineligible"]
+    dead_tracks = [m for m, u in tracks.items() if states.get(m) == "dead"]
     unaccounted = [m for m in unique if m in sender.acknowledged and states.get(m) not in FINAL]
     # A track the relay calls delivered must show as a survey at Promoter, and vice versa.
     phantom = [m for m in delivered_tracks if tracks[m] not in surveyed_users]
@@ -383,6 +384,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "ineligible_already_surveyed": sum(1 for m in ineligible_tracks if tracks[m] in surveyed_users),
         "dead": counts.get("dead", 0),
         "dead_reasons": dict(dead_reasons),
+        # Surveys dead-lettered as "outcome unknown" (the call timed out or its worker died after
+        # sending) that Promoter did receive; the rest were never received, so a replay is safe.
+        "dead_but_surveyed": sum(1 for m in dead_tracks if tracks[m] in surveyed_users),
         "surveys_at_promoter": sum(surveys.values()),
         "users_surveyed": len(surveyed_users & track_users),
         "users_with_contact": len({f"{u}@example.com" for u in track_users} & contacts),

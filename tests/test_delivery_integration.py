@@ -261,3 +261,31 @@ def test_logs_carry_message_and_task_ids_and_can_be_json(
     )
     assert {line["task_id"] for line in lines} == {task_id}
     assert [line["msg"].split(":")[0] for line in lines] == ["attempt 1", "delivered"]
+
+
+def test_survey_whose_outcome_is_unknown_is_dead_lettered_not_sent_twice(
+    client: FlaskClient, redis_client: redis.Redis, processes: Processes, sandbox_control: SandboxControl
+) -> None:
+    processes.env["PROMOTER_TIMEOUT_SECONDS"] = "1"
+    processes.worker()
+    processes.beat()
+    post(client, "identify", userId="t1", traits={"email": "t1@example.com"})
+    wait_until(lambda: redis_client.hget(keys.known("u:t1"), "email"))
+    sandbox_control.configure(delay_next=[2.5])
+    track_id = post(client, "track", userId="t1", event="NPS")
+    wait_until(lambda: state(redis_client, track_id) == "dead", timeout=30)
+    record = json.loads(redis_client.hget(keys.DEAD, track_id) or "{}")
+    assert record["reason"].startswith("survey outcome unknown")
+    time.sleep(3)
+    assert len(sandbox_control.calls("/v2/survey/")) == 1, "the uncertain survey was never sent again"
+
+
+def test_trait_update_sent_before_the_first_identify_is_delivered(
+    client: FlaskClient, redis_client: redis.Redis, processes: Processes, sandbox_control: SandboxControl
+) -> None:
+    first = post(client, "identify", userId="tu1", traits={"email": "tu1@example.com"})
+    update = post(client, "identify", userId="tu1", traits={"plan": "pro"})
+    processes.worker()
+    wait_until(lambda: state(redis_client, first) == state(redis_client, update) == "delivered")
+    (contact,) = sandbox_control.contacts()
+    assert contact["email"] == "tu1@example.com" and contact["attributes"]["plan"] == "pro"

@@ -23,6 +23,7 @@ from worker.promoter import (
     PromoterError,
     ThrottledError,
     TransientError,
+    UncertainError,
     classify,
 )
 
@@ -221,7 +222,7 @@ def test_http_errors_are_classified(client: PromoterClient, promoter: FakePromot
         client.upsert_contact({})
     with pytest.raises(PermanentError, match="302"):
         client.upsert_contact({})
-    with pytest.raises(PermanentError, match="without a JSON object") as not_json:
+    with pytest.raises(UncertainError, match="without a JSON object") as not_json:
         client.upsert_contact({})
     assert not_json.value.status == 200 and "captive portal" in not_json.value.body
     assert len(promoter.requests) == 6  # no retries, no redirect followed
@@ -280,6 +281,7 @@ def test_api_key_never_leaks(promoter: FakePromoter) -> None:
         IneligibleError,
         ThrottledError,
         TransientError,
+        UncertainError,
     }
     for error in errors:
         for text in (str(error), repr(error), error.body, str(error.args)):

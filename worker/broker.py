@@ -76,7 +76,3 @@ def envelope(
         },
     }
     return json.dumps(message, separators=(",", ":"), ensure_ascii=False)
-
-
-def task_id_of(raw: str) -> str:
-    return str(json.loads(raw)["headers"]["id"])

@@ -116,11 +116,10 @@ class DeadLetters:
         )
         return bool(replayed)
 
-    def replay_all(self, batch: int = 500) -> int:
-        replayed = 0
-        while ids := cast(list[str], self.client.zrange(keys.DEAD_INDEX, 0, batch - 1)):
-            replayed += sum(self.replay(message_id) for message_id in ids)
-        return replayed
+    def replay_all(self) -> int:
+        """Replay the dead letters there are now; those that die again stay for the next look."""
+        ids = cast(list[str], self.client.zrange(keys.DEAD_INDEX, 0, -1))
+        return sum(self.replay(message_id) for message_id in ids)
 
 
 def _public(record: dict[str, Any]) -> dict[str, Any]:

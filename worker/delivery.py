@@ -14,10 +14,14 @@ from typing import Any
 from worker import broker, mapping
 from worker.events import ORDER_EVENTS, Event, user_key
 from worker.holds import Contact
-from worker.promoter import IneligibleError, PromoterError
+from worker.promoter import IneligibleError, PromoterError, UncertainError
 from worker.runtime import Runtime
 
 MAX_INLINE_WAIT_SECONDS = 2.0
+UNKNOWN_OUTCOME = (
+    "survey outcome unknown: the call may have reached Promoter (timeout or worker died mid-call); "
+    "check Promoter before replaying"
+)
 
 
 class Wait(Exception):
@@ -27,6 +31,10 @@ class Wait(Exception):
         super().__init__(reason)
         self.seconds = seconds
         self.reason = reason
+
+
+class OutcomeUnknown(Exception):
+    """A survey call may have reached Promoter; sending it again could survey a person twice."""
 
 
 class ConfigurationError(Exception):
@@ -88,11 +96,21 @@ def _record_order(event: Event, contact: Contact, rt: Runtime) -> str:
     properties = event.get("properties") or {}
     amount = mapping.order_amount(properties)
     last = mapping.last_order_fields(properties, event.get("timestamp") or event["receivedAt"])
-    totals = rt.orders.record(user_key(event), event["messageId"], str(amount), last)
-    attributes = mapping.order_attributes(totals)
-    body = mapping.contact_body(_contact_traits(contact), rt.settings.promoter_contact_list_ids, attributes)
-    _acquire(rt)
-    rt.promoter.upsert_contact(body)
+    user = user_key(event)
+    totals = rt.orders.record(user, event["messageId"], str(amount), last)
+    # Two orders of one user delivered at once could upsert their totals in the wrong order;
+    # whoever sees the totals change after its upsert sends the newer ones.
+    for _ in range(3):
+        attributes = mapping.order_attributes(totals)
+        body = mapping.contact_body(
+            _contact_traits(contact), rt.settings.promoter_contact_list_ids, attributes
+        )
+        _acquire(rt)
+        rt.promoter.upsert_contact(body)
+        latest = rt.orders.totals(user)
+        if latest == totals:
+            break
+        totals = latest
     return f"order attributes updated (order_count {totals.get('order_count', '?')})"
 
 
@@ -100,13 +118,20 @@ def _survey(event: Event, contact: Contact, rt: Runtime, done: list[str]) -> Res
     campaign = event.get("campaignId") or rt.settings.promoter_campaign_id
     if campaign is None:
         raise ConfigurationError("no campaign: set PROMOTER_CAMPAIGN_ID or integrations.Promoter.campaign")
-    _acquire(rt)
+    message_id = event["messageId"]
     lease = rt.settings.promoter_timeout_seconds * 2 + 5
-    claim = rt.ledger.claim_survey(event["messageId"], lease)
+    claim = rt.ledger.claim_survey(message_id, lease)
     if claim == "sent":
         return Result("delivered", "; ".join([*done, "survey already sent"]))
+    if claim == "unknown":
+        raise OutcomeUnknown(UNKNOWN_OUTCOME)
     if not isinstance(claim, str):
         raise Wait(claim, "survey call for this message in flight elsewhere")
+    try:
+        _acquire(rt)
+    except Wait:
+        rt.ledger.settle_survey(message_id, "")
+        raise
     body = mapping.survey_body(
         campaign,
         {"email": contact.email, "first_name": contact.first_name, "last_name": contact.last_name},
@@ -116,12 +141,15 @@ def _survey(event: Event, contact: Contact, rt: Runtime, done: list[str]) -> Res
     try:
         rt.promoter.survey(body)
     except IneligibleError:
-        rt.ledger.settle_survey(event["messageId"], sent=True)
+        rt.ledger.settle_survey(message_id, "sent")
         return Result("ineligible", "; ".join([*done, "Promoter: contact is not eligible for survey"]))
+    except UncertainError as error:
+        rt.ledger.settle_survey(message_id, "unknown")
+        raise OutcomeUnknown(f"{UNKNOWN_OUTCOME} ({error})") from None
     except PromoterError:
-        rt.ledger.settle_survey(event["messageId"], sent=False)
+        rt.ledger.settle_survey(message_id, "")
         raise
-    rt.ledger.settle_survey(event["messageId"], sent=True)
+    rt.ledger.settle_survey(message_id, "sent")
     return Result("delivered", "; ".join([*done, f"survey sent (campaign {campaign})"]))
 
 

@@ -31,6 +31,7 @@ _HOLD = (
 -- KEYS: known, held, status; ARGV: now, status ttl, user, item, detail
 local contact = redis.call('HGETALL', KEYS[1])
 if #contact > 0 then return contact end
+if redis.call('HGET', KEYS[3], 'state') == 'held' then return {{}} end
 redis.call('RPUSH', KEYS[2], ARGV[4])
 redis.call('ZADD', '{keys.HOLDS}', 'NX', ARGV[1], ARGV[3])
 redis.call('INCR', '{keys.HELD_COUNT}')
@@ -60,6 +61,7 @@ for _, item in ipairs(items) do
   local at, id, message = string.match(item, '^([^|]*)|([^|]*)|(.*)$')
   local status = 'relay:msg:{{' .. id .. '}}'
   enqueued(status, message, now)
+  redis.call('HSET', status, 'since', now)
   redis.call('LPUSH', KEYS[1], message)
   set_state(status, 'received', 'released: user identified', now, ttl)
 end
@@ -118,10 +120,12 @@ def _pairs(flat: Sequence[str]) -> dict[str, str]:
 
 
 class Holds:
-    def __init__(self, client: redis.Redis, status_ttl: int, queue: str) -> None:
+    def __init__(self, client: redis.Redis, status_ttl: int, queue: str, hold_ttl: int = 604800) -> None:
         self.client = client
         self.status_ttl = status_ttl
         self.queue = queue
+        # A held message's status record must outlive the hold, however short STATUS_TTL_SECONDS is.
+        self.held_status_ttl = max(status_ttl, hold_ttl + 86400)
         self._hold = client.register_script(_HOLD)
         self._release = client.register_script(_RELEASE)
         self._expire = client.register_script(_EXPIRE)
@@ -138,7 +142,7 @@ class Holds:
         detail = f"waiting for identify of {user}"
         flat = self._hold(
             keys=[keys.known(user), keys.held(user), keys.message(event["messageId"])],
-            args=[now, self.status_ttl, user, item, detail],
+            args=[now, self.held_status_ttl, user, item, detail],
             client=self.client,
         )
         data = _pairs(flat)

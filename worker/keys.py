@@ -1,7 +1,9 @@
 """Redis key names, in one place so that the Lua scripts and the inspection API agree.
 
-Per-user keys carry a hash tag (``relay:{u:42}:...``) so that every key a per-user script touches
-lives in one Redis Cluster slot.
+Per-user keys carry a hash tag (``relay:{u:42}:...``) and message keys one of their own, so a move to
+Redis Cluster could shard them; today the scripts also touch global keys (the queue, counters,
+``relay:pending``) in the same step, and Celery's Redis broker does not support Cluster, so the relay
+needs a single Redis (with a replica for failover).
 """
 
 from __future__ import annotations
@@ -35,6 +37,11 @@ def known(user: str) -> str:
 
 def held(user: str) -> str:
     return f"{PREFIX}:{{{user}}}:held"
+
+
+def email_seen(user: str) -> str:
+    """Set at ingest when an identify with an email is accepted, before Promoter has it."""
+    return f"{PREFIX}:{{{user}}}:email-seen"
 
 
 def orders(user: str) -> str:

@@ -44,14 +44,19 @@ local function enqueued(key, message, at)
   redis.call('HSET', key, 'payload', message)
   redis.call('ZADD', PENDING, at, message_id(key))
 end
-local function set_state(key, state, detail, now, ttl, attempts)
-  redis.call('HSET', key, 'state', state, 'updated', now, 'detail', detail or '')
-  if attempts then redis.call('HSET', key, 'attempts', attempts) end
+local function note(key, detail, now, ttl)
+  local state = redis.call('HGET', key, 'state') or 'received'
+  redis.call('HSET', key, 'updated', now, 'detail', detail or '')
   local log = key .. ':log'
   redis.call('RPUSH', log, cjson.encode({{at = tonumber(now), state = state, detail = detail or ''}}))
   redis.call('LTRIM', log, -{HISTORY_LIMIT}, -1)
   redis.call('EXPIRE', key, ttl)
   redis.call('EXPIRE', log, ttl)
+end
+local function set_state(key, state, detail, now, ttl, attempts)
+  redis.call('HSET', key, 'state', state)
+  if attempts then redis.call('HSET', key, 'attempts', attempts) end
+  note(key, detail, now, ttl)
   redis.call('HINCRBY', STATS, 'state:' .. state, 1)
   local minute = STATS .. ':m:' .. math.floor(tonumber(now) / 60)
   redis.call('HINCRBY', minute, state, 1)
@@ -66,12 +71,13 @@ end
 _ACCEPT = (
     LUA_PRELUDE
     + f"""
--- KEYS[1] queue, KEYS[1+i] status key of item i; ARGV[1] now, ARGV[2] ttl, then 7 per item.
-local now, ttl = ARGV[1], tonumber(ARGV[2])
+-- KEYS[1] queue, KEYS[1+i] status key of item i; ARGV[1] now, ARGV[2] ttl, ARGV[3] seen ttl,
+-- then 8 per item (the 8th: the email-seen key of an identify carrying an email, else '').
+local now, ttl, seen_ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local fresh = {{}}
 for i = 2, #KEYS do
   local key = KEYS[i]
-  local base = 2 + (i - 2) * 7
+  local base = 3 + (i - 2) * 8
   local state, kind = ARGV[base + 1], ARGV[base + 2]
   if redis.call('EXISTS', key) == 1 then
     fresh[#fresh + 1] = 0
@@ -85,6 +91,7 @@ for i = 2, #KEYS do
       redis.call('LPUSH', KEYS[1], ARGV[base + 7])
     end
     redis.call('HINCRBY', STATS, 'accepted:' .. kind, 1)
+    if ARGV[base + 8] ~= '' then redis.call('SET', ARGV[base + 8], 1, 'EX', seen_ttl) end
     redis.call('LPUSH', '{keys.RECENT}', ARGV[base + 6])
     fresh[#fresh + 1] = 1
   end
@@ -117,13 +124,19 @@ local record = redis.call('HMGET', KEYS[1], 'state', 'since')
 return {{record[1] or 'received', attempts, record[2] or ARGV[1]}}
 """
 
-# The survey guard: 'sent' after Promoter accepted it, 'inflight:<deadline>' while a worker calls.
+# The survey guard: 'inflight:<deadline>' while a worker calls Promoter, then 'sent', or 'unknown'
+# when the call may have reached Promoter but its answer did not reach us. An inflight lease that
+# ran out means its worker died mid-call: unknown too. Only 'go' lets a survey call be made.
 _CLAIM_SURVEY = """
--- KEYS: status; ARGV: now, lease seconds. Returns 'go', 'sent' or the seconds still leased.
+-- KEYS: status; ARGV: now, lease seconds. Returns 'go', 'sent', 'unknown' or seconds still leased.
 local current = redis.call('HGET', KEYS[1], 'survey') or ''
-if current == 'sent' then return 'sent' end
-local deadline = tonumber(string.match(current, '^inflight:(.+)$') or '0')
-if deadline > tonumber(ARGV[1]) then return tostring(deadline - tonumber(ARGV[1])) end
+if current == 'sent' or current == 'unknown' then return current end
+local deadline = string.match(current, '^inflight:(.+)$')
+if deadline then
+  if tonumber(deadline) > tonumber(ARGV[1]) then return tostring(tonumber(deadline) - tonumber(ARGV[1])) end
+  redis.call('HSET', KEYS[1], 'survey', 'unknown')
+  return 'unknown'
+end
 redis.call('HSET', KEYS[1], 'survey', 'inflight:' .. (tonumber(ARGV[1]) + tonumber(ARGV[2])))
 return 'go'
 """
@@ -148,10 +161,11 @@ class Admission:
 
 
 class Ledger:
-    def __init__(self, client: redis.Redis, ttl_seconds: int, queue: str) -> None:
+    def __init__(self, client: redis.Redis, ttl_seconds: int, queue: str, seen_ttl: int = 604800) -> None:
         self.client = client
         self.ttl = ttl_seconds
         self.queue = queue
+        self.seen_ttl = seen_ttl
         self._accept = client.register_script(_ACCEPT)
         self._transition = client.register_script(_TRANSITION)
         self._begin = client.register_script(_BEGIN)
@@ -161,9 +175,12 @@ class Ledger:
         """Record and queue every admission in one atomic round trip; False marks a duplicate."""
         if not admissions:
             return []
-        argv: list[Any] = [f"{time.time():.3f}", self.ttl]
+        argv: list[Any] = [f"{time.time():.3f}", self.ttl, self.seen_ttl]
         for item in admissions:
             event = item.event
+            carries_email = (
+                event["type"] == "identify" and bool(event["traits"].get("email")) and item.message
+            )
             argv += [
                 item.state,
                 event["type"],
@@ -172,6 +189,7 @@ class Ledger:
                 item.detail,
                 event["messageId"],
                 item.message or "",
+                keys.email_seen(user_key(event)) if carries_email else "",
             ]
         status_keys = [keys.message(a.event["messageId"]) for a in admissions]
         flags = self._accept(keys=[self.queue, *status_keys], args=argv, client=self.client)
@@ -193,15 +211,15 @@ class Ledger:
         return Attempt(str(state), int(number), float(since))
 
     def claim_survey(self, message_id: str, lease_seconds: float) -> str | float:
-        """'go' to call Promoter, 'sent' if it already accepted this survey, else seconds to wait."""
+        """'go' to call Promoter, 'sent' or 'unknown' after an earlier call, else seconds to wait."""
         answer = self._claim_survey(
             keys=[keys.message(message_id)], args=[f"{time.time():.3f}", lease_seconds], client=self.client
         )
-        return answer if answer in ("go", "sent") else float(answer)
+        return answer if answer in ("go", "sent", "unknown") else float(answer)
 
-    def settle_survey(self, message_id: str, sent: bool) -> None:
-        """Record that Promoter answered (sent) or that the call failed and may be made again."""
-        self.client.hset(keys.message(message_id), "survey", "sent" if sent else "")
+    def settle_survey(self, message_id: str, outcome: str) -> None:
+        """'sent', 'unknown', or '' when the call certainly did not happen and may be made again."""
+        self.client.hset(keys.message(message_id), "survey", outcome)
 
     def status(self, message_id: str) -> dict[str, Any] | None:
         pipe = self.client.pipeline(transaction=False)
@@ -214,9 +232,6 @@ class Ledger:
         result["attempts"] = int(result.get("attempts") or 0)
         result["history"] = [json.loads(entry) for entry in log]
         return result
-
-    def counters(self) -> dict[str, int]:
-        return {_text(k): int(v) for k, v in self.client.hgetall(keys.STATS).items()}
 
 
 def _text(value: bytes | str) -> str:

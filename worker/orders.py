@@ -7,6 +7,8 @@ the seen-set makes them so.
 
 from __future__ import annotations
 
+from typing import cast
+
 import redis
 
 from worker import keys
@@ -36,3 +38,6 @@ class Orders:
             client=self.client,
         )
         return dict(zip(result[::2], result[1::2], strict=True))
+
+    def totals(self, user: str) -> dict[str, str]:
+        return cast(dict[str, str], self.client.hgetall(keys.orders(user)))

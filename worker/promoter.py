@@ -22,6 +22,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 
 USER_AGENT = "promoter-relay/0.1"
@@ -52,6 +53,14 @@ class PromoterError(Exception):
 
 class TransientError(PromoterError):
     """Connection trouble, timeouts, 408, 425 and 5xx: the same request may well succeed later."""
+
+
+class UncertainError(TransientError):
+    """The request may have reached Promoter (read timeout, connection lost mid-answer).
+
+    Retrying is right for an idempotent contact upsert and wrong for a survey, which would reach a
+    person twice; the caller decides.
+    """
 
 
 class ThrottledError(TransientError):
@@ -135,6 +144,23 @@ def classify(
     return PermanentError(message, status, body)
 
 
+def _never_sent(error: Exception) -> bool:
+    """Connection refused, DNS failure or connect timeout: the request never left this host."""
+    if isinstance(error, requests.ConnectTimeout):
+        return True
+    pending: list[object] = [error]
+    seen: set[int] = set()
+    while pending:
+        cause = pending.pop()
+        if not isinstance(cause, BaseException) or id(cause) in seen:
+            continue
+        seen.add(id(cause))
+        if isinstance(cause, urllib3.exceptions.NewConnectionError | urllib3.exceptions.NameResolutionError):
+            return True
+        pending += [cause.__cause__, cause.__context__, getattr(cause, "reason", None), *cause.args]
+    return False
+
+
 class PromoterClient:
     """One pooled HTTP session per process; a call either returns the JSON object or raises."""
 
@@ -193,7 +219,10 @@ class PromoterClient:
             self._observe(endpoint, None, started)
             kind = "timed out" if isinstance(exc, requests.Timeout) else "connection failed"
             detail = self._redact(str(exc))[:300]
-            raise TransientError(f"{kind} calling {endpoint} ({type(exc).__name__}): {detail}") from None
+            message = f"{kind} calling {endpoint} ({type(exc).__name__}): {detail}"
+            if _never_sent(exc):
+                raise TransientError(message) from None
+            raise UncertainError(message) from None
         except requests.RequestException as exc:
             self._observe(endpoint, None, started)
             raise PermanentError(f"cannot call {endpoint}: {type(exc).__name__}") from None
@@ -209,8 +238,9 @@ class PromoterClient:
         except ValueError:
             payload = None
         if not isinstance(payload, dict):
-            # Not retried: the call may have taken effect, and a repeated survey reaches a person twice.
-            raise PermanentError(
+            # Maybe Promoter answering oddly (then the call took effect), maybe a proxy or captive
+            # portal in between (then it did not): either way, not known.
+            raise UncertainError(
                 f"HTTP {response.status_code} from {endpoint} without a JSON object: {_summary(text)}",
                 response.status_code,
                 text,

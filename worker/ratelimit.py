@@ -50,7 +50,3 @@ class RateLimiter:
     def pause(self, seconds: float) -> None:
         now_ms = time.time() * 1000.0
         self._pause(args=[f"{now_ms + seconds * 1000.0:.0f}", f"{now_ms:.0f}"], client=self.client)
-
-    def paused_for(self) -> float:
-        until = float(self.client.get(keys.PAUSE) or 0)
-        return max(0.0, until / 1000.0 - time.time())

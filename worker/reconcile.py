@@ -37,7 +37,8 @@ if not state or FINAL[state] or state == 'held' then
 end
 enqueued(KEYS[2], ARGV[4], ARGV[1])
 redis.call('LPUSH', KEYS[1], ARGV[4])
-set_state(KEYS[2], state, 're-queued: its task message was lost', ARGV[1], tonumber(ARGV[5]))
+note(KEYS[2], 're-queued: its task message was lost', ARGV[1], tonumber(ARGV[5]))
+redis.call('HINCRBY', STATS, 'requeued', 1)
 return 1
 """
 )
@@ -51,22 +52,25 @@ class Reconciler:
         self.grace = grace_seconds
         self._requeue = client.register_script(_REQUEUE)
 
-    def cutoff(self, now: float) -> float:
+    def cutoff(self, now: float) -> float | None:
+        """Pending entries scored before this have left the queue; None when that cannot be told."""
         cutoff = now - self.grace
         head = self.client.lindex(self.queue, -1)
-        if head:
-            try:
-                message_id = json.loads(json.loads(cast(str, head))["body"])[0][0]["messageId"]
-            except (ValueError, KeyError, IndexError, TypeError):
-                return cutoff
-            queued_at = self.client.zscore(keys.PENDING, message_id)
-            if queued_at is not None:
-                cutoff = min(cutoff, float(queued_at) - 0.001)
-        return cutoff
+        if not head:
+            return cutoff
+        try:
+            message_id = json.loads(json.loads(cast(str, head))["body"])[0][0]["messageId"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            return None
+        queued_at = self.client.zscore(keys.PENDING, message_id)
+        # A head without a pending entry is a leftover copy of a finished message: it says nothing.
+        return None if queued_at is None else min(cutoff, float(queued_at) - 0.001)
 
     def requeue_stale(self, limit: int = 500) -> int:
         now = time.time()
         cutoff = self.cutoff(now)
+        if cutoff is None:
+            return 0
         stale = cast(list[str], self.client.zrangebyscore(keys.PENDING, "-inf", cutoff, start=0, num=limit))
         if not stale:
             return 0

@@ -48,7 +48,7 @@ def build(settings: Settings) -> Runtime:
         settings=settings,
         redis=client,
         ledger=Ledger(client, ttl, queue),
-        holds=Holds(client, ttl, queue),
+        holds=Holds(client, ttl, queue, settings.hold_ttl_seconds),
         schedule=Schedule(client, ttl, queue),
         dead=DeadLetters(client, ttl, queue),
         orders=Orders(client),

@@ -80,6 +80,3 @@ class Schedule:
     def dispatch_due(self, limit: int = 1000) -> int:
         moved: int = self._dispatch(keys=[self.queue], args=[f"{time.time():.3f}", limit], client=self.client)
         return moved
-
-    def pending(self) -> int:
-        return int(self.client.zcard(keys.SCHEDULE))

@@ -76,6 +76,14 @@ def _optional_int(name: str, value: str) -> int | None:
     return _positive_int(name, value) if value.strip() else None
 
 
+def _token(name: str, value: str) -> str:
+    """A credential sent in an HTTP header: no spaces or control characters (never echoed back)."""
+    token = value.strip()
+    if any(char.isspace() or not char.isprintable() for char in token):
+        raise SettingsError(f"{name} contains spaces or control characters")
+    return token
+
+
 def _words(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
@@ -101,12 +109,12 @@ def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:
 _PARSERS: dict[str, Any] = {
     "REDIS_URL": ("redis_url", lambda n, v: _url(n, v, ("redis", "rediss", "unix"))),
     "PROMOTER_API_URL": ("promoter_api_url", lambda n, v: _url(n, v, ("http", "https"))),
-    "PROMOTER_API_KEY": ("promoter_api_key", lambda n, v: _text(v)),
+    "PROMOTER_API_KEY": ("promoter_api_key", _token),
     "PROMOTER_CAMPAIGN_ID": ("promoter_campaign_id", _optional_int),
     "PROMOTER_CONTACT_LIST_IDS": ("promoter_contact_list_ids", _int_list),
     "SEGMENT_WRITE_KEYS": ("segment_write_keys", lambda n, v: _words(v)),
     "SEGMENT_SHARED_SECRET": ("segment_shared_secret", lambda n, v: _text(v)),
-    "ADMIN_TOKEN": ("admin_token", lambda n, v: _text(v)),
+    "ADMIN_TOKEN": ("admin_token", _token),
     "SURVEY_EVENTS": ("survey_events", lambda n, v: frozenset(_words(v))),
     "HOLD_TTL_SECONDS": ("hold_ttl_seconds", _positive_int),
     "PROMOTER_RATE_LIMIT": ("promoter_rate_limit", _positive_float),

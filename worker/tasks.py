@@ -3,9 +3,9 @@
 ``DeliveryTask`` owns the retry policy for every delivery task so the rules live in one place:
 transient failures are retried with backoff through our Redis schedule within the retry window,
 throttling pauses every worker, final answers end in a state, and anything else is a dead letter
-rather than an endless loop. Only Redis errors escape: the message then stays unacknowledged and
-comes back after the visibility timeout, which is the one safe thing to do when state cannot be
-written.
+rather than an endless loop. Only Redis errors escape, since no state can be written then: Celery
+drops that message, but its ``relay:pending`` entry stays, and the reconciler queues it again once
+the visibility timeout (plus a margin) has passed.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from celery import Task
 from worker import broker, delivery
 from worker.celery_app import celery
 from worker.events import Event
-from worker.ledger import FINAL_STATES
-from worker.promoter import IneligibleError, PermanentError, ThrottledError, TransientError
+from worker.ledger import FINAL_STATES, Attempt
+from worker.promoter import PermanentError, ThrottledError, TransientError
 from worker.reconcile import MARGIN_SECONDS, Reconciler
 from worker.runtime import Runtime, runtime
 from worker.schedule import backoff
@@ -58,9 +58,8 @@ class DeliveryTask(Task):  # type: ignore[misc]
                 attempt.number, rt.settings.retry_base_seconds, rt.settings.retry_max_delay_seconds
             )
             return self._retry(rt, event, attempt, delay, f"transient: {error}", context, error.body)
-        except IneligibleError:
-            rt.ledger.transition(message_id, "ineligible", "Promoter: contact is not eligible")
-            return "ineligible"
+        except delivery.OutcomeUnknown as error:
+            return self._bury(rt, event, attempt.number, str(error), context)
         except PermanentError as error:
             return self._bury(
                 rt, event, attempt.number, f"Promoter rejected it: {error}", context, error.body
@@ -68,7 +67,7 @@ class DeliveryTask(Task):  # type: ignore[misc]
         except delivery.ConfigurationError as error:
             return self._bury(rt, event, attempt.number, str(error), context)
         except redis.RedisError:
-            log.warning("redis unavailable; message left for redelivery", extra=context)
+            log.warning("redis unavailable; the reconciler will queue this message again", extra=context)
             raise
         except Exception as error:
             log.exception("unexpected error", extra=context)
@@ -82,16 +81,19 @@ class DeliveryTask(Task):  # type: ignore[misc]
         self,
         rt: Runtime,
         event: Event,
-        attempt: Any,
+        attempt: Attempt,
         delay: float,
         reason: str,
         context: dict[str, Any],
         response: str = "",
     ) -> str:
-        if time.time() + delay > attempt.since + rt.settings.retry_window_seconds:
+        """Retry after ``delay``, or at the window's end for a last try; past the window, bury."""
+        window_end = attempt.since + rt.settings.retry_window_seconds
+        now = time.time()
+        if now >= window_end:
             window = f"retry window of {rt.settings.retry_window_seconds}s exhausted"
             return self._bury(rt, event, attempt.number, f"{window}; last: {reason}", context, response)
-        return self._later(rt, event, delay, reason, attempt.number, context)
+        return self._later(rt, event, min(delay, window_end - now), reason, attempt.number, context)
 
     def _later(
         self, rt: Runtime, event: Event, delay: float, reason: str, attempts: int, context: dict[str, Any]
