@@ -119,6 +119,9 @@ def _survey(event: Event, contact: Contact, rt: Runtime, done: list[str]) -> Res
     if campaign is None:
         raise ConfigurationError("no campaign: set PROMOTER_CAMPAIGN_ID or integrations.Promoter.campaign")
     message_id = event["messageId"]
+    # The rate-limit slot comes first, so that nothing sits between claiming and calling: a worker
+    # that dies holding the claim turns the survey into an unknown outcome.
+    _acquire(rt)
     lease = rt.settings.promoter_timeout_seconds * 2 + 5
     claim = rt.ledger.claim_survey(message_id, lease)
     if claim == "sent":
@@ -127,11 +130,6 @@ def _survey(event: Event, contact: Contact, rt: Runtime, done: list[str]) -> Res
         raise OutcomeUnknown(UNKNOWN_OUTCOME)
     if not isinstance(claim, str):
         raise Wait(claim, "survey call for this message in flight elsewhere")
-    try:
-        _acquire(rt)
-    except Wait:
-        rt.ledger.settle_survey(message_id, "")
-        raise
     body = mapping.survey_body(
         campaign,
         {"email": contact.email, "first_name": contact.first_name, "last_name": contact.last_name},
