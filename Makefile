@@ -20,8 +20,8 @@ run: $(STAMP)
 	$(BIN)/promoter-relay dev
 
 lint: $(STAMP)
-	$(BIN)/ruff check app worker tests
-	$(BIN)/ruff format --check app worker tests
+	$(BIN)/ruff check app worker tests bench
+	$(BIN)/ruff format --check app worker tests bench
 	$(BIN)/mypy
 
 test: lint

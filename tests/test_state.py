@@ -71,7 +71,7 @@ def test_survey_claim_lease_running_out_means_unknown(redis_client: redis.Redis)
     accept(redis_client, make_event("s1"))
     assert ledger.claim_survey("s1", 0.2) == "go"
     leased = ledger.claim_survey("s1", 0.2)
-    assert isinstance(leased, float) and 0 < leased <= 0.2
+    assert isinstance(leased, float) and 0 < leased <= 0.201
     time.sleep(0.3)
     assert ledger.claim_survey("s1", 0.2) == "unknown"
     assert ledger.claim_survey("s1", 0.2) == "unknown"

@@ -1,0 +1,65 @@
+"""Bench-only comparison servers.
+
+* ``bare_app()``: the ceiling of the stack, a Flask endpoint that reads the body and answers 200.
+* ``naive_app()``: what the relay avoids, a handler that calls Promoter inline (one contact upsert per
+  request, synchronously) and answers only after Promoter did.
+* ``python -m bench.apps PORT LATENCY_MS``: the sandbox on werkzeug's threaded server, as the tests and
+  ``promoter-relay dev`` run it, for the sandbox-ceiling comparison.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import flask
+import requests
+from requests.adapters import HTTPAdapter
+
+from bench.infra import SANDBOX_KEY
+
+
+def bare_app() -> flask.Flask:
+    app = flask.Flask("bench-bare")
+
+    @app.post("/v1/<kind>")
+    def ingest(kind: str) -> flask.Response:
+        flask.request.get_data()
+        return flask.jsonify(success=True)
+
+    return app
+
+
+def naive_app() -> flask.Flask:
+    app = flask.Flask("bench-naive")
+    url = os.environ["PROMOTER_API_URL"].rstrip("/") + "/contacts/"
+    session = requests.Session()
+    session.mount("http://", HTTPAdapter(pool_maxsize=16, max_retries=0))
+    headers = {"Authorization": f"Token {SANDBOX_KEY}"}
+
+    @app.post("/v1/<kind>")
+    def ingest(kind: str) -> tuple[flask.Response, int]:
+        message = flask.request.get_json(force=True)
+        traits = message.get("traits") or {}
+        email = traits.get("email") or f"{message.get('userId')}@example.com"
+        try:
+            answer = session.post(url, json={"email": email}, headers=headers, timeout=10)
+        except requests.RequestException:
+            return flask.jsonify(success=False), 502
+        return flask.jsonify(success=answer.ok), 200 if answer.ok else 502
+
+    return app
+
+
+def main() -> None:
+    from app.sandbox import SandboxServer, SandboxState
+
+    port, latency_ms = int(sys.argv[1]), float(sys.argv[2])
+    with SandboxServer(SandboxState(api_key=SANDBOX_KEY, latency_ms=latency_ms), port=port):
+        while True:
+            time.sleep(3600)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,247 @@
+"""Medians, side-by-side ratios, targets and the printed table."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from bench.infra import median
+from bench.sections import DELIVERY_CONCURRENCY, DELIVERY_LATENCY_MS, Runs
+
+RATE_LIMIT = 100_000.0
+IDEAL_CALLS_PER_S = min(DELIVERY_CONCURRENCY / (DELIVERY_LATENCY_MS / 1000), RATE_LIMIT)
+Sections = dict[str, Runs]
+
+
+def medians(runs: list[dict[str, Any]]) -> dict[str, float]:
+    numeric = {
+        k for run in runs for k, v in run.items() if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+    return {k: median(float(run[k]) for run in runs if k in run) for k in sorted(numeric)}
+
+
+def per_run(
+    a: list[dict[str, Any]], b: list[dict[str, Any]], key: Callable[[dict[str, Any]], float]
+) -> list[float]:
+    """a_i / b_i for each repeat i: both sides of a ratio were measured in the same repeat."""
+    return [key(x) / key(y) if key(y) else float("nan") for x, y in zip(a, b, strict=False)]
+
+
+def _ev(run: dict[str, Any]) -> float:
+    return float(run["events_per_s"])
+
+
+def _p99(run: dict[str, Any]) -> float:
+    return float(run["p99_ms"])
+
+
+def ratios(sections: Sections) -> dict[str, list[float]]:
+    """Each side-by-side ratio, one value per repeat."""
+    out: dict[str, list[float]] = {}
+    ing = sections.get("ingest", {})
+    if ing:
+        out["ingest single / bare Flask single"] = per_run(
+            ing["relay, single"], ing["bare Flask, single"], _ev
+        )
+        out["ingest batch / bare Flask batch"] = per_run(
+            ing["relay, batch of 100"], ing["bare Flask, batch of 100"], _ev
+        )
+        out["ingest batch / Redis LPUSH ceiling"] = per_run(
+            ing["relay, batch of 100"], ing["Redis LPUSH x100 (1 conn)"], _ev
+        )
+        out["ingest batch / Ledger.accept x100"] = per_run(
+            ing["relay, batch of 100"], ing["Ledger.accept x100 (1 conn)"], _ev
+        )
+    dec = sections.get("decoupling", {})
+    if dec:
+        out["relay: p99 Promoter healthy / worker stopped"] = per_run(
+            dec["relay, Promoter healthy"], dec["relay, worker stopped"], _p99
+        )
+    for name in ("relay", "naive inline"):
+        for condition in ("slow", "down"):
+            row = dec.get(f"{name}, Promoter {condition}")
+            if row:
+                base = dec[f"{name}, Promoter healthy"]
+                out[f"{name}: p99 Promoter {condition} / healthy"] = per_run(row, base, _p99)
+    dlv = sections.get("delivery", {})
+    for name, runs in dlv.items():
+        if name.startswith("relay, ") and "50 ms" in name:
+            out[f"{name}: achieved / ideal"] = [r["tasks_per_s"] / IDEAL_CALLS_PER_S for r in runs]
+            ceiling = dlv.get("sandbox ceiling: gunicorn gthread 1x128")
+            if ceiling:
+                out[f"{name}: achieved / sandbox ceiling"] = per_run(
+                    runs, ceiling, lambda r: float(r.get("tasks_per_s", r.get("requests_per_s", 0)))
+                )
+    noop, ours = dlv.get("no-op task, threads x8, 0 ms"), dlv.get("relay task, threads x8, 0 ms")
+    if noop and ours:
+        out["relay task / no-op task, throughput"] = per_run(ours, noop, lambda r: float(r["tasks_per_s"]))
+        out["relay task / no-op task, worker CPU per task"] = per_run(
+            ours, noop, lambda r: float(r["worker_cpu_ms_per_task"])
+        )
+    return out
+
+
+def _spread(runs: list[dict[str, Any]], key: Callable[[dict[str, Any]], float]) -> float:
+    values = [key(r) for r in runs]
+    mid = median(values)
+    return (max(values) - min(values)) / mid if mid else float("nan")
+
+
+def targets(sections: Sections, ratio_runs: dict[str, list[float]]) -> list[dict[str, Any]]:
+    ratio = {name: median(values) for name, values in ratio_runs.items()}
+    found: list[dict[str, Any]] = []
+
+    def judge(name: str, value: float, goal: float, passed: bool, note: str = "") -> None:
+        found.append({"target": name, "value": value, "goal": goal, "pass": passed, "note": note})
+
+    if "ingest" in sections:
+        value = ratio["ingest single / bare Flask single"]
+        judge("single-event ingest >= 0.8 x bare Flask (events/s)", value, 0.8, value >= 0.8)
+        batch = medians(sections["ingest"]["relay, batch of 100"])["events_per_s"]
+        judge("batch ingest >= 10,000 events/s", batch, 10_000, batch >= 10_000)
+    pool_ratios = {k: v for k, v in ratio.items() if k.endswith(": achieved / ideal")}
+    if pool_ratios:
+        best = max(pool_ratios, key=lambda k: pool_ratios[k])
+        value = pool_ratios[best]
+        note = f"best pool: {best.split(',')[1].strip().split(' ')[0]}; ideal {IDEAL_CALLS_PER_S:,.0f}/s"
+        judge("delivery >= 0.8 x ideal (concurrency 100, 50 ms)", value, 0.8, value >= 0.8, note)
+    dec = sections.get("decoupling", {})
+    if dec:
+        healthy = dec["relay, Promoter healthy"]
+        tolerance = min(1.0, max(0.25, _spread(healthy, _p99)))
+        for condition in ("slow", "down"):
+            value = ratio[f"relay: p99 Promoter {condition} / healthy"]
+            errors = sum(int(r["non2xx"]) + int(r["errors"]) for r in dec[f"relay, Promoter {condition}"])
+            note = (
+                f"noise tolerance +{tolerance:.0%}: spread of healthy runs, within 25-100%; {errors} non-2xx"
+            )
+            judge(
+                f"ingest p99 unchanged when Promoter is {condition}",
+                value,
+                1 + tolerance,
+                value <= 1 + tolerance and errors == 0,
+                note,
+            )
+    return found
+
+
+def _fmt(value: Any, digits: int = 0) -> str:
+    if not isinstance(value, int | float) or value != value:
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def _table(title: str, header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = [title]
+    for row in [header, *rows]:
+        cells = [
+            str(c).ljust(w) if i == 0 else str(c).rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  " + "  ".join(cells))
+    return "\n".join(lines)
+
+
+def render(
+    meta: dict[str, Any], sections: Sections, ratio: dict[str, list[float]], goals: list[dict[str, Any]]
+) -> str:
+    out = [
+        f"promoter-relay bench: medians of {meta['repeats']} interleaved runs; {meta['load']}; "
+        f"Redis {meta['redis']}; {meta['cpus']} CPUs; git {meta['git']}"
+    ]
+    ing = sections.get("ingest", {})
+    if ing:
+        bare = {
+            "single": medians(ing["bare Flask, single"]),
+            "batch": medians(ing["bare Flask, batch of 100"]),
+        }
+        rows = []
+        for name, runs in ing.items():
+            m = medians(runs)
+            if "p99_ms" in m:
+                kind = "batch" if "batch" in name else "single"
+                vs = _fmt(m["events_per_s"] / bare[kind]["events_per_s"], 2)
+                row = [name, _fmt(m["events_per_s"]), _fmt(m["requests_per_s"]), _fmt(m["p50_ms"], 1)]
+                rows.append([*row, _fmt(m["p99_ms"], 1), _fmt(m["non2xx"]), vs])
+            else:
+                rows.append([name, _fmt(m["events_per_s"]), "-", "-", "-", "-", "-"])
+        header = [
+            "ingest (gunicorn 2 workers x 4 threads)",
+            "events/s",
+            "req/s",
+            "p50 ms",
+            "p99 ms",
+            "non-2xx",
+        ]
+        out += [
+            "",
+            _table(
+                f"INGEST, {meta['seconds']:.0f} s per row and repeat (A-B-B-A halves)",
+                [*header, "vs bare"],
+                rows,
+            ),
+        ]
+    dec = sections.get("decoupling", {})
+    if dec:
+        rows = []
+        for name, runs in dec.items():
+            m = medians(runs)
+            base = medians(dec[name.split(",")[0] + ", Promoter healthy"])
+            row = [name, _fmt(m["requests_per_s"]), _fmt(m["p50_ms"], 1), _fmt(m["p99_ms"], 1)]
+            row += [_fmt(m["non2xx"] + m["errors"]), _fmt(m.get("worker_cpu_pct"))]
+            rows.append([*row, _fmt(m["p99_ms"] / base["p99_ms"], 2)])
+        header = [
+            "single-event ingest",
+            "req/s",
+            "p50 ms",
+            "p99 ms",
+            "failed",
+            "worker CPU %",
+            "p99 vs healthy",
+        ]
+        title = "DECOUPLING (worker threads x32 + beat; Promoter healthy = 50 ms, slow = 2 s, down = stopped)"
+        out += ["", _table(title, header, rows)]
+    dlv = sections.get("delivery", {})
+    if dlv:
+        rows = []
+        for name, runs in dlv.items():
+            if name.startswith("sandbox ceiling: "):
+                m = medians(runs)
+                row = [
+                    name.split(": ")[1],
+                    _fmt(m["requests_per_s"]),
+                    _fmt(m["requests_per_s"] / IDEAL_CALLS_PER_S, 2),
+                ]
+                rows.append([*row, _fmt(m["p50_ms"], 1), _fmt(m["p99_ms"], 1)])
+        header = ["Promoter sandbox alone, 100 connections", "calls/s", "/ ideal", "p50 ms", "p99 ms"]
+        out += ["", _table("SANDBOX CEILING (50 ms per call; ideal 2,000 calls/s)", header, rows)]
+        rows = []
+        for name, runs in dlv.items():
+            if name.startswith("sandbox ceiling: "):
+                continue
+            m = medians(runs)
+            ideal = _fmt(m["tasks_per_s"] / IDEAL_CALLS_PER_S, 2) if "50 ms" in name else "-"
+            row = [name, _fmt(m["tasks_per_s"]), ideal, _fmt(m["worker_cpu_ms_per_task"], 2)]
+            row += [_fmt(m["redis_cmds_per_task"], 1), _fmt(m["redis_cpu_ms_per_task"], 3)]
+            rows.append([*row, _fmt(m["worker_pss_mib"]), _fmt(m["startup_s"], 1)])
+        header = ["delivery (tasks = Promoter calls)", "tasks/s", "/ ideal", "wkr CPU ms/task"]
+        header += ["Redis cmds/task", "Redis CPU ms/task", "worker PSS MiB", "start s"]
+        ideal = f"{DELIVERY_CONCURRENCY} / 50 ms = {IDEAL_CALLS_PER_S:,.0f}/s"
+        title = f"DELIVERY (identify+track pairs; ideal = {ideal})"
+        out += ["", _table(title, header, rows)]
+    mem = sections.get("memory", {})
+    if mem:
+        rows = [[n, _fmt(medians(r)["usage_bytes"]), _fmt(medians(r)["info_bytes"])] for n, r in mem.items()]
+        out += ["", _table("REDIS MEMORY per item", ["item", "MEMORY USAGE B", "INFO delta B"], rows)]
+    out += ["", "RATIOS (median of the per-repeat ratios, and their range)"]
+    for name, values in ratio.items():
+        out.append(f"  {name:<58} {median(values):6.2f}   ({min(values):.2f} - {max(values):.2f})")
+    out += ["", "TARGETS"]
+    for goal in goals:
+        verdict = "PASS" if goal["pass"] else "MISS"
+        digits = 0 if goal["goal"] > 100 else 2
+        value, target = _fmt(goal["value"], digits), _fmt(goal["goal"], digits)
+        note = f"  ({goal['note']})" if goal["note"] else ""
+        out.append(f"  {verdict}  {goal['target']}: {value} (goal {target}){note}")
+    return "\n".join(out)
