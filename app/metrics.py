@@ -66,7 +66,10 @@ def _latency(raw: dict[str, str]) -> Iterator[Metric]:
     )
     endpoints = sorted({name.split("|")[0] for name in raw if not name.startswith("calls|")})
     for endpoint in endpoints:
-        buckets = [(str(bound), float(raw.get(f"{endpoint}|le|{bound}", 0))) for bound in LATENCY_BUCKETS]
+        buckets, running = [], 0.0
+        for bound in LATENCY_BUCKETS:
+            running += float(raw.get(f"{endpoint}|le|{bound}", 0))
+            buckets.append((str(bound), running))
         count = float(raw.get(f"{endpoint}|count", 0))
         histogram.add_metric([endpoint], [*buckets, ("+Inf", count)], float(raw.get(f"{endpoint}|sum", 0)))
     for name, value in raw.items():

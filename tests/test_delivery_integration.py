@@ -226,7 +226,7 @@ def test_task_message_lost_by_the_broker_is_requeued_and_delivered(
     processes.worker()
     wait_until(lambda: state(redis_client, identify_id) == "delivered")
     assert redis_client.zscore(keys.PENDING, identify_id) is None
-    assert redis_client.hget(keys.message(identify_id), "payload") is None
+    assert redis_client.exists(keys.payload(identify_id)) == 0
     assert "re-queued: its task message was lost" in [
         h["detail"] for h in _history(redis_client, identify_id)
     ]

@@ -76,7 +76,7 @@ def task_names(r: redis.Redis) -> list[str]:
 
 
 def status_keys(r: redis.Redis) -> list[str]:
-    return [k for k in r.keys("relay:msg:*") if not k.endswith(":log")]
+    return [k for k in r.keys("relay:msg:*") if not k.endswith((":log", ":payload"))]
 
 
 def assert_nothing_stored(r: redis.Redis) -> None:

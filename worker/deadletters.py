@@ -40,7 +40,7 @@ redis.call('HSET', KEYS[1], 'id', ARGV[3], 'since', ARGV[1], 'survey', '')
 redis.call('LPUSH', '{keys.RECENT}', ARGV[3])
 redis.call('LTRIM', '{keys.RECENT}', 0, {RECENT_LIMIT - 1})
 set_state(KEYS[1], 'received', 'replayed from dead letters', ARGV[1], tonumber(ARGV[2]), 0)
-enqueued(KEYS[1], ARGV[4], ARGV[1])
+enqueued(KEYS[1], ARGV[4], ARGV[1], tonumber(ARGV[2]))
 redis.call('LPUSH', KEYS[2], ARGV[4])
 return 1
 """

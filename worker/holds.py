@@ -60,7 +60,7 @@ end)
 for _, item in ipairs(items) do
   local at, id, message = string.match(item, '^([^|]*)|([^|]*)|(.*)$')
   local status = 'relay:msg:{{' .. id .. '}}'
-  enqueued(status, message, now)
+  enqueued(status, message, now, ttl)
   redis.call('HSET', status, 'since', now)
   redis.call('LPUSH', KEYS[1], message)
   set_state(status, 'received', 'released: user identified', now, ttl)

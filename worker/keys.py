@@ -27,6 +27,12 @@ def message(message_id: str) -> str:
     return f"{PREFIX}:msg:{{{message_id}}}"
 
 
+def payload(message_id: str) -> str:
+    """The task message of a message that should be moving (see ``ledger``); its own key, so the
+    status hash stays small (Redis keeps small hashes compact, and a hash never shrinks back)."""
+    return f"{message(message_id)}:payload"
+
+
 def history(message_id: str) -> str:
     return f"{message(message_id)}:log"
 

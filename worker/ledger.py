@@ -30,7 +30,7 @@ HISTORY_LIMIT = 50
 #
 # ``relay:pending`` is the safety net under the broker: every message that should be in the queue, in
 # a worker or in the retry schedule has an entry scored with when that last became true, and its
-# status record keeps the task message (``payload``). A message that the broker lost (a worker or
+# task message is kept beside the status record (``...:payload``). A message that the broker lost (a worker or
 # Redis killed between BRPOP and kombu's unacked bookkeeping) shows up there as stale, and
 # ``worker.reconcile`` queues it again. Final and held messages leave the set: they need no task.
 LUA_PRELUDE = f"""
@@ -40,8 +40,8 @@ local FINAL = {{delivered = true, ineligible = true, skipped = true, dead = true
 local function message_id(key)
   return string.sub(key, {len(keys.message(""))}, -2)
 end
-local function enqueued(key, message, at)
-  redis.call('HSET', key, 'payload', message)
+local function enqueued(key, message, at, ttl)
+  redis.call('SET', key .. ':payload', message, 'EX', ttl)
   redis.call('ZADD', PENDING, at, message_id(key))
 end
 local function note(key, detail, now, ttl)
@@ -63,7 +63,7 @@ local function set_state(key, state, detail, now, ttl, attempts)
   redis.call('EXPIRE', minute, 3900)
   if FINAL[state] or state == 'held' then
     redis.call('ZREM', PENDING, message_id(key))
-    redis.call('HDEL', key, 'payload')
+    redis.call('DEL', key .. ':payload')
   end
 end
 """
@@ -87,7 +87,7 @@ for i = 2, #KEYS do
       'event', ARGV[base + 4], 'received', now, 'since', now, 'attempts', 0)
     set_state(key, state, ARGV[base + 5], now, ttl)
     if ARGV[base + 7] ~= '' then
-      enqueued(key, ARGV[base + 7], now)
+      enqueued(key, ARGV[base + 7], now, ttl)
       redis.call('LPUSH', KEYS[1], ARGV[base + 7])
     end
     redis.call('HINCRBY', STATS, 'accepted:' .. kind, 1)

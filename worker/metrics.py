@@ -21,10 +21,10 @@ def observe_promoter(client: redis.Redis, endpoint: str, status: int | None, sec
     """Add one Promoter call to the latency histogram; never let metrics break a delivery."""
     label = f"{endpoint}|{status if status is not None else 'error'}"
     try:
+        # One bucket per call (not cumulative): /metrics sums them up, so a call costs 4 commands.
+        bucket = next((str(bound) for bound in LATENCY_BUCKETS if seconds <= bound), "+Inf")
         pipe = client.pipeline(transaction=False)
-        for bound in LATENCY_BUCKETS:
-            if seconds <= bound:
-                pipe.hincrby(keys.LATENCY, f"{endpoint}|le|{bound}", 1)
+        pipe.hincrby(keys.LATENCY, f"{endpoint}|le|{bucket}", 1)
         pipe.hincrby(keys.LATENCY, f"{endpoint}|count", 1)
         pipe.hincrbyfloat(keys.LATENCY, f"{endpoint}|sum", seconds)
         pipe.hincrby(keys.LATENCY, f"calls|{label}", 1)

@@ -35,7 +35,7 @@ if not state or FINAL[state] or state == 'held' then
   redis.call('ZREM', PENDING, ARGV[3])
   return 0
 end
-enqueued(KEYS[2], ARGV[4], ARGV[1])
+enqueued(KEYS[2], ARGV[4], ARGV[1], tonumber(ARGV[5]))
 redis.call('LPUSH', KEYS[1], ARGV[4])
 note(KEYS[2], 're-queued: its task message was lost', ARGV[1], tonumber(ARGV[5]))
 redis.call('HINCRBY', STATS, 'requeued', 1)
@@ -76,7 +76,7 @@ class Reconciler:
             return 0
         pipe = self.client.pipeline(transaction=False)
         for message_id in stale:
-            pipe.hget(keys.message(message_id), "payload")
+            pipe.get(keys.payload(message_id))
         requeued = 0
         for message_id, payload in zip(stale, pipe.execute(), strict=True):
             if not payload:

@@ -21,7 +21,7 @@ _SCHEDULE = (
 -- KEYS: status; ARGV: now, ttl, message id, due, task message, detail, attempts
 redis.call('ZADD', '{keys.SCHEDULE}', ARGV[4], ARGV[3])
 redis.call('HSET', '{keys.SCHEDULED}', ARGV[3], ARGV[5])
-enqueued(KEYS[1], ARGV[5], ARGV[4])
+enqueued(KEYS[1], ARGV[5], ARGV[4], tonumber(ARGV[2]))
 set_state(KEYS[1], 'retrying', ARGV[6], ARGV[1], tonumber(ARGV[2]), ARGV[7] ~= '' and ARGV[7] or nil)
 return 1
 """
