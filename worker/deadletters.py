@@ -15,11 +15,10 @@ import redis
 
 from worker import broker, keys
 from worker.events import Event, user_key
-from worker.ledger import LUA_PRELUDE, RECENT_LIMIT
+from worker.ledger import RECENT_LIMIT, lua_script
 
-_BURY = (
-    LUA_PRELUDE
-    + f"""
+_BURY = lua_script(
+    f"""
 -- KEYS: status; ARGV: now, ttl, id, record, reason, attempts, type, user, event name
 redis.call('HSET', '{keys.DEAD}', ARGV[3], ARGV[4])
 redis.call('HSET', KEYS[1], 'id', ARGV[3], 'type', ARGV[7], 'user', ARGV[8], 'event', ARGV[9])
@@ -30,9 +29,8 @@ return 1
 """
 )
 
-_REPLAY = (
-    LUA_PRELUDE
-    + f"""
+_REPLAY = lua_script(
+    f"""
 -- KEYS: status, queue; ARGV: now, ttl, id, task message
 redis.call('ZREM', '{keys.DEAD_INDEX}', ARGV[3])
 if redis.call('HDEL', '{keys.DEAD}', ARGV[3]) == 0 then return 0 end

@@ -21,13 +21,12 @@ import redis
 
 from worker import keys
 from worker.events import Event, user_key
-from worker.ledger import LUA_PRELUDE
+from worker.ledger import lua_script
 
 NEVER_IDENTIFIED = "never identified"
 
-_HOLD = (
-    LUA_PRELUDE
-    + f"""
+_HOLD = lua_script(
+    f"""
 -- KEYS: known, held, status; ARGV: now, status ttl, user, item, detail
 local contact = redis.call('HGETALL', KEYS[1])
 if #contact > 0 then return contact end
@@ -40,9 +39,8 @@ return {{}}
 """
 )
 
-_RELEASE = (
-    LUA_PRELUDE
-    + f"""
+_RELEASE = lua_script(
+    f"""
 -- KEYS: queue, then (known, held) per identity; ARGV: now, status ttl, n fields, fields..., users...
 local now, ttl, nfields = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local fields = {{}}
@@ -70,9 +68,8 @@ return #items
 """
 )
 
-_EXPIRE = (
-    LUA_PRELUDE
-    + f"""
+_EXPIRE = lua_script(
+    f"""
 -- ARGV: now, cutoff, status ttl, max users
 local now, cutoff, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local expired = 0

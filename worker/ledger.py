@@ -30,13 +30,17 @@ HISTORY_LIMIT = 50
 #
 # ``relay:pending`` is the safety net under the broker: every message that should be in the queue, in
 # a worker or in the retry schedule has an entry scored with when that last became true, and its
-# task message is kept beside the status record (``...:payload``). A message that the broker lost (a worker or
-# Redis killed between BRPOP and kombu's unacked bookkeeping) shows up there as stale, and
+# task message is kept beside the status record (``...:payload``). A message the broker lost (a worker
+# or Redis killed between BRPOP and kombu's unacked bookkeeping) shows up there as stale, and
 # ``worker.reconcile`` queues it again. Final and held messages leave the set: they need no task.
-LUA_PRELUDE = f"""
+_PRELUDE = f"""
 local STATS = '{keys.STATS}'
 local PENDING = '{keys.PENDING}'
 local FINAL = {{delivered = true, ineligible = true, skipped = true, dead = true}}
+local COUNTS = {{}}
+local function count(field, n)
+  COUNTS[field] = (COUNTS[field] or 0) + (n or 1)
+end
 local function message_id(key)
   return string.sub(key, {len(keys.message(""))}, -2)
 end
@@ -44,44 +48,63 @@ local function enqueued(key, message, at, ttl)
   redis.call('SET', key .. ':payload', message, 'EX', ttl)
   redis.call('ZADD', PENDING, at, message_id(key))
 end
-local function note(key, detail, now, ttl)
-  local state = redis.call('HGET', key, 'state') or 'received'
+local function note(key, state, detail, now, ttl)
   redis.call('HSET', key, 'updated', now, 'detail', detail or '')
   local log = key .. ':log'
-  redis.call('RPUSH', log, cjson.encode({{at = tonumber(now), state = state, detail = detail or ''}}))
-  redis.call('LTRIM', log, -{HISTORY_LIMIT}, -1)
+  local entry = cjson.encode({{at = tonumber(now), state = state, detail = detail or ''}})
+  local length = redis.call('RPUSH', log, entry)
+  if length > {HISTORY_LIMIT} then redis.call('LTRIM', log, -{HISTORY_LIMIT}, -1) end
   redis.call('EXPIRE', key, ttl)
   redis.call('EXPIRE', log, ttl)
 end
 local function set_state(key, state, detail, now, ttl, attempts)
-  redis.call('HSET', key, 'state', state)
-  if attempts then redis.call('HSET', key, 'attempts', attempts) end
-  note(key, detail, now, ttl)
-  redis.call('HINCRBY', STATS, 'state:' .. state, 1)
-  local minute = STATS .. ':m:' .. math.floor(tonumber(now) / 60)
-  redis.call('HINCRBY', minute, state, 1)
-  redis.call('EXPIRE', minute, 3900)
+  if attempts then
+    redis.call('HSET', key, 'state', state, 'attempts', attempts)
+  else
+    redis.call('HSET', key, 'state', state)
+  end
+  note(key, state, detail, now, ttl)
+  count('state:' .. state)
   if FINAL[state] or state == 'held' then
     redis.call('ZREM', PENDING, message_id(key))
     redis.call('DEL', key .. ':payload')
   end
 end
+local function flush_counts()
+  local minute = STATS .. ':m:' .. math.floor(tonumber(redis.call('TIME')[1]) / 60)
+  local states = false
+  for field, n in pairs(COUNTS) do
+    redis.call('HINCRBY', STATS, field, n)
+    local state = string.match(field, '^state:(.+)$')
+    if state then
+      redis.call('HINCRBY', minute, state, n)
+      states = true
+    end
+  end
+  if states then redis.call('EXPIRE', minute, 3900) end
+end
 """
 
-_ACCEPT = (
-    LUA_PRELUDE
-    + f"""
+
+def lua_script(body: str) -> str:
+    """``body`` with the shared functions above; counters are written once, when it has run."""
+    runner = "local result = main()\nflush_counts()\nreturn result\n"
+    return f"{_PRELUDE}local function main()\n{body}\nend\n{runner}"
+
+
+_ACCEPT = lua_script(
+    f"""
 -- KEYS[1] queue, KEYS[1+i] status key of item i; ARGV[1] now, ARGV[2] ttl, ARGV[3] seen ttl,
 -- then 8 per item (the 8th: the email-seen key of an identify carrying an email, else '').
 local now, ttl, seen_ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local fresh = {{}}
+local fresh, recent = {{}}, {{}}
 for i = 2, #KEYS do
   local key = KEYS[i]
   local base = 3 + (i - 2) * 8
   local state, kind = ARGV[base + 1], ARGV[base + 2]
   if redis.call('EXISTS', key) == 1 then
     fresh[#fresh + 1] = 0
-    redis.call('HINCRBY', STATS, 'duplicate:' .. kind, 1)
+    count('duplicate:' .. kind)
   else
     redis.call('HSET', key, 'id', ARGV[base + 6], 'type', kind, 'user', ARGV[base + 3],
       'event', ARGV[base + 4], 'received', now, 'since', now, 'attempts', 0)
@@ -90,20 +113,22 @@ for i = 2, #KEYS do
       enqueued(key, ARGV[base + 7], now, ttl)
       redis.call('LPUSH', KEYS[1], ARGV[base + 7])
     end
-    redis.call('HINCRBY', STATS, 'accepted:' .. kind, 1)
+    count('accepted:' .. kind)
     if ARGV[base + 8] ~= '' then redis.call('SET', ARGV[base + 8], 1, 'EX', seen_ttl) end
-    redis.call('LPUSH', '{keys.RECENT}', ARGV[base + 6])
+    recent[#recent + 1] = ARGV[base + 6]
     fresh[#fresh + 1] = 1
   end
 end
-redis.call('LTRIM', '{keys.RECENT}', 0, {RECENT_LIMIT - 1})
+if #recent > 0 then
+  redis.call('LPUSH', '{keys.RECENT}', unpack(recent, math.max(1, #recent - {RECENT_LIMIT - 1})))
+  redis.call('LTRIM', '{keys.RECENT}', 0, {RECENT_LIMIT - 1})
+end
 return fresh
 """
 )
 
-_TRANSITION = (
-    LUA_PRELUDE
-    + """
+_TRANSITION = lua_script(
+    """
 -- KEYS[1] status key; ARGV: now, ttl, state, detail, attempts ('' = unchanged)
 local attempts = ARGV[5] ~= '' and ARGV[5] or nil
 set_state(KEYS[1], ARGV[3], ARGV[4], ARGV[1], tonumber(ARGV[2]), attempts)

@@ -20,13 +20,12 @@ import redis
 
 from worker import broker, keys
 from worker.deadletters import event_of
-from worker.ledger import LUA_PRELUDE
+from worker.ledger import lua_script
 
 MARGIN_SECONDS = 30.0
 
-_REQUEUE = (
-    LUA_PRELUDE
-    + """
+_REQUEUE = lua_script(
+    """
 -- KEYS: queue, status; ARGV: now, cutoff, message id, task message, ttl
 local score = redis.call('ZSCORE', PENDING, ARGV[3])
 if not score or tonumber(score) > tonumber(ARGV[2]) then return 0 end
@@ -37,8 +36,8 @@ if not state or FINAL[state] or state == 'held' then
 end
 enqueued(KEYS[2], ARGV[4], ARGV[1], tonumber(ARGV[5]))
 redis.call('LPUSH', KEYS[1], ARGV[4])
-note(KEYS[2], 're-queued: its task message was lost', ARGV[1], tonumber(ARGV[5]))
-redis.call('HINCRBY', STATS, 'requeued', 1)
+note(KEYS[2], state, 're-queued: its task message was lost', ARGV[1], tonumber(ARGV[5]))
+count('requeued')
 return 1
 """
 )

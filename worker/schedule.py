@@ -13,11 +13,10 @@ import time
 import redis
 
 from worker import keys
-from worker.ledger import LUA_PRELUDE
+from worker.ledger import lua_script
 
-_SCHEDULE = (
-    LUA_PRELUDE
-    + f"""
+_SCHEDULE = lua_script(
+    f"""
 -- KEYS: status; ARGV: now, ttl, message id, due, task message, detail, attempts
 redis.call('ZADD', '{keys.SCHEDULE}', ARGV[4], ARGV[3])
 redis.call('HSET', '{keys.SCHEDULED}', ARGV[3], ARGV[5])
