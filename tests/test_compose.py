@@ -144,6 +144,11 @@ def test_stack_as_written_delivers_end_to_end(stack: dict[str, Any], sandbox: Sa
         f"{api}/admin/api/stats", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=5
     )
     assert stats.json()["totals"]["delivered"] == 2 * len(users)
+    # Several gunicorn workers answer /metrics in turn; each must report the same, whole totals.
+    for _ in range(4):
+        metrics = requests.get(f"{api}/metrics", timeout=5).text
+        assert f'relay_message_transitions_total{{state="delivered"}} {2 * len(users)}.0' in metrics
+        assert f'relay_events_received_total{{result="accepted",type="track"}} {len(users)}.0' in metrics
     wait_until(lambda: _up(f"{stack['flower']}/healthcheck"), timeout=60)
     workers = requests.get(f"{stack['flower']}/api/workers", auth=("admin", ADMIN_TOKEN), timeout=10)
     assert workers.status_code == 200

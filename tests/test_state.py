@@ -124,3 +124,17 @@ def test_credentials_with_spaces_fail_at_start_up_without_echoing(name: str) -> 
 def test_malformed_settings_fail_with_the_variable_named(environ: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError, match=message):
         load(environ)
+
+
+def test_rate_limit_is_one_budget_and_a_pause_stops_everyone(redis_client: redis.Redis) -> None:
+    from worker.ratelimit import RateLimiter
+
+    # Two limiters stand for two worker processes: they share the budget through Redis.
+    first, second = RateLimiter(redis_client, per_second=10), RateLimiter(redis_client, per_second=10)
+    granted = sum(1 for limiter in (first, second) * 10 if limiter.wait_seconds() == 0)
+    assert granted == 10, "one second's worth of burst, shared, not 10 each"
+    assert 0 < first.wait_seconds() <= 0.11
+    time.sleep(0.25)
+    assert second.wait_seconds() == 0, "the budget refills at the configured rate"
+    first.pause(1.5)
+    assert 1.0 < second.wait_seconds() <= 1.5, "a 429 seen by one worker pauses the other"
