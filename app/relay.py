@@ -8,6 +8,7 @@ import redis
 from flask import current_app
 
 from worker.ledger import Ledger
+from worker.runtime import redis_client
 from worker.settings import Settings
 
 
@@ -20,13 +21,7 @@ class Relay:
 
 def connect(settings: Settings) -> Relay:
     # Short timeouts: Segment's webhook gives up after 5 s, and a 503 it can retry beats a hang.
-    client = redis.Redis.from_url(
-        settings.redis_url,
-        socket_connect_timeout=1.0,
-        socket_timeout=2.0,
-        health_check_interval=30,
-        decode_responses=True,
-    )
+    client = redis_client(settings, timeout=2.0)
     ledger = Ledger(client, settings.status_ttl_seconds, settings.queue_name, settings.hold_ttl_seconds)
     return Relay(settings, client, ledger)
 

@@ -35,14 +35,19 @@ class Runtime:
     promoter: PromoterClient
 
 
-def build(settings: Settings) -> Runtime:
-    client = redis.Redis.from_url(
+def redis_client(settings: Settings, timeout: float) -> redis.Redis:
+    """The one way both sides open Redis: text replies, health-checked, bounded waits."""
+    return redis.Redis.from_url(
         settings.redis_url,
-        socket_connect_timeout=2.0,
-        socket_timeout=10.0,
+        socket_connect_timeout=min(timeout, 2.0),
+        socket_timeout=timeout,
         health_check_interval=30,
         decode_responses=True,
     )
+
+
+def build(settings: Settings) -> Runtime:
+    client = redis_client(settings, timeout=10.0)
     ttl, queue = settings.status_ttl_seconds, settings.queue_name
     return Runtime(
         settings=settings,
