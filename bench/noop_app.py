@@ -7,30 +7,25 @@ the task body (our delivery path) and our signal handlers.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from celery import Celery
+
+from worker.celery_app import celery as relay_celery
 
 QUEUE = "bench-noop"
 TASK = "bench.noop"
 
 celery = Celery("bench_noop")
+# Everything as the relay's worker has it (acks, prefetch, visibility, events...), but its own queue.
 celery.conf.update(
-    broker_url=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
-    broker_connection_retry_on_startup=True,
-    broker_transport_options={"visibility_timeout": 60},
-    task_default_queue=QUEUE,
-    task_serializer="json",
-    accept_content=["json"],
-    task_ignore_result=True,
-    result_backend=None,
-    task_acks_late=True,
-    task_reject_on_worker_lost=True,
-    worker_prefetch_multiplier=1,
-    worker_send_task_events=True,
-    worker_hijack_root_logger=False,
+    {
+        key: value
+        for key, value in relay_celery.conf.items()
+        if not key.startswith(("task_routes", "task_queues"))
+    }
 )
+celery.conf.update(task_default_queue=QUEUE, task_queues=None, task_routes=None, beat_schedule={})
 
 
 @celery.task(name=TASK, ignore_result=True)
