@@ -26,6 +26,11 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     if not testing:
         logs.configure(settings.log_format, settings.log_level)
     app.extensions["relay"] = connect(settings)
+    if settings.segment_signature_only_batches_unsafe:
+        app.logger.warning(
+            "SEGMENT_SIGNATURE_ONLY_BATCHES_UNSAFE is on: webhook arrays are accepted on a signature that "
+            "covers only their first element, so anyone holding one signed event can forge the rest"
+        )
 
     app.register_blueprint(health.bp)
     app.register_blueprint(ingest.bp)

@@ -27,6 +27,11 @@ def basic_username(request: Request) -> str | None:
     return decoded.partition(":")[0] or None
 
 
+def header_write_key(request: Request) -> str | None:
+    """A write key sent in a header: the HTTP Basic username, else ``X-Write-Key``."""
+    return basic_username(request) or (request.headers.get("X-Write-Key") or "").strip() or None
+
+
 def key_matches(candidate: str | None, allowed: Iterable[str]) -> bool:
     if not candidate:
         return False

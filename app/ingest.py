@@ -18,7 +18,7 @@ import redis
 from flask import Blueprint, Response, current_app, jsonify, request
 from marshmallow import ValidationError
 
-from app.auth import basic_username, key_matches, signature_matches
+from app.auth import header_write_key, key_matches, signature_matches
 from app.payload import (
     MAX_BATCH_EVENTS,
     MAX_EVENT_BYTES,
@@ -39,6 +39,10 @@ bp = Blueprint("ingest", __name__)
 log = logging.getLogger("relay.ingest")
 
 RETRY_AFTER_SECONDS = 5
+BATCH_NEEDS_KEY = (
+    "A webhook batch needs a write key in a header (HTTP Basic username or X-Write-Key) as well as "
+    "X-Signature: Segment signs a batch by its first element only."
+)
 
 
 @dataclass
@@ -101,7 +105,7 @@ def tracking_api(kind: str) -> tuple[Response, int]:
     body = read_body(request)
     document = parse_json(body)
     body_key = document.get("writeKey") if isinstance(document, dict) else None
-    _require_write_key(basic_username(request) or (body_key if isinstance(body_key, str) else None))
+    _require_write_key(header_write_key(request) or (body_key if isinstance(body_key, str) else None))
     if kind != "batch":
         return _single(document, kind)
     if not isinstance(document, dict):
@@ -112,19 +116,31 @@ def tracking_api(kind: str) -> tuple[Response, int]:
 
 @bp.post("/segment")
 def webhook() -> tuple[Response, int]:
+    """Segment's Webhooks destination: one message, or an array (Actions batching).
+
+    A header credential, when sent, is checked before the body is read or inflated. Segment signs an
+    array by its first element only, so a captured signed event could lead any array of forged ones:
+    an array therefore also needs a write key in a header, unless the operator opted into the unsafe
+    signature-only mode, and an array whose signed element is refused is refused whole.
+    """
+    settings = relay().settings
+    header_key = header_write_key(request)
+    if header_key is not None:
+        _require_write_key(header_key)
     body = read_body(request)
     document = parse_json(body)
-    secret = relay().settings.segment_shared_secret
-    if secret:
-        batch = isinstance(document, list) and bool(document)
-        signed = first_element_bytes(body.decode("utf-8")) if batch else body
-        if not signature_matches(secret, signed, request.headers.get("X-Signature")):
+    is_batch = isinstance(document, list)
+    if settings.segment_shared_secret:
+        signed = first_element_bytes(body.decode("utf-8")) if is_batch and document else body
+        if not signature_matches(settings.segment_shared_secret, signed, request.headers.get("X-Signature")):
             raise Unauthorized("Missing or invalid X-Signature.")
-    else:
+        if is_batch and header_key is None and not settings.segment_signature_only_batches_unsafe:
+            raise Unauthorized(BATCH_NEEDS_KEY)
+    elif header_key is None:
         body_key = document.get("writeKey") if isinstance(document, dict) else None
-        _require_write_key(basic_username(request) or (body_key if isinstance(body_key, str) else None))
-    if isinstance(document, list):
-        return _batch(document, {}, len(body))
+        _require_write_key(body_key if isinstance(body_key, str) else None)
+    if is_batch:
+        return _batch(document, {}, len(body), signed_first=bool(settings.segment_shared_secret))
     return _single(document, None)
 
 
@@ -151,13 +167,19 @@ def _single(document: Any, kind: str | None) -> tuple[Response, int]:
     return jsonify(success=True), 200
 
 
-def _batch(items: Any, shared: dict[str, Any], body_bytes: int) -> tuple[Response, int]:
+def _batch(
+    items: Any, shared: dict[str, Any], body_bytes: int, signed_first: bool = False
+) -> tuple[Response, int]:
     if not isinstance(items, list):
         raise PayloadError(400, {"batch": ["Must be a list of messages."]})
     if len(items) > MAX_BATCH_EVENTS:
         raise PayloadError(400, {"batch": [f"At most {MAX_BATCH_EVENTS} events per batch."]})
     # No item can be over the per-event limit when the whole body is not: skip measuring each one.
     outcome = _admit(items, None, shared, check_sizes=body_bytes > MAX_EVENT_BYTES)
+    if signed_first and outcome.rejected and outcome.rejected[0]["index"] == 0:
+        _count_rejected(items, outcome)
+        errors = {"batch": ["The signed first element is invalid, so nothing was accepted."]}
+        return failure(400, {**errors, "0": outcome.rejected[0]["errors"]})
     fresh = _accept(outcome.admissions)
     if outcome.rejected:
         _count_rejected(items, outcome)

@@ -103,7 +103,7 @@ def test_single_message_signed_over_raw_body(signed: FlaskClient, redis_client: 
 
 
 def test_batch_signed_over_raw_bytes_of_first_element(signed: FlaskClient, redis_client: redis.Redis) -> None:
-    response = hook(signed, BATCH, sign(FIRST))
+    response = hook(signed, BATCH, sign(FIRST), **basic())
     assert response.status_code == 200, response.get_json()
     assert response.get_json() == {"success": True, "accepted": 2, "duplicates": 0, "rejected": []}
     assert status(redis_client, "wh-batch-1")["type"] == "identify"
@@ -193,7 +193,7 @@ def test_signature_checked_before_the_body_is_validated(
 
 def test_signed_batch_with_invalid_items_reports_them(signed: FlaskClient, redis_client: redis.Redis) -> None:
     body = "[" + FIRST + ',{"type":"track","userId":"wh-2"},{"userId":"wh-2","event":"NPS"}]'
-    response = hook(signed, body, sign(FIRST))
+    response = hook(signed, body, sign(FIRST), **basic())
     assert response.status_code == 200
     assert response.get_json() == {
         "success": True,
@@ -218,7 +218,7 @@ def test_signed_retry_is_a_duplicate(signed: FlaskClient, redis_client: redis.Re
 @pytest.mark.parametrize("body", ["[]", "[\n]"])
 def test_signed_empty_batch_is_not_a_500(signed: FlaskClient, redis_client: redis.Redis, body: str) -> None:
     """An empty array has no first element: the signature is over the whole body."""
-    response = hook(signed, body, sign(body))
+    response = hook(signed, body, sign(body), **basic())
     assert response.status_code == 200, response.get_data(as_text=True)
     assert response.get_json() == {"success": True, "accepted": 0, "duplicates": 0, "rejected": []}
     assert_nothing_stored(redis_client)
@@ -233,13 +233,94 @@ def test_signed_webhook_still_enforces_json_and_limits(
     assert response.get_json()["errors"]["_request"][0].startswith("Invalid JSON")
     items = ",".join([SECOND] * 2501)
     too_many = "[" + items + "]"
-    response = hook(signed, too_many, sign(SECOND))
+    response = hook(signed, too_many, sign(SECOND), **basic())
     assert response.status_code == 400
     assert without_code(response) == {
         "success": False,
         "errors": {"batch": ["At most 2500 events per batch."]},
     }
     assert_nothing_stored(redis_client)
+
+
+# ------------------------------------------------------------------------- forged signed batches
+
+
+def test_forged_batch_led_by_a_captured_signed_event_is_refused_whole(
+    signed: FlaskClient, redis_client: redis.Redis
+) -> None:
+    """A signed single event is byte for byte a valid first element: alone it cannot vouch for more."""
+    forged = '{"type":"track","userId":"victim","event":"NPS","messageId":"forged-1"}'
+    response = hook(signed, "[" + SINGLE + "," + forged + "]", sign(SINGLE))
+    assert response.status_code == 401
+    assert "X-Write-Key" in response.get_json()["errors"]["_auth"][0]
+    assert_nothing_stored(redis_client)
+
+
+@pytest.mark.parametrize("header", ["basic", "x-write-key"])
+def test_signed_batch_with_a_header_write_key_is_accepted(
+    signed: FlaskClient, redis_client: redis.Redis, header: str
+) -> None:
+    credential = basic() if header == "basic" else {"X-Write-Key": WRITE_KEY}
+    response = hook(signed, BATCH, sign(FIRST), **credential)
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["accepted"] == 2
+
+
+@pytest.mark.parametrize(
+    ("body", "headers"),
+    [
+        pytest.param(b"\x1f\x8bnot gzip at all", {"Content-Encoding": "gzip"}, id="broken-gzip"),
+        pytest.param(b"[" + b" " * (600 * 1024) + b"]", {}, id="oversized"),
+    ],
+)
+@pytest.mark.parametrize("credential", ["basic", "x-write-key"])
+def test_a_wrong_header_key_is_refused_before_the_body_is_read(
+    signed: FlaskClient, redis_client: redis.Redis, body: bytes, headers: dict[str, str], credential: str
+) -> None:
+    wrong = basic("wrong-key") if credential == "basic" else {"X-Write-Key": "wrong-key"}
+    response = hook(signed, body, sign(body), **headers, **wrong)
+    assert response.status_code == 401, response.get_json()
+    assert response.get_json()["errors"] == {"_auth": ["Invalid write key."]}
+    assert_nothing_stored(redis_client)
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        pytest.param('{"type":"track","userId":"wh-9","messageId":"no-event"}', id="invalid"),
+        pytest.param(
+            '{"type":"track","userId":"wh-9","event":"NPS","messageId":"old",'
+            '"receivedAt":"2020-01-01T00:00:00Z"}',
+            id="outside-replay-window",
+        ),
+    ],
+)
+def test_a_refused_signed_element_refuses_the_whole_batch(
+    signed: FlaskClient, redis_client: redis.Redis, first: str
+) -> None:
+    response = hook(signed, "[" + first + "," + SECOND + "]", sign(first), **basic())
+    assert response.status_code == 400
+    errors = response.get_json()["errors"]
+    assert "signed first element" in errors["batch"][0] and "0" in errors
+    assert_nothing_stored(redis_client)
+
+
+def test_signature_only_batches_need_the_unsafe_opt_in_which_is_logged(
+    redis_client: redis.Redis, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("WARNING"):
+        app = create_app(
+            {
+                "TESTING": True,
+                **settings_for(
+                    redis_url, segment_shared_secret=SHARED_SECRET, segment_signature_only_batches_unsafe=True
+                ),
+            }
+        )
+    assert any("SEGMENT_SIGNATURE_ONLY_BATCHES_UNSAFE" in r.getMessage() for r in caplog.records)
+    response = hook(app.test_client(), BATCH, sign(FIRST))
+    assert response.status_code == 200
+    assert response.get_json()["accepted"] == 2
 
 
 # ------------------------------------------------------------------------------ without a secret

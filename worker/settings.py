@@ -30,6 +30,9 @@ class Settings:
     promoter_contact_list_ids: tuple[int, ...] = ()
     segment_write_keys: tuple[str, ...] = field(default=(), repr=False)
     segment_shared_secret: str = field(default="", repr=False)
+    # Segment signs a webhook batch by its first element only; accepting arrays on the signature
+    # alone lets anyone who captured one signed event append whatever they like after it.
+    segment_signature_only_batches_unsafe: bool = False
     admin_token: str = field(default="", repr=False)
     survey_events: frozenset[str] = frozenset()
     hold_ttl_seconds: int = 604800
@@ -84,6 +87,15 @@ def _token(name: str, value: str) -> str:
     return token
 
 
+def _bool(name: str, value: str) -> bool:
+    picked = value.strip().lower()
+    if picked in ("1", "true", "yes", "on"):
+        return True
+    if picked in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name} must be true or false, got {value!r}")
+
+
 def _words(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
@@ -114,6 +126,7 @@ _PARSERS: dict[str, Any] = {
     "PROMOTER_CONTACT_LIST_IDS": ("promoter_contact_list_ids", _int_list),
     "SEGMENT_WRITE_KEYS": ("segment_write_keys", lambda n, v: _words(v)),
     "SEGMENT_SHARED_SECRET": ("segment_shared_secret", lambda n, v: _text(v)),
+    "SEGMENT_SIGNATURE_ONLY_BATCHES_UNSAFE": ("segment_signature_only_batches_unsafe", _bool),
     "ADMIN_TOKEN": ("admin_token", _token),
     "SURVEY_EVENTS": ("survey_events", lambda n, v: frozenset(_words(v))),
     "HOLD_TTL_SECONDS": ("hold_ttl_seconds", _positive_int),
