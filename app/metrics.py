@@ -2,7 +2,7 @@
 
 Counting in Redis (inside the same Lua steps that change state) instead of in process memory means
 the numbers are right with any number of gunicorn workers, Celery workers or hosts, and survive
-restarts of any of them.
+restarts of any of them. With ``METRICS_TOKEN`` set, scrapes need ``Authorization: Bearer <token>``.
 """
 
 from __future__ import annotations
@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import cast
 
-from flask import Blueprint, Response
+from flask import Blueprint, Response, jsonify, request
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from app.auth import bearer_matches
 from app.relay import Relay, relay
 from worker import keys
 from worker.metrics import LATENCY_BUCKETS
@@ -23,37 +24,60 @@ from worker.stats import snapshot
 bp = Blueprint("metrics", __name__)
 
 
+def _counter(name: str, text: str, label: str, values: dict[str, int]) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, text, labels=[label])
+    for value, count in sorted(values.items()):
+        family.add_metric([value], count)
+    return family
+
+
 class RelayCollector(Collector):
     def __init__(self, handle: Relay) -> None:
         self.handle = handle
 
     def collect(self) -> Iterator[Metric]:
-        client = self.handle.redis
-        snap = snapshot(client, self.handle.settings.queue_name)
-        by_type = {
-            "accepted": snap["accepted"],
-            "duplicate": snap["duplicates"],
-            "rejected": snap["rejected"],
-        }
+        client = self.handle.stores.redis
+        snap = snapshot(client, self.handle.settings)
         received = CounterMetricFamily(
             "relay_events_received",
             "Events received by ingest, by type and result",
             labels=["type", "result"],
         )
-        for result, counts in by_type.items():
-            for kind, count in counts.items():
+        for result, group in (("accepted", "accepted"), ("duplicate", "duplicate"), ("rejected", "rejected")):
+            for kind, count in sorted(snap[group].items()):
                 received.add_metric([kind, result], count)
         yield received
-        outcomes = CounterMetricFamily(
-            "relay_message_transitions", "Message state changes, by state reached", labels=["state"]
+        yield _counter(
+            "relay_requests_refused",
+            "Requests refused before any message was read",
+            "status",
+            snap["refused"],
         )
-        for state, count in snap["totals"].items():
-            outcomes.add_metric([state], count)
-        yield outcomes
+        yield _counter(
+            "relay_message_transitions", "Message state changes, by state reached", "state", snap["totals"]
+        )
+        saved = "Promoter calls the relay did not need to make, by reason"
+        yield _counter("relay_promoter_calls_saved", saved, "reason", snap["saved"])
+        yield _counter(
+            "relay_dead_letters_dropped", "Dead letters dropped (discarded, expired, over the cap)", "why",
+            snap["dead_dropped"],
+        )  # fmt: skip
+        yield _counter(
+            "relay_survey_outcomes_unknown", "Survey calls whose outcome was unknown, by cause", "cause",
+            snap["survey_unknown"],
+        )  # fmt: skip
         depth = GaugeMetricFamily("relay_queue", "Messages by where they wait", labels=["where"])
         for where, count in snap["queue"].items():
             depth.add_metric([where], count)
         yield depth
+        budget = snap["budget"]
+        yield GaugeMetricFamily("relay_promoter_budget_used_today", "Promoter calls made today (UTC)",
+                                value=budget["used_today"])  # fmt: skip
+        if budget["daily_limit"]:
+            yield GaugeMetricFamily("relay_promoter_budget_daily_limit", "PROMOTER_DAILY_LIMIT",
+                                    value=budget["daily_limit"])  # fmt: skip
+        yield GaugeMetricFamily("relay_promoter_paused_seconds", "Seconds left of a 429 pause",
+                                value=budget["paused_for_seconds"])  # fmt: skip
         yield from _latency(cast(dict[str, str], client.hgetall(keys.LATENCY)))
 
 
@@ -68,11 +92,12 @@ def _latency(raw: dict[str, str]) -> Iterator[Metric]:
     for endpoint in endpoints:
         buckets, running = [], 0.0
         for bound in LATENCY_BUCKETS:
-            running += float(raw.get(f"{endpoint}|le|{bound}", 0))
+            # The scripts write bucket names as Lua prints numbers (1.0 as "1"), which is ``:g``.
+            running += float(raw.get(f"{endpoint}|le|{bound:g}", 0))
             buckets.append((str(bound), running))
         count = float(raw.get(f"{endpoint}|count", 0))
         histogram.add_metric([endpoint], [*buckets, ("+Inf", count)], float(raw.get(f"{endpoint}|sum", 0)))
-    for name, value in raw.items():
+    for name, value in sorted(raw.items()):
         if name.startswith("calls|"):
             _, endpoint, status = name.split("|", 2)
             calls.add_metric([endpoint, status], float(value))
@@ -81,7 +106,13 @@ def _latency(raw: dict[str, str]) -> Iterator[Metric]:
 
 
 @bp.get("/metrics")
-def metrics() -> Response:
+def metrics() -> Response | tuple[Response, int]:
+    token = relay().settings.metrics_token
+    if token and not bearer_matches(request, token):
+        return jsonify(error="Missing or invalid bearer token (METRICS_TOKEN)."), 401
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RelayCollector(relay()))
-    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+    response = Response(generate_latest(registry))
+    # CONTENT_TYPE_LATEST already names its charset; set it whole so Flask does not add a second one.
+    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return response

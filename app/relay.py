@@ -1,29 +1,24 @@
-"""The per-app handles (settings, Redis, ledger) that views reach through ``relay()``."""
+"""The per-app handles (settings and stores) that views reach through ``relay()``."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import redis
 from flask import current_app
 
-from worker.ledger import Ledger
-from worker.runtime import redis_client
 from worker.settings import Settings
+from worker.stores import Stores, build_stores
 
 
 @dataclass(frozen=True)
 class Relay:
     settings: Settings
-    redis: redis.Redis
-    ledger: Ledger
+    stores: Stores
 
 
 def connect(settings: Settings) -> Relay:
     # Short timeouts: Segment's webhook gives up after 5 s, and a 503 it can retry beats a hang.
-    client = redis_client(settings, timeout=2.0)
-    ledger = Ledger(client, settings.status_ttl_seconds, settings.queue_name, settings.hold_ttl_seconds)
-    return Relay(settings, client, ledger)
+    return Relay(settings, build_stores(settings, timeout=2.0))
 
 
 def relay() -> Relay:

@@ -8,7 +8,8 @@ rejected here with a field error, because Segment never retries a 4xx but does r
 
 from __future__ import annotations
 
-import uuid
+import hashlib
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,12 +18,11 @@ from marshmallow import (
     Schema,
     ValidationError,
     fields,
-    post_load,
     validate,
     validates_schema,
 )
 
-from worker.events import Event
+from worker.events import Event, make_ref
 
 MESSAGE_TYPES = ("identify", "track", "page", "screen", "group", "alias")
 SHORT_TYPES = {"i": "identify", "t": "track", "p": "page", "s": "screen", "g": "group", "a": "alias"}
@@ -35,7 +35,7 @@ class Identifier(fields.Field[str]):
 
     default_error_messages = {"invalid": "Must be a non-empty string or a number."}
 
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:  # noqa: ARG002
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             raise self.make_error("invalid")
         text = str(value).strip()
@@ -61,7 +61,7 @@ class Timestamp(fields.DateTime):
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=UTC)
         try:
-            return parsed.astimezone(UTC).isoformat().replace("+00:00", "Z")
+            return iso(parsed)
         except OverflowError:
             raise self.make_error("invalid", input=value, obj_type=self.OBJ_TYPE) from None
 
@@ -92,32 +92,53 @@ class MessageSchema(Schema):
     traits = Mapping(load_default=dict, allow_none=True)
     properties = Mapping(load_default=dict, allow_none=True)
     event = fields.String(load_default=None, allow_none=True)
+    previousId = Identifier(load_default=None, allow_none=True)
     writeKey = fields.String(load_default=None, allow_none=True, load_only=True)
 
     @validates_schema
-    def _check_type_rules(self, data: dict[str, Any], **kwargs: Any) -> None:
-        kind = data.get("type")
-        if kind == "identify":
-            if not data.get("userId"):
-                raise ValidationError("Missing data for required field.", "userId")
-            email = _find_email(data.get("traits") or {})
-            if email is not None:
-                try:
-                    _email(email)
-                except ValidationError as error:
-                    raise ValidationError({"traits": {"email": error.messages}}) from None
-        elif kind == "track":
-            if not data.get("event") or not str(data["event"]).strip():
-                raise ValidationError("Missing data for required field.", "event")
-            if not data.get("userId") and not data.get("anonymousId"):
-                raise ValidationError("userId or anonymousId is required.", "userId")
+    def _check_type_rules(self, data: dict[str, Any], **_: Any) -> None:
+        rule = _TYPE_RULES.get(data.get("type") or "")
+        if rule is not None:
+            rule(data)
         _campaign_override(data.get("integrations") or {})
 
-    @post_load
-    def _fill_message_id(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        if not data.get("messageId"):
-            data["messageId"] = f"relay-{uuid.uuid4()}"
-        return data
+
+def _someone(data: dict[str, Any]) -> None:
+    if not data.get("userId") and not data.get("anonymousId"):
+        raise ValidationError("userId or anonymousId is required.", "userId")
+
+
+def _required(data: dict[str, Any], *names: str) -> None:
+    for name in names:
+        if not data.get(name) or not str(data[name]).strip():
+            raise ValidationError("Missing data for required field.", name)
+
+
+def _identify_rules(data: dict[str, Any]) -> None:
+    """Without an email it is a trait update: accepted, and held until the person's email is known
+    (Segment never retries a 4xx, so refusing it would lose the traits)."""
+    _someone(data)
+    email = _find_email(data.get("traits") or {})
+    if email is not None:
+        try:
+            _email(email)
+        except ValidationError as error:
+            raise ValidationError({"traits": {"email": error.messages}}) from None
+
+
+def _track_rules(data: dict[str, Any]) -> None:
+    _required(data, "event")
+    _someone(data)
+
+
+_TYPE_RULES: dict[str, Any] = {
+    "identify": _identify_rules,
+    "track": _track_rules,
+    "alias": lambda data: _required(data, "previousId", "userId"),
+    "page": _someone,
+    "screen": _someone,
+    "group": _someone,
+}
 
 
 def _find_email(traits: dict[str, Any]) -> str | None:
@@ -175,23 +196,60 @@ def _campaign_override(integrations: dict[str, Any]) -> int | None:
     return None
 
 
-def to_event(message: dict[str, Any]) -> Event:
+def derived_message_id(raw: dict[str, Any]) -> str:
+    """A messageId for a message sent without one, from its content: a resend of the same body is
+    then a duplicate. What changes between two sends of one message (sentAt, the write key) is left out.
+    """
+    content = {k: v for k, v in raw.items() if k not in ("messageId", "sentAt", "writeKey", "receivedAt")}
+    digest = hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":"), default=str).encode())
+    return "relay-" + digest.hexdigest()[:32]
+
+
+def event_time(message: dict[str, Any], received: datetime, corrected: bool) -> datetime:
+    """When it happened. ``timestamp``, else ``originalTimestamp``, else when it was received; for
+    messages straight from a client (``corrected``), shifted by the client's clock error the way Segment
+    does it: received - (sentAt - timestamp). Never later than when it was received."""
+    stamp = message.get("timestamp") or message.get("originalTimestamp")
+    if not stamp:
+        stamp = message.get("receivedAt") if not corrected else None
+    if not stamp:
+        return received
+    moment = _parse(stamp)
+    sent = message.get("sentAt")
+    if corrected and sent:
+        moment = received - (_parse(sent) - moment)
+    return min(moment, received)
+
+
+def _parse(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
+def iso(moment: datetime) -> str:
+    """One spelling for every timestamp the relay writes: UTC, milliseconds, ``Z``."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def to_event(message: dict[str, Any], source: str, received: datetime, corrected: bool) -> Event:
     """Reduce a validated message to the worker's ``Event`` contract."""
     kind = message["type"]
     traits = message.get("traits") or {}
     if kind == "track" and not traits:
         traits = (message.get("context") or {}).get("traits") or {}
+    message_id = message["messageId"]
     return Event(
-        messageId=message["messageId"],
+        ref=make_ref(source, message_id),
+        messageId=message_id,
+        source=source,
         type=kind,
         userId=message.get("userId"),
         anonymousId=message.get("anonymousId"),
         traits=normalize_traits(traits) if isinstance(traits, dict) else {},
         event=(message.get("event") or "").strip() or None,
         properties=message.get("properties") or {},
-        context=message.get("context") or {},
-        timestamp=message.get("timestamp") or message.get("originalTimestamp"),
-        receivedAt=datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        previousId=message.get("previousId"),
+        timestamp=iso(event_time(message, received, corrected)),
+        receivedAt=iso(received),
         campaignId=_campaign_override(message.get("integrations") or {}),
     )
 
@@ -206,4 +264,6 @@ def load_message(raw: Any, default_type: str | None = None) -> dict[str, Any]:
     if default_type is not None:
         raw = {**raw, "type": default_type}
     result: dict[str, Any] = _schema.load(raw)
+    if not result.get("messageId"):
+        result["messageId"] = derived_message_id(raw)
     return result

@@ -24,7 +24,7 @@ def bare_app() -> flask.Flask:
     app = flask.Flask("bench-bare")
 
     @app.post("/v1/<kind>")
-    def ingest(kind: str) -> flask.Response:
+    def ingest(kind: str) -> flask.Response:  # noqa: ARG001 - Flask passes the path variable
         flask.request.get_data()
         return flask.jsonify(success=True)
 
@@ -39,7 +39,7 @@ def naive_app() -> flask.Flask:
     headers = {"Authorization": f"Token {SANDBOX_KEY}"}
 
     @app.post("/v1/<kind>")
-    def ingest(kind: str) -> tuple[flask.Response, int]:
+    def ingest(kind: str) -> tuple[flask.Response, int]:  # noqa: ARG001 - Flask passes the path variable
         message = flask.request.get_json(force=True)
         traits = message.get("traits") or {}
         email = traits.get("email") or f"{message.get('userId')}@example.com"
@@ -53,7 +53,7 @@ def naive_app() -> flask.Flask:
 
 
 def main() -> None:
-    from app.sandbox import SandboxServer, SandboxState
+    from app.devtools.sandbox import SandboxServer, SandboxState
 
     port, latency_ms = int(sys.argv[1]), float(sys.argv[2])
     with SandboxServer(SandboxState(api_key=SANDBOX_KEY, latency_ms=latency_ms), port=port):

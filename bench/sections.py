@@ -10,20 +10,21 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 import redis
 
-from app.cli import free_port
+from app.devtools.processes import free_port
 from bench import noop_app
 from bench.infra import PY, ROOT, Proc, Procs, base_env, configure_sandbox, purge, wait_http
 from bench.load import Loader
-from bench.storage import sample_events
-from worker import broker, keys
-from worker.events import Event
-from worker.holds import Holds
-from worker.ledger import Admission, Ledger
+from bench.storage import SETTINGS, sample_events
+from worker import keys, taskmessages
+from worker.events import Event, identities
+from worker.ledger import Admission
+from worker.states import State
+from worker.stores import Stores, build_stores
 
 Runs = dict[str, list[dict[str, Any]]]
 
@@ -143,18 +144,34 @@ def _ordered(events: list[Event], block: int = 200) -> list[Event]:
     return ordered
 
 
+def _stores(client: redis.Redis, queue: str) -> Stores:
+    return build_stores(replace(SETTINGS, queue_name=queue), client=client)
+
+
+def _admissions(events: list[Event]) -> list[Admission]:
+    """As ingest admits them: identifies with an email on the contact route, tracks on the high queue."""
+    return [
+        Admission(e, route="contact", compare={"email": e["traits"]["email"]})
+        if e["type"] == "identify"
+        else Admission(e)
+        for e in events
+    ]
+
+
 def _preload(client: redis.Redis, queue: str, pairs: int, task: str | None = None) -> int:
     events = _ordered(sample_events(2 * pairs, uuid.uuid4().hex[:10]))
     if task is not None:
         pipe = client.pipeline(transaction=False)
-        for event in events:
-            pipe.lpush(queue, broker.envelope(event, queue, task=task))
+        for n, event in enumerate(events):
+            message = taskmessages.render(event["ref"], event["type"], queue, f"noop-{n}")
+            pipe.lpush(
+                queue, message.replace(f'"{taskmessages.TASK_FOR_TYPE[event["type"]]}"', f'"{task}"', 1)
+            )
         pipe.execute()
         return len(events)
-    ledger = Ledger(client, 900, queue)
+    ledger = _stores(client, queue).ledger
     for start in range(0, len(events), 500):
-        chunk = events[start : start + 500]
-        ledger.accept([Admission(e, "received", "", broker.envelope(e, queue)) for e in chunk])
+        ledger.accept(_admissions(events[start : start + 500]))
     return len(events)
 
 
@@ -273,30 +290,29 @@ def _usage(client: redis.Redis, names: list[str]) -> int:
     return sum(int(size or 0) for size in pipe.execute())
 
 
-def _message_keys(event: Event) -> tuple[str, str]:
-    return keys.message(event["messageId"]), keys.history(event["messageId"])
+def _message_keys(event: Event) -> list[str]:
+    return [keys.message(event["ref"]), keys.history(event["ref"]), keys.event(event["ref"])]
 
 
 def memory(ctx: Ctx, count: int = 4000) -> Runs:
     """Redis bytes per item, through the relay's own code paths, ``count`` distinct users (the worst case).
 
     ``info``: used_memory delta / count (everything the step wrote; the Redis is shared, hence medians).
-    ``usage``: MEMORY USAGE of the per-message and per-user keys only (exact, but blind to shared indexes).
+    ``usage``: MEMORY USAGE of the per-message and per-identity keys only (exact, blind to shared indexes).
     """
     client, queue = ctx.client, "bench-memory"
-    ledger, holds = Ledger(client, 900, queue), Holds(client, 900, queue)
+    stores = _stores(client, queue)
     runs: Runs = defaultdict(list)
     for _ in range(ctx.repeats):
         events = sample_events(4 * count, uuid.uuid4().hex[:10])
         tracks, identifies = events[1 : 2 * count : 2], events[2 * count :: 2][:count]
         per_message = [k for e in tracks for k in _message_keys(e)]
         done = [k for e in identifies for k in _message_keys(e)]
-        held = [keys.held(f"u:{e['userId']}") for e in tracks]
+        held = [keys.held(identities(e)[0]) for e in tracks]
 
         def accept(batch: list[Event]) -> None:
             for start in range(0, len(batch), 500):
-                chunk = batch[start : start + 500]
-                ledger.accept([Admission(e, "received", "", broker.envelope(e, queue)) for e in chunk])
+                stores.ledger.accept(_admissions(batch[start : start + 500]))
 
         m0 = _used_memory(client)
         accept(tracks)
@@ -304,28 +320,34 @@ def memory(ctx: Ctx, count: int = 4000) -> Runs:
         queued_usage = _usage(client, per_message) + _usage(client, [queue])
         client.delete(queue)  # as if workers had taken them: they are held next
         for event in tracks:
-            holds.hold(event, broker.envelope(event, queue))
+            stores.ledger.begin(event["ref"])
+            stores.people.track_plan(event["ref"], identities(event), None, True, 1, "high")
         m2 = _used_memory(client)
         held_usage = _usage(client, per_message) + _usage(client, held)
 
         accept(identifies)
         client.delete(queue)
-        for event in identifies:
-            ledger.transition(event["messageId"], "delivered", "contact 1 upserted; released 0 held")
+        pipe = client.pipeline(transaction=False)
+        for event in identifies:  # what a delivered identify's record keeps for STATUS_TTL_SECONDS
+            pipe.hset(
+                keys.message(event["ref"]), mapping={"state": State.DELIVERED, "detail": "contact upserted"}
+            )
+            pipe.rpush(keys.history(event["ref"]), json.dumps({"at": time.time(), "state": "delivered",
+                                                                 "detail": "contact upserted"}))  # fmt: skip
+            pipe.delete(keys.event(event["ref"]))
+            pipe.zrem(keys.PENDING, event["ref"])
+        pipe.execute()
         m3 = _used_memory(client)
         done_usage = _usage(client, done)
 
-        runs["accepted event, queued (status record + task message)"].append(
+        runs["accepted event, queued (status record + event + task message)"].append(
             {"info_bytes": (m1 - m0) / count, "usage_bytes": queued_usage / count}
         )
-        runs["held track (status record + held item)"].append(
+        runs["held track (status record + event + held item)"].append(
             {"info_bytes": (m2 - m0) / count, "usage_bytes": held_usage / count}
         )
         runs["delivered message (status record kept STATUS_TTL_SECONDS)"].append(
             {"info_bytes": (m3 - m2) / count, "usage_bytes": done_usage / count}
         )
-        pipe = client.pipeline(transaction=False)
-        pipe.delete(*per_message, *done, *held, keys.HELD_COUNT)
-        pipe.zrem(keys.HOLDS, *(f"u:{e['userId']}" for e in tracks))
-        pipe.execute()
+        client.flushdb()
     return runs

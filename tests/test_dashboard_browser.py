@@ -1,33 +1,50 @@
-"""The dashboard in a real headless Chromium: log in, see a dead letter, replay it, see it delivered."""
+"""The dashboard in a real headless Chromium, over a live API and a real Redis: log in, read the tiles
+and tables, search, open a message and a user, replay and discard dead letters (with the confirmation
+that "Replay all" asks for), and see a replayed dead letter delivered by a real worker."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import threading
+import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pytest
 import redis
+import requests
 from werkzeug.serving import make_server
 
 from app import create_app
-from app.sandbox import SandboxServer
-from tests.conftest import ADMIN_TOKEN, Processes, settings_for
+from app.devtools.sandbox import SandboxServer
+from tests.conftest import ADMIN_TOKEN, ARTIFACTS, Processes, ref, settings_for
+from tests.factories import accept, make_event, queued_refs, stores_for
+from tests.harness import make_relay
+from tests.test_admin import EVIDENCE, UNKNOWN_REASON, dead_track, held_track, retrying_track
 from worker import keys
-from worker.deadletters import DeadLetters
-from worker.events import Event
+from worker.stores import Stores
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Dialog, Page
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        CHROMIUM is None and not os.environ.get("CI"), reason="needs Debian's chromium (.ci/run installs it)"
+    ),
+]
 
 XSS = "<img src=x onerror=\"document.title='pwned'\"><script>document.title='pwned'</script>"
+XSS_ID = f"{XSS}-dl-1"
+DAILY_LIMIT = 5000
+LATE = 30_000  # ms: a worker process has to start and deliver
 
 
 @pytest.fixture
 def live_url(redis_client: redis.Redis, redis_url: str) -> Iterator[str]:
-    app = create_app(settings_for(redis_url))
+    app = create_app(settings_for(redis_url, promoter_daily_limit=DAILY_LIMIT))
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -35,70 +52,284 @@ def live_url(redis_client: redis.Redis, redis_url: str) -> Iterator[str]:
     server.shutdown()
 
 
-def _event(message_id: str, user: str) -> Event:
-    return {
-        "messageId": message_id,
-        "type": "identify",
-        "userId": user,
-        "anonymousId": None,
-        "traits": {"email": f"{user}@example.com", "firstName": XSS},
-        "event": None,
-        "properties": {},
-        "context": {},
-        "timestamp": None,
-        "receivedAt": "2026-11-29T00:00:00Z",
-        "campaignId": None,
+@pytest.fixture
+def browser() -> Iterator[Browser]:
+    from playwright.sync_api import sync_playwright
+
+    assert CHROMIUM is not None, "CI must install chromium"
+    with sync_playwright() as playwright:
+        args = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--headless"]  # fmt: skip
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=args)
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+class Dialogs:
+    """Every dialog the page opens, answered as ``accept`` says (a test flips it before clicking)."""
+
+    def __init__(self, page: Page) -> None:
+        self.seen: list[tuple[str, str]] = []
+        self.accept = False
+        page.on("dialog", self.answer)
+
+    def answer(self, dialog: Dialog) -> None:
+        self.seen.append((dialog.type, dialog.message))
+        if self.accept:
+            dialog.accept()
+        else:
+            dialog.dismiss()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Page:
+    return browser.new_page(viewport={"width": 1400, "height": 1000})
+
+
+@pytest.fixture
+def stores(redis_client: redis.Redis) -> Stores:
+    return stores_for(redis_client)
+
+
+def log_in(page: Page, live_url: str) -> None:
+    from playwright.sync_api import expect
+
+    page.goto(f"{live_url}/admin/")
+    page.fill("#token", ADMIN_TOKEN)
+    page.click("#login button")
+    expect(page.locator("#main")).to_be_visible()
+
+
+def refused_request(live_url: str) -> None:
+    """A track without a write key: the API refuses it (401) and counts it."""
+    assert (
+        requests.post(f"{live_url}/v1/track", json={"userId": "u1", "event": "NPS"}, timeout=10).status_code
+        == 401
+    )
+
+
+def seed(stores: Stores, live_url: str) -> dict[str, str]:
+    """A held message, a retrying one, two dead letters (one of unknown survey outcome, with evidence;
+    one with an XSS payload in its id and traits), a saved call, a refused request, budget used."""
+    refs = {
+        "held": held_track(stores, "held-1", user="h1"),
+        "retrying": retrying_track(stores, "retry-1", user="r1"),
+        "unknown": dead_track(stores, "nps-unknown", user="s1", reason=UNKNOWN_REASON, evidence=EVIDENCE),
     }
+    traits = {"email": "b1@example.com", "firstName": XSS}
+    accept(stores, make_event(XSS_ID, "identify", "b1", traits=traits))
+    stores.ledger.begin(ref(XSS_ID))
+    assert stores.dead.bury(ref(XSS_ID), "Promoter rejected it: 403", '{"detail": "<b>no</b>"}')
+    refs["xss"] = ref(XSS_ID)
+    cooled = make_event("cool-1", user="c1")
+    accept(stores, cooled)
+    stores.people.settle_survey(cooled["ref"], "cooldown", "surveyed 2 days ago", "", 7)
+    stores.redis.set(keys.budget(str(int(time.time() // 86400))), 42)
+    stores.redis.delete("relay", "relay.low")  # what is queued is only what a replay queues
+    refused_request(live_url)
+    return refs
 
 
-@pytest.mark.skipif(
-    CHROMIUM is None and not os.environ.get("CI"), reason="needs Debian's chromium (.ci/run installs it)"
-)
-def test_dashboard_replays_a_dead_letter_until_delivered(
+def replayed_count(stores: Stores) -> int:
+    return int(stores.redis.hget(keys.STATS, "replayed") or 0)
+
+
+def test_dashboard_shows_the_relay_and_replays_until_delivered(
     live_url: str,
-    redis_client: redis.Redis,
+    page: Page,
+    stores: Stores,
     processes: Processes,
     sandbox: SandboxServer,
 ) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    assert CHROMIUM is not None, "CI must install chromium"
-
-    message_id = f"{XSS}-dl-1"
-    DeadLetters(redis_client, 3600, "relay").bury(_event(message_id, "b1"), "Promoter rejected it: 403", 1)
+    refs = seed(stores, live_url)
     processes.worker()
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-            ],
-        )
-        try:
-            page = browser.new_page()
-            dialogs: list[Any] = []
-            page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
-            page.goto(f"{live_url}/admin/")
-            page.fill("#token", "wrong-token")
-            page.click("#login button")
-            expect(page.locator("#error")).to_contain_text("Token refused")
+    dialogs = Dialogs(page)
 
-            page.fill("#token", ADMIN_TOKEN)
-            page.click("#login button")
-            row = page.locator("#dead tr", has_text="dl-1")
-            expect(row).to_have_count(1)
-            expect(row).to_contain_text("Promoter rejected it: 403")
-            row.locator("button.replay").click()
-            expect(page.locator("#dead tr")).to_have_count(0, timeout=15000)
-            recent = page.locator("#recent tr", has_text="dl-1")
-            expect(recent.locator(".state")).to_have_text("delivered", timeout=20000)
-            page.screenshot(path=str(processes.log_dir / "dashboard.png"))
-            assert page.title() == "promoter-relay"
-            assert dialogs == []
-        finally:
-            browser.close()
-    assert redis_client.hget(keys.message(message_id), "state") == "delivered"
-    assert [c["email"] for c in sandbox.state.contacts()] == ["b1@example.com"]
+    page.goto(f"{live_url}/admin/")
+    page.fill("#token", "wrong-token")
+    page.click("#login button")
+    expect(page.locator("#error")).to_contain_text("Token refused (401)")
+    expect(page.locator("#main")).to_be_hidden()
+    page.fill("#token", ADMIN_TOKEN)
+    page.click("#login button")
+
+    # Tiles and tables show what was seeded; the payload is text, never markup.
+    for tile, value in {"held": "1", "retry": "1", "dead": "2", "refused": "1", "saved": "1", "queued": "0",
+                        "budget": f"42 / {DAILY_LIMIT}"}.items():  # fmt: skip
+        expect(page.locator(f"#tile-{tile} .n")).to_have_text(value)
+    expect(page.locator("#tile-refused .l")).to_contain_text("401: 1")
+    expect(page.locator("#tile-saved .l")).to_contain_text("cooldown: 1")
+    expect(page.locator("#dead tr")).to_have_count(2)
+    xss_row = page.locator("#dead tr", has_text="dl-1")
+    expect(xss_row.locator("button.open")).to_have_text(XSS_ID)
+    expect(xss_row).to_contain_text('{"detail": "<b>no</b>"}')
+    unknown_row = page.locator("#dead tr", has_text="nps-unknown")
+    expect(unknown_row).to_contain_text("outcome unknown: timeout")
+    expect(page.locator("#unknown-warning")).to_contain_text("can survey a person twice")
+    expect(page.locator("#messages tr", has_text="held-1").locator(".state")).to_have_text("held")
+    expect(page.locator("#messages tr", has_text="retry-1").locator(".state")).to_have_text("retrying")
+    expect(page.locator("#main img")).to_have_count(0)
+    expect(page.locator("script")).to_have_count(1)
+
+    # The detail of the dead letter of unknown outcome: history from "received", the evidence.
+    unknown_row.locator("button.open").click()
+    expect(page.locator("#detail-title")).to_have_text("Message nps-unknown")
+    expect(page.locator("#detail-history tr").first).to_contain_text("received")
+    expect(page.locator("#detail-history tr").last).to_contain_text("dead")
+    evidence = page.locator("#detail-evidence")
+    for shown in ("timeout", "call started", "2026-11-29T10:00:00.123Z", "10.004", "attempts", "host:42"):
+        expect(evidence).to_contain_text(shown)
+    expect(page.locator("#detail-dead-fields")).to_contain_text(UNKNOWN_REASON)
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "dashboard.png"
+    shot.unlink(missing_ok=True)
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.exists()
+    assert shot.stat().st_size > 0
+
+    # Search by userId, open the user and one of their messages.
+    page.fill("#q", "h1")
+    page.click("#search button[type=submit]")
+    expect(page.locator("#messages-title")).to_have_text("Messages matching \u201ch1\u201d")
+    expect(page.locator("#messages tr")).to_have_count(1)
+    expect(page.locator("#user-title")).to_have_text("User u:h1 (not known to Promoter)")
+    expect(page.locator("#user-held tr")).to_have_count(1)
+    expect(page.locator("#user-held tr")).to_contain_text("held-1")
+    page.locator("#messages tr", has_text="held-1").locator("button.open").click()
+    expect(page.locator("#detail-title")).to_have_text("Message held-1")
+    expect(page.locator("#detail-history tr")).to_have_count(2)
+    expect(page.locator("#detail-history tr").last).to_contain_text("waiting for an identify of u:h1")
+    expect(page.locator("#detail-dead")).to_be_hidden()
+    page.click("#clear-search")
+    expect(page.locator("#messages-title")).to_have_text("Recent messages")
+
+    # "Replay all", dismissed: nothing happens.
+    page.click("#replay-all")
+    expect(page.locator("#notice")).to_have_text("Nothing replayed.")
+    [(kind, question)] = dialogs.seen
+    assert kind == "confirm"
+    assert "Replay all 2 dead letter(s)?" in question
+    assert "can survey a person twice" in question
+    assert stores.dead.count() == 2
+    assert replayed_count(stores) == 0
+    assert queued_refs(stores.redis) == []
+
+    # Replay the XSS one: a real worker delivers it.
+    xss_row.locator("button.replay").click()
+    expect(page.locator("#notice")).to_have_text(f"Replayed {ref(XSS_ID)}.")
+    expect(page.locator("#dead tr")).to_have_count(1)
+    delivered = page.locator("#messages tr", has_text="dl-1").locator(".state")
+    expect(delivered).to_have_text("delivered", timeout=LATE)
+
+    # "Replay all", accepted: the dead letter of unknown outcome goes too.
+    dialogs.accept = True
+    page.click("#replay-all")
+    expect(page.locator("#notice")).to_have_text("Replayed 1 dead letter(s).")
+    expect(page.locator("#dead tr")).to_have_count(0)
+    assert [kind for kind, _ in dialogs.seen] == ["confirm", "confirm"], "and no alert from the payload"
+    assert stores.dead.count() == 0
+    assert replayed_count(stores) == 2
+    assert page.title() == "promoter-relay"
+    assert stores.ledger.state(refs["xss"]) == "delivered"
+    [contact] = sandbox.state.contacts()
+    assert (contact["email"], contact["first_name"]) == ("b1@example.com", XSS)
+
+
+def test_dashboard_shows_why_a_replay_was_refused_and_discards(
+    live_url: str, page: Page, stores: Stores, redis_client: redis.Redis
+) -> None:
+    from playwright.sync_api import expect
+
+    surveyed = dead_track(stores, "sent-1", user="s1")
+    redis_client.hset(keys.message(surveyed), "survey", "sent")
+    expired = dead_track(stores, "gone-1", user="s2")
+    redis_client.delete(keys.event(expired))
+    dead_track(stores, "plain-1", user="s3")
+    dead_track(stores, "plain-2", user="s4")
+    dialogs = Dialogs(page)
+    log_in(page, live_url)
+    expect(page.locator("#dead tr")).to_have_count(4)
+
+    page.locator("#dead tr", has_text="sent-1").locator("button.replay").click()
+    refusal = f"The survey of {surveyed!r} is known to have been sent; replaying would survey twice."
+    expect(page.locator("#notice")).to_have_text(f"Not replayed (409): {refusal}")
+    expect(page.locator("#notice")).to_have_class("bad")
+    page.locator("#dead tr", has_text="gone-1").locator("button.replay").click()
+    expect(page.locator("#notice")).to_contain_text("Not replayed (410)")
+    expect(page.locator("#notice")).to_contain_text("expired")
+    expect(page.locator("#dead tr")).to_have_count(4)
+    assert stores.dead.count() == 4
+    assert queued_refs(redis_client) == []
+
+    page.locator("#dead tr", has_text="plain-1").locator("button.discard").click()
+    expect(page.locator("#notice")).to_have_text(f"Discarded {ref('plain-1')}.")
+    expect(page.locator("#dead tr")).to_have_count(3)
+
+    page.click("#discard-all")
+    expect(page.locator("#notice")).to_have_text("Nothing discarded.")
+    assert stores.dead.count() == 3
+    dialogs.accept = True
+    page.click("#replay-all")
+    notice = page.locator("#notice")
+    expect(notice).to_contain_text("Replayed 1 dead letter(s). Not replayed: ")
+    expect(notice).to_contain_text("1 survey already sent")
+    expect(notice).to_contain_text("1 event expired")
+    expect(page.locator("#dead tr")).to_have_count(2)
+    page.click("#discard-all")
+    expect(page.locator("#notice")).to_have_text("Discarded 2 dead letter(s).")
+    expect(page.locator("#dead tr")).to_have_count(0)
+    expect(page.locator("#replay-all")).to_be_disabled()
+    assert [kind for kind, _ in dialogs.seen] == ["confirm"] * 3
+    assert "for good" in dialogs.seen[0][1]
+    assert stores.dead.count() == 0
+
+
+def test_dashboard_opens_a_known_user(
+    live_url: str, page: Page, redis_client: redis.Redis, sandbox: SandboxServer
+) -> None:
+    from playwright.sync_api import expect
+
+    relay = make_relay(redis_client, sandbox)
+    relay.send(make_event("id-7", "identify", "u7", traits={"email": "u7@example.com", "firstName": "Ada"}))
+    relay.drain()
+    order = {"order_id": "o-1", "total": 12.5, "currency": "EUR"}
+    relay.send(make_event("order-7", user="u7", event="Order Completed", properties=order))
+    relay.drain()
+    assert relay.state(ref("order-7")) == "delivered"
+    log_in(page, live_url)
+    page.locator("#messages tr", has_text="order-7").locator("button.user").click()
+    expect(page.locator("#user-title")).to_have_text("User u:u7 (known to Promoter)")
+    fields = page.locator("#user-fields")
+    expect(fields.locator("tr", has_text="contact (merged)")).to_contain_text("email: u7@example.com")
+    expect(fields.locator("tr", has_text="contact (merged)")).to_contain_text("first_name: Ada")
+    expect(fields.locator("tr", has_text="at Promoter")).to_contain_text("email: u7@example.com")
+    expect(fields.locator("tr", has_text="order attributes")).to_contain_text("order_count: 1")
+    expect(fields.locator("tr", has_text="order attributes")).to_contain_text("lifetime_revenue_eur: 12.50")
+    expect(page.locator("#user-held-title")).to_have_text("Held messages (0)")
+    page.click("#user button.close")
+    expect(page.locator("#user")).to_be_hidden()
+
+
+def test_dashboard_shows_the_evidence_of_a_worker_stopped_mid_call(
+    live_url: str, page: Page, stores: Stores, redis_client: redis.Redis
+) -> None:
+    from playwright.sync_api import expect
+
+    evidence = {"cause": "worker stopped mid-call", "attempts": 3, "noticed_by": "host:7"}
+    stopped = dead_track(stores, "stopped-1", user="s9", reason="survey outcome unknown", evidence=evidence)
+    redis_client.hset(keys.message(stopped), mapping={"survey_started": "1800000000.25", "survey": "unknown"})
+    log_in(page, live_url)
+    page.locator("#dead tr", has_text="stopped-1").locator("button.open").click()
+    shown = page.locator("#detail-evidence")
+    expect(shown.locator("tr", has_text="cause")).to_contain_text("worker stopped mid-call")
+    expect(shown.locator("tr", has_text="attempts")).to_contain_text("3")
+    expect(shown.locator("tr", has_text="call started (status record)")).to_contain_text(
+        "2027-01-15T08:00:00.250Z"
+    )
+    expect(page.locator("#detail-evidence-box")).to_contain_text("can survey the person twice")
+    expect(page.locator("#unknown-warning")).to_contain_text("1 of these are surveys of unknown outcome")

@@ -13,11 +13,10 @@ import pytest
 import redis
 from flask.testing import FlaskClient
 
-from app.sandbox import SandboxControl
-from tests.conftest import CAMPAIGN_ID, Processes, basic, wait_until
-from worker import broker, keys
-from worker.events import Event
-from worker.holds import Holds
+from app.devtools.sandbox import SandboxControl
+from tests.conftest import CAMPAIGN_ID, Processes, basic, ref, wait_until
+from tests.factories import stores_for
+from worker import keys
 
 pytestmark = pytest.mark.integration
 
@@ -26,12 +25,16 @@ def post(client: FlaskClient, kind: str, **message: Any) -> str:
     message.setdefault("messageId", str(uuid.uuid4()))
     response = client.post(f"/v1/{kind}", json=message, headers=basic())
     assert response.status_code == 200, response.get_json()
-    return str(message["messageId"])
+    return ref(str(message["messageId"]))
 
 
-def state(r: redis.Redis, message_id: str) -> str | None:
-    value = r.hget(keys.message(message_id), "state")
+def state(r: redis.Redis, message_ref: str) -> str | None:
+    value = r.hget(keys.message(message_ref), "state")
     return str(value) if value is not None else None
+
+
+def history(r: redis.Redis, message_ref: str) -> list[dict[str, Any]]:
+    return [json.loads(entry) for entry in r.lrange(keys.history(message_ref), 0, -1)]
 
 
 def surveys_for(control: SandboxControl, email: str) -> list[dict[str, Any]]:
@@ -42,45 +45,22 @@ def test_track_before_identify_is_held_then_surveyed_once(
     client: FlaskClient, redis_client: redis.Redis, processes: Processes, sandbox_control: SandboxControl
 ) -> None:
     processes.worker()
-    track_id = post(client, "track", userId="u1", event="NPS", properties={"plan": "pro"})
-    wait_until(lambda: state(redis_client, track_id) == "held")
+    track_ref = post(client, "track", userId="u1", event="NPS", properties={"plan": "pro"})
+    wait_until(lambda: state(redis_client, track_ref) == "held")
     assert sandbox_control.surveys() == []
 
-    identify_id = post(client, "identify", userId="u1", traits={"email": "ada@example.com", "name": "Ada L"})
-    wait_until(lambda: state(redis_client, track_id) == "delivered")
-    assert state(redis_client, identify_id) == "delivered"
+    identify_ref = post(client, "identify", userId="u1", traits={"email": "ada@example.com", "name": "Ada L"})
+    wait_until(lambda: state(redis_client, track_ref) == "delivered")
+    assert state(redis_client, identify_ref) == "delivered"
     surveys = surveys_for(sandbox_control, "ada@example.com")
     assert len(surveys) == 1
     assert surveys[0]["json"]["campaign_id"] == CAMPAIGN_ID
     assert surveys[0]["json"]["contact"]["first_name"] == "Ada"
-    history = [h["state"] for h in json.loads(json.dumps(_history(redis_client, track_id)))]
-    assert history[:3] == ["received", "held", "received"] and history[-1] == "delivered"
+    states = [h["state"] for h in history(redis_client, track_ref)]
+    assert states[0] == "held"
+    assert states[1] == "received"
+    assert states[-1] == "delivered"
     assert int(redis_client.get(keys.HELD_COUNT) or 0) == 0
-
-
-def _history(r: redis.Redis, message_id: str) -> list[dict[str, Any]]:
-    return [json.loads(entry) for entry in r.lrange(keys.history(message_id), 0, -1)]
-
-
-def test_identify_failing_permanently_leaves_track_held_then_dead_at_expiry(
-    client: FlaskClient, redis_client: redis.Redis, processes: Processes, sandbox_control: SandboxControl
-) -> None:
-    processes.worker()
-    sandbox_control.configure(fail_next=[403])
-    identify_id = post(client, "identify", userId="u2", traits={"email": "bob@example.com"})
-    wait_until(lambda: state(redis_client, identify_id) == "dead")
-    track_id = post(client, "track", userId="u2", event="NPS")
-    wait_until(lambda: state(redis_client, track_id) == "held")
-    dead = json.loads(redis_client.hget(keys.DEAD, identify_id) or "{}")
-    assert "403" in dead["reason"] and dead["attempts"] == 1
-
-    time.sleep(1.1)
-    holds = Holds(redis_client, 3600, "relay")
-    assert holds.expire(ttl_seconds=1) == 1
-    assert state(redis_client, track_id) == "dead"
-    record = json.loads(redis_client.hget(keys.DEAD, track_id) or "{}")
-    assert record["reason"] == "never identified"
-    assert sandbox_control.surveys() == []
 
 
 @pytest.mark.parametrize(
@@ -103,11 +83,11 @@ def test_transient_failures_are_retried_to_success(
     processes.worker()
     processes.beat()
     sandbox_control.configure(**failures)
-    identify_id = post(client, "identify", userId="u3", traits={"email": "cy@example.com"})
-    wait_until(lambda: state(redis_client, identify_id) == "delivered", timeout=40)
-    record = redis_client.hgetall(keys.message(identify_id))
+    identify_ref = post(client, "identify", userId="u3", traits={"email": "cy@example.com"})
+    wait_until(lambda: state(redis_client, identify_ref) == "delivered", timeout=60)
+    record = redis_client.hgetall(keys.message(identify_ref))
     assert int(record["attempts"]) >= 3
-    assert "retrying" in [h["state"] for h in _history(redis_client, identify_id)]
+    assert "retrying" in [h["state"] for h in history(redis_client, identify_ref)]
     assert [c["email"] for c in sandbox_control.contacts()] == ["cy@example.com"]
 
 
@@ -115,13 +95,16 @@ def test_429_pauses_every_worker_until_retry_after(
     client: FlaskClient, redis_client: redis.Redis, processes: Processes, sandbox_control: SandboxControl
 ) -> None:
     processes.worker()
+    processes.worker()
     processes.beat()
     sandbox_control.configure(throttle_next=1, retry_after=2)
-    identify_id = post(client, "identify", userId="u4", traits={"email": "di@example.com"})
-    wait_until(lambda: state(redis_client, identify_id) == "delivered", timeout=30)
+    first = post(client, "identify", userId="u4", traits={"email": "di@example.com"})
+    wait_until(lambda: sandbox_control.calls("/contacts/"))
+    second = post(client, "identify", userId="u5", traits={"email": "ed@example.com"})
+    wait_until(lambda: state(redis_client, first) == state(redis_client, second) == "delivered", timeout=30)
     calls = sandbox_control.calls("/contacts/")
-    assert [c["status"] for c in calls] == [429, 200]
-    assert calls[1]["at"] - calls[0]["at"] >= 2.0
+    assert calls[0]["status"] == 429
+    assert all(c["at"] - calls[0]["at"] >= 1.9 for c in calls[1:]), "nobody called during the pause"
 
 
 def test_duplicate_message_id_gives_one_survey_even_when_redelivered(
@@ -129,29 +112,17 @@ def test_duplicate_message_id_gives_one_survey_even_when_redelivered(
 ) -> None:
     processes.worker()
     post(client, "identify", userId="u5", traits={"email": "eve@example.com"})
-    wait_until(lambda: redis_client.hget(keys.known("u:u5"), "email"))
     message = {"userId": "u5", "event": "NPS", "messageId": "dup-1"}
     for _ in range(3):
         assert client.post("/v1/track", json=message, headers=basic()).status_code == 200
-    wait_until(lambda: state(redis_client, "dup-1") == "delivered")
-    # A broker redelivery of the same task (what a crash or visibility timeout produces).
-    redelivered: Event = {
-        "messageId": "dup-1",
-        "type": "track",
-        "userId": "u5",
-        "anonymousId": None,
-        "traits": {},
-        "event": "NPS",
-        "properties": {},
-        "context": {},
-        "timestamp": None,
-        "receivedAt": "2026-01-01T00:00:00Z",
-        "campaignId": None,
-    }
-    for _ in range(2):
-        redis_client.lpush("relay", broker.envelope(redelivered, "relay"))
+    wait_until(lambda: state(redis_client, ref("dup-1")) == "delivered")
+    # Broker redeliveries of the same task (what a crash or visibility timeout produces).
+    from worker import taskmessages
+
+    for n in range(2):
+        redis_client.lpush("relay", taskmessages.render(ref("dup-1"), "track", "relay", f"again-{n}"))
     wait_until(lambda: redis_client.llen("relay") == 0)
-    time.sleep(1.0)
+    wait_until(lambda: "nothing to do: final delivered" in processes.logs())
     assert len(surveys_for(sandbox_control, "eve@example.com")) == 1
 
 
@@ -162,13 +133,13 @@ def test_sigkilled_worker_loses_nothing(
     sandbox_control.configure(latency_ms=400)
     victim = processes.worker(pool="prefork", concurrency=2)
     users = [f"k{i}" for i in range(12)]
-    ids = [post(client, "identify", userId=u, traits={"email": f"{u}@example.com"}) for u in users]
+    refs = [post(client, "identify", userId=u, traits={"email": f"{u}@example.com"}) for u in users]
     wait_until(lambda: any(c["status"] is None for c in sandbox_control.calls()), timeout=30)
     processes.kill(victim)
     processes.worker(pool="threads", concurrency=4)
-    wait_until(lambda: all(state(redis_client, i) == "delivered" for i in ids), timeout=90)
-    emails = {c["email"] for c in sandbox_control.contacts()}
-    assert emails == {f"{u}@example.com" for u in users}
+    processes.beat()
+    wait_until(lambda: all(state(redis_client, r) == "delivered" for r in refs), timeout=90)
+    assert {c["email"] for c in sandbox_control.contacts()} == {f"{u}@example.com" for u in users}
 
 
 def test_concurrent_identify_and_track_never_strand_a_track(
@@ -180,87 +151,102 @@ def test_concurrent_identify_and_track_never_strand_a_track(
     users = [f"c{i}" for i in range(150)]
     messages: list[tuple[str, dict[str, Any]]] = []
     for user in users:
-        pair = [
+        pair: list[tuple[str, dict[str, Any]]] = [
             ("identify", {"userId": user, "traits": {"email": f"{user}@example.com"}}),
             ("track", {"userId": user, "event": "NPS"}),
         ]
         rng.shuffle(pair)
         messages += pair
-    track_ids: list[str] = []
+    track_refs: list[str] = []
     lock = threading.Lock()
 
     def send(chunk: list[tuple[str, dict[str, Any]]]) -> None:
         local = client.application.test_client()
         for kind, message in chunk:
-            message_id = post(local, kind, **message)
+            message_ref = post(local, kind, **message)
             if kind == "track":
                 with lock:
-                    track_ids.append(message_id)
+                    track_refs.append(message_ref)
 
     threads = [threading.Thread(target=send, args=(messages[i::4],)) for i in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    wait_until(lambda: all(state(redis_client, i) == "delivered" for i in track_ids), timeout=90)
+    wait_until(lambda: all(state(redis_client, r) == "delivered" for r in track_refs), timeout=90)
     per_email: dict[str, int] = {}
     for call in sandbox_control.surveys():
         email = call["json"]["contact"]["email"]
         per_email[email] = per_email.get(email, 0) + 1
     assert per_email == {f"{u}@example.com": 1 for u in users}
     assert int(redis_client.get(keys.HELD_COUNT) or 0) == 0
-    assert redis_client.zcard(keys.HOLDS) == 0
+    assert redis_client.zcard(keys.HOLDS_USERS) == 0
 
 
 def test_task_message_lost_by_the_broker_is_requeued_and_delivered(
     client: FlaskClient, redis_client: redis.Redis, processes: Processes, sandbox_control: SandboxControl
 ) -> None:
-    from worker.reconcile import Reconciler
-
-    identify_id = post(client, "identify", userId="u9", traits={"email": "lost@example.com"})
+    identify_ref = post(client, "identify", userId="u9", traits={"email": "lost@example.com"})
     # What a worker or Redis killed between BRPOP and kombu's unacked bookkeeping leaves behind.
     assert redis_client.delete("relay") == 1
-    reconciler = Reconciler(redis_client, "relay", 3600, grace_seconds=0.0)
+    reconciler = stores_for(redis_client).reconciler
+    reconciler.grace = 0.0
     assert reconciler.requeue_stale() == 1
     assert reconciler.requeue_stale() == 0, "the re-queued message is at the queue's head, so not stale"
     processes.worker()
-    wait_until(lambda: state(redis_client, identify_id) == "delivered")
-    assert redis_client.zscore(keys.PENDING, identify_id) is None
-    assert redis_client.exists(keys.payload(identify_id)) == 0
+    wait_until(lambda: state(redis_client, identify_ref) == "delivered")
+    assert redis_client.zscore(keys.PENDING, identify_ref) is None
+    assert redis_client.exists(keys.event(identify_ref)) == 0
     assert "re-queued: its task message was lost" in [
-        h["detail"] for h in _history(redis_client, identify_id)
+        h["detail"] for h in history(redis_client, identify_ref)
     ]
     assert [c["email"] for c in sandbox_control.contacts()] == ["lost@example.com"]
 
 
 def test_logs_carry_message_and_task_ids_and_can_be_json(
-    client: FlaskClient,
-    redis_client: redis.Redis,
-    processes: Processes,
-    caplog: pytest.LogCaptureFixture,
+    client: FlaskClient, redis_client: redis.Redis, processes: Processes, caplog: pytest.LogCaptureFixture
 ) -> None:
     from worker.logs import JsonFormatter
 
     processes.env["LOG_FORMAT"] = "json"
     processes.worker()
     with caplog.at_level("INFO", logger="relay.ingest"):
-        identify_id = post(client, "identify", userId="j1", traits={"email": "j1@example.com"})
-    wait_until(lambda: state(redis_client, identify_id) == "delivered")
+        identify_ref = post(client, "identify", userId="j1", traits={"email": "j1@example.com"})
+    wait_until(lambda: state(redis_client, identify_ref) == "delivered")
     ingest = [r for r in caplog.records if r.name == "relay.ingest"]
     assert len(ingest) == 1
     ingest_line = json.loads(JsonFormatter().format(ingest[0]))
-    assert ingest_line["message_id"] == identify_id and ingest_line["msg"] == "identify accepted and queued"
+    assert ingest_line["message_id"] == identify_ref
+    assert ingest_line["msg"] == "identify accepted and queued"
     task_id = ingest_line["task_id"]
 
     def worker_lines() -> list[dict[str, Any]]:
         lines = [json.loads(line) for line in processes.logs().splitlines() if line.startswith("{")]
-        return [line for line in lines if line.get("message_id") == identify_id]
+        return [line for line in lines if line.get("message_id") == identify_ref]
 
     lines = wait_until(
         lambda: [x for x in worker_lines() if x["msg"].startswith("delivered")] and worker_lines()
     )
     assert {line["task_id"] for line in lines} == {task_id}
-    assert [line["msg"].split(":")[0] for line in lines] == ["attempt 1", "delivered"]
+
+
+def test_housekeeping_logs_only_when_it_did_work(
+    client: FlaskClient, redis_client: redis.Redis, processes: Processes
+) -> None:
+    processes.worker()
+    processes.beat()
+    time.sleep(4)  # several idle dispatch rounds (every second) must leave no line
+    quiet = processes.logs()
+    assert "Task relay.dispatch_due[" not in quiet, "Celery's received/succeeded lines"
+    assert "Sending due task" not in quiet
+    assert "retries due" not in quiet
+    assert "beat: Starting" in quiet, "the start-up lines are still there"
+    assert "ready." in quiet, "the start-up lines are still there"
+    stores = stores_for(redis_client)
+    message_ref = post(client, "identify", userId="h1", traits={"email": "h1@example.com"})
+    redis_client.delete("relay")
+    stores.schedule.later(message_ref, 0, "test")
+    wait_until(lambda: "retries due, queued: 1" in processes.logs(), timeout=15)
 
 
 def test_survey_whose_outcome_is_unknown_is_dead_lettered_not_sent_twice(
@@ -270,22 +256,51 @@ def test_survey_whose_outcome_is_unknown_is_dead_lettered_not_sent_twice(
     processes.worker()
     processes.beat()
     post(client, "identify", userId="t1", traits={"email": "t1@example.com"})
-    wait_until(lambda: redis_client.hget(keys.known("u:t1"), "email"))
+    wait_until(lambda: sandbox_control.contacts())
     sandbox_control.configure(delay_next=[2.5])
-    track_id = post(client, "track", userId="t1", event="NPS")
-    wait_until(lambda: state(redis_client, track_id) == "dead", timeout=30)
-    record = json.loads(redis_client.hget(keys.DEAD, track_id) or "{}")
+    track_ref = post(client, "track", userId="t1", event="NPS")
+    wait_until(lambda: state(redis_client, track_ref) == "dead", timeout=30)
+    record = json.loads(redis_client.hget(keys.DEAD, track_ref) or "{}")
     assert record["reason"].startswith("survey outcome unknown")
-    time.sleep(3)
+    assert record["evidence"]["cause"] == "timeout"
+    assert record["evidence"]["call_started"]
+    wait_until(lambda: sandbox_control.calls("/v2/survey/")[0]["status"] is not None, timeout=10)
     assert len(sandbox_control.calls("/v2/survey/")) == 1, "the uncertain survey was never sent again"
 
 
-def test_trait_update_sent_before_the_first_identify_is_delivered(
+def test_with_resend_a_gateway_504_is_sent_once_more_and_delivered(
     client: FlaskClient, redis_client: redis.Redis, processes: Processes, sandbox_control: SandboxControl
 ) -> None:
-    first = post(client, "identify", userId="tu1", traits={"email": "tu1@example.com"})
-    update = post(client, "identify", userId="tu1", traits={"plan": "pro"})
+    processes.env["UNKNOWN_SURVEY_OUTCOME"] = "resend"
     processes.worker()
-    wait_until(lambda: state(redis_client, first) == state(redis_client, update) == "delivered")
-    (contact,) = sandbox_control.contacts()
-    assert contact["email"] == "tu1@example.com" and contact["attributes"]["plan"] == "pro"
+    processes.beat()
+    post(client, "identify", userId="g1", traits={"email": "g1@example.com"})
+    wait_until(lambda: sandbox_control.contacts())
+    sandbox_control.configure(fail_next=[504])
+    track_ref = post(client, "track", userId="g1", event="NPS")
+    wait_until(lambda: state(redis_client, track_ref) == "delivered", timeout=30)
+    assert [c["status"] for c in sandbox_control.calls("/v2/survey/")] == [504, 200]
+    detail = redis_client.hget(keys.message(track_ref), "detail") or ""
+    assert "had not reached Promoter" in detail
+
+
+def test_surveys_wait_for_no_backlog_of_trait_updates(
+    client: FlaskClient, redis_client: redis.Redis, processes: Processes, sandbox_control: SandboxControl
+) -> None:
+    """Priority order with a real worker: 60 updates on the low queue, then 20 surveys; every survey
+    goes before the updates (kombu's round-robin would interleave them)."""
+    worker = processes.worker(concurrency=4)
+    for i in range(60):
+        post(client, "identify", userId=f"b{i}", traits={"email": f"b{i}@example.com"})
+    for i in range(20):
+        post(client, "identify", userId=f"n{i}", traits={"email": f"n{i}@example.com"})
+    wait_until(lambda: len(sandbox_control.contacts()) == 80, timeout=60)
+    processes.kill(worker)
+    updates = [post(client, "identify", userId=f"b{i}", traits={"plan": "pro"}) for i in range(60)]
+    assert redis_client.llen("relay.low") == 60
+    surveys = [post(client, "track", userId=f"n{i}", event="NPS") for i in range(20)]
+    sandbox_control.reset()
+    processes.worker(concurrency=1)
+    wait_until(lambda: all(state(redis_client, r) == "delivered" for r in surveys + updates), timeout=60)
+    paths = [c["path"] for c in sandbox_control.calls()]
+    assert paths[:20] == ["/v2/survey/"] * 20, paths[:25]

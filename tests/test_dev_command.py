@@ -1,21 +1,32 @@
-"""``promoter-relay dev`` (what ``make run`` starts): one command, events delivered, Ctrl-C leaves nothing."""
+"""``promoter-relay dev`` (what ``make run`` starts): one command, events delivered, data kept between
+runs, the CLI finds its Redis, and any stopping signal leaves no process behind."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import requests
 
-from app.cli import DEV_ADMIN_TOKEN, DEV_WRITE_KEY, free_port
-from tests.conftest import ROOT, wait_until
+from app.devtools.dev import DEV_ADMIN_TOKEN, DEV_WRITE_KEY
+from app.devtools.processes import free_port
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.integration
+BIN = Path(sys.executable).parent
+AUTH = (DEV_WRITE_KEY, "")
+
+
+def _env() -> dict[str, str]:
+    prefixes = ("PROMOTER_", "SEGMENT_", "REDIS_", "ADMIN_", "GUNICORN_", "RELAY_")
+    return {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
 
 
 def _process_groups() -> dict[int, int]:
@@ -46,45 +57,89 @@ def _children(pid: int) -> set[int]:
     return found
 
 
-def test_dev_runs_everything_and_ctrl_c_leaves_no_process(tmp_path: Path) -> None:
+@contextmanager
+def dev(
+    work: Path, *args: str, stop: int = signal.SIGINT
+) -> Iterator[tuple[str, Path, subprocess.Popen[bytes]]]:
     port = free_port()
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("PROMOTER_", "SEGMENT_", "REDIS_", "ADMIN_", "GUNICORN_"))
-    }
-    log = open(tmp_path / "dev.log", "wb")  # noqa: SIM115
-    dev = subprocess.Popen(
-        [str(Path(sys.executable).parent / "promoter-relay"), "dev", "--port", str(port), "--workers", "4"],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    api = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: "Ctrl-C stops everything" in (tmp_path / "dev.log").read_text(), timeout=60)
-        banner = (tmp_path / "dev.log").read_text()
-        assert f"curl -u {DEV_WRITE_KEY}:" in banner and f"{api}/admin/" in banner
-        auth = (DEV_WRITE_KEY, "")
-        track = {"userId": "dev1", "event": "NPS"}
-        assert requests.post(f"{api}/v1/track", json=track, auth=auth, timeout=5).status_code == 200
+    log_path = work / f"dev-{port}.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [str(BIN / "promoter-relay"), "dev", "--port", str(port), "--workers", "4", *args],
+            cwd=work, env=_env(), stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            wait_until(lambda: "Ctrl-C stops everything" in log_path.read_text(), timeout=90)
+            yield f"http://127.0.0.1:{port}", log_path, process
+        finally:
+            if process.poll() is None:
+                process.send_signal(stop)
+            process.wait(timeout=60)
+
+
+def delivered(api: str) -> int:
+    bearer = {"Authorization": f"Bearer {DEV_ADMIN_TOKEN}"}
+    stats = requests.get(f"{api}/admin/api/stats", headers=bearer, timeout=5).json()
+    return int(stats["totals"]["delivered"])
+
+
+def cli(work: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN / "promoter-relay"), *args], cwd=work, env=_env(), capture_output=True,
+                          text=True, timeout=30, check=False)  # fmt: skip
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["INT", "TERM", "HUP"])
+def test_dev_runs_everything_and_any_stop_signal_leaves_no_process(tmp_path: Path, stop: int) -> None:
+    with dev(tmp_path, stop=stop) as (api, log, process):
+        banner = log.read_text()
+        assert f"curl -u {DEV_WRITE_KEY}:" in banner
+        assert f"{api}/admin/" in banner
+        assert requests.post(
+            f"{api}/v1/track", json={"userId": "dev1", "event": "NPS"}, auth=AUTH, timeout=5
+        ).ok
         identify = {"userId": "dev1", "traits": {"email": "dev1@example.com"}}
-        assert requests.post(f"{api}/v1/identify", json=identify, auth=auth, timeout=5).status_code == 200
-
-        def delivered() -> int:
-            stats = requests.get(
-                f"{api}/admin/api/stats", headers={"Authorization": f"Bearer {DEV_ADMIN_TOKEN}"}, timeout=5
-            ).json()
-            return int(stats["totals"]["delivered"])
-
-        wait_until(lambda: delivered() == 2, timeout=60)
-        groups = {_process_groups().get(child) for child in _children(dev.pid)} - {None}
-        assert len(groups) == 5, "redis, sandbox, api, worker and beat, each in its own group"
-    finally:
-        dev.send_signal(signal.SIGINT)
-        dev.wait(timeout=60)
-    time.sleep(0.5)
+        assert requests.post(f"{api}/v1/identify", json=identify, auth=AUTH, timeout=5).ok
+        wait_until(lambda: delivered(api) == 2, timeout=60)
+        children = _children(process.pid)
+        groups = {_process_groups().get(child) for child in children} - {None}
+        assert len(groups) == 5, "redis-server, sandbox, api, worker and beat, each in its own group"
+        assert any(b"redis-server" in Path(f"/proc/{p}/cmdline").read_bytes() for p in children)
     leftovers = [pid for pid, group in _process_groups().items() if group in groups]
     assert leftovers == [], f"processes left behind: {leftovers}"
-    assert dev.returncode == 0, (tmp_path / "dev.log").read_text()[-2000:]
+    assert process.returncode == 0, log.read_text()[-2000:]
+    assert not (tmp_path / ".promoter-relay" / "dev.json").exists()
+
+
+def test_data_survives_a_restart_and_fresh_starts_empty(tmp_path: Path) -> None:
+    with dev(tmp_path) as (api, log, _):
+        identify = {"userId": "keep", "traits": {"email": "keep@example.com"}}
+        assert requests.post(f"{api}/v1/identify", json=identify, auth=AUTH, timeout=5).ok
+        wait_until(lambda: delivered(api) == 1, timeout=60)
+        status = cli(tmp_path, "status", "--json")
+        assert status.returncode == 0, status.stderr
+        assert "the running `promoter-relay dev`" in status.stderr
+        assert '"delivered": 1' in status.stdout
+        access = [line for line in log.read_text().splitlines() if "POST /v1/identify" in line]
+        assert access, "the access log is on"
+        assert all(DEV_WRITE_KEY not in line for line in access), "no write key in the access log"
+    with dev(tmp_path) as (api, _, _):
+        assert delivered(api) == 1, "kept between runs"
+    with dev(tmp_path, "--fresh") as (api, _, _):
+        assert delivered(api) == 0
+    stopped = cli(tmp_path, "status")
+    assert "default; set REDIS_URL" in stopped.stderr, "says which Redis it reads when no dev runs"
+
+
+def test_a_busy_port_fails_at_once_with_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [str(BIN / "promoter-relay"), "dev", "--port", str(port)],
+            cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+    assert result.returncode != 0
+    assert f"port {port} is already in use" in result.stderr
+    assert "is running" not in result.stdout
+    assert "Traceback" not in result.stderr

@@ -13,7 +13,7 @@ import json
 import logging
 from collections.abc import Iterator
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -22,7 +22,10 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from app import create_app
-from tests.conftest import SHARED_SECRET, WRITE_KEY, basic, settings_for
+from tests.conftest import SHARED_SECRET, SOURCE, WRITE_KEY, basic, settings_for
+from tests.factories import queued_refs, status
+from worker import keys
+from worker.events import WEBHOOK_SOURCE, split_ref
 
 ENDPOINTS = ["/v1/identify", "/v1/track", "/v1/page", "/v1/batch", "/v1/t", "/segment"]
 TYPES = ["identify", "track", "page", "screen", "group", "alias"]
@@ -54,6 +57,30 @@ def check(response: Any) -> dict[str, Any]:
     assert isinstance(body.get("success"), bool), body
     assert body["success"] is (response.status_code == 200), (response.status_code, body)
     return body
+
+
+def check_queued(r: redis.Redis, source: str) -> None:
+    """Whatever was accepted is queued by ref alone, under the source that sent it, with its status
+    record and its stored event (the worker's contract, which has no ``context``) beside it; what was
+    recorded as skipped has no stored event."""
+    refs = queued_refs(r)
+    event("something queued so far" if refs else "nothing queued yet")
+    for queued in refs:
+        assert split_ref(queued)[0] == source, queued
+        record = status(r, queued)
+        assert record.get("state") == "received", (queued, record)
+        stored = r.get(keys.event(queued))
+        assert stored is not None, queued
+        stored_event = json.loads(stored)
+        assert stored_event["ref"] == queued
+        assert stored_event["source"] == source
+        assert stored_event["type"] == record["type"]
+        assert "context" not in stored_event
+    for recorded in cast(list[str], r.lrange(keys.RECENT, 0, -1)):
+        assert split_ref(recorded)[0] == source, recorded
+        if status(r, recorded).get("state") == "skipped":
+            event("a skipped message")
+            assert r.exists(keys.event(recorded)) == 0, recorded
 
 
 # -------------------------------------------------------------------------------------- strategies
@@ -231,6 +258,7 @@ def test_segment_shaped_messages_never_5xx(
         assert body["accepted"] + body["duplicates"] + len(body["rejected"]) == len(
             document["batch"] if path == "/v1/batch" else document
         )
+    check_queued(redis_client, WEBHOOK_SOURCE if path == "/segment" else SOURCE)
 
 
 @FUZZ
@@ -242,16 +270,25 @@ def test_segment_shaped_messages_never_5xx(
     content_type=st.sampled_from(["application/json", "text/plain", "application/octet-stream"]),
 )
 def test_random_bytes_never_5xx(
-    client: FlaskClient, path: str, raw: bytes, encoding: str, compress: bool, content_type: str
+    client: FlaskClient,
+    redis_client: redis.Redis,
+    path: str,
+    raw: bytes,
+    encoding: str,
+    compress: bool,
+    content_type: str,
 ) -> None:
     data = gzip.compress(raw) if compress and encoding == "gzip" else raw
     headers = {**basic(), "Content-Type": content_type}
     if encoding:
         headers["Content-Encoding"] = encoding
+    refused_before = int(redis_client.hget(keys.STATS, "refused:400") or 0)
     response = client.post(path, data=data, headers=headers)
     check(response)
     if raw.strip() == b"" and encoding != "gzip":
         assert response.status_code == 400
+        # Refused before any message was read: counted by status.
+        assert int(redis_client.hget(keys.STATS, "refused:400") or 0) == refused_before + 1
 
 
 @FUZZ
@@ -289,6 +326,7 @@ def test_correctly_signed_webhook_never_5xx_nor_401(
     response = app.test_client().post("/segment", data=body, headers=headers)
     check(response)
     assert response.status_code != 401
+    check_queued(redis_client, WEBHOOK_SOURCE)
 
 
 SURROGATE_FIELDS = [

@@ -1,7 +1,8 @@
 """Ingest over the Tracking API (``/v1/...``): every 4xx path, what lands in Redis, and Redis trouble.
 
 Everything here goes through the Flask test client against a real Redis; what the worker will see is
-read back from Redis exactly as Celery would (the task message LPUSHed to the ``relay`` queue).
+read back from Redis exactly as Celery would: the task message LPUSHed to the ``relay`` or
+``relay.low`` queue carries the message's ref, and the event itself is stored beside its status record.
 """
 
 from __future__ import annotations
@@ -9,8 +10,9 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import re
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -19,10 +21,15 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from app import create_app
-from tests.conftest import WRITE_KEY, basic, settings_for
+from tests.conftest import SOURCE, WRITE_KEY, basic, ref, settings_for
+from tests.factories import queued_events, queued_refs, status, text, text_map, texts
+from worker import keys
+from worker.events import source_of_key
 
-QUEUE = "relay"
+HIGH, LOW = "relay", "relay.low"
+QUEUES = (HIGH, LOW)
 DEAD_REDIS = "redis://127.0.0.1:1/0"
+MILLIS_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -31,7 +38,8 @@ DEAD_REDIS = "redis://127.0.0.1:1/0"
 def without_code(response: Any) -> Any:
     """An error body minus Segment's ``code``/``message`` pair, after checking that pair is there."""
     body = response.get_json()
-    assert isinstance(body.pop("code"), str) and body.pop("message")
+    assert isinstance(body.pop("code"), str)
+    assert body.pop("message")
     return body
 
 
@@ -54,38 +62,36 @@ def post(
     )
 
 
-def status(r: redis.Redis, message_id: str) -> dict[str, str]:
-    record: dict[str, str] = r.hgetall(f"relay:msg:{{{message_id}}}")
-    return record
+def queued_ids(r: redis.Redis, *queues: str) -> list[str]:
+    """The messageIds of the stored events the queued task messages name, oldest first."""
+    return [event["messageId"] for event in queued_events(r, *queues)]
 
 
-def queued(r: redis.Redis) -> list[dict[str, Any]]:
-    """The events inside the task messages on the queue, oldest first."""
-    events = []
-    for raw in reversed(r.lrange(QUEUE, 0, -1)):
-        message = json.loads(raw)
-        args, kwargs, _embed = json.loads(message["body"])
-        assert kwargs == {}
-        assert len(args) == 1
-        events.append(args[0])
-    return events
-
-
-def task_names(r: redis.Redis) -> list[str]:
-    return [json.loads(raw)["headers"]["task"] for raw in reversed(r.lrange(QUEUE, 0, -1))]
+def task_names(r: redis.Redis, *queues: str) -> list[str]:
+    return [
+        json.loads(raw)["headers"]["task"] for q in queues or QUEUES for raw in reversed(r.lrange(q, 0, -1))
+    ]
 
 
 def status_keys(r: redis.Redis) -> list[str]:
-    return [k for k in r.keys("relay:msg:*") if not k.endswith((":log", ":payload"))]
+    return [k for k in texts(r.keys("relay:msg:*")) if not k.endswith((":log", ":event"))]
 
 
 def assert_nothing_stored(r: redis.Redis) -> None:
-    assert r.llen(QUEUE) == 0
-    assert status_keys(r) == []
+    assert [r.llen(queue) for queue in QUEUES] == [0, 0]
+    assert r.keys("relay:msg:*") == []
 
 
 def mid() -> str:
     return f"m-{uuid.uuid4()}"
+
+
+def parse(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
+def iso_ms(moment: datetime) -> str:
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def identify(user: str = "u1", email: str | None = "ann@example.com", **extra: Any) -> dict[str, Any]:
@@ -95,10 +101,6 @@ def identify(user: str = "u1", email: str | None = "ann@example.com", **extra: A
 
 def track(user: str = "u1", event: str = "NPS", **extra: Any) -> dict[str, Any]:
     return {"userId": user, "event": event, "properties": {"plan": "pro"}, "messageId": mid(), **extra}
-
-
-def seed_known(r: redis.Redis, user_id: str, email: str = "known@example.com") -> None:
-    r.hset(f"relay:{{u:{user_id}}}:known", mapping={"email": email})
 
 
 @pytest.fixture
@@ -155,9 +157,9 @@ REJECTIONS: list[Any] = [
     ),
     pytest.param(
         "/v1/identify",
-        {"traits": {"email": "ann@example.com"}},
-        {"userId": ["Missing data for required field."]},
-        id="identify-no-userId",
+        {"traits": {"email": "ann@example.com"}, "anonymousId": None},
+        {"userId": ["userId or anonymousId is required."]},
+        id="identify-no-identity",
     ),
     pytest.param(
         "/v1/identify",
@@ -172,10 +174,22 @@ REJECTIONS: list[Any] = [
         id="identify-email-not-string",
     ),
     pytest.param(
-        "/v1/identify",
-        {"userId": "stranger", "traits": {"firstName": "Ann"}},
-        {"traits": {"email": ["Missing data for required field (user not known yet)."]}},
-        id="identify-no-email-unknown-user",
+        "/v1/alias",
+        {"userId": "u1"},
+        {"previousId": ["Missing data for required field."]},
+        id="alias-no-previousId",
+    ),
+    pytest.param(
+        "/v1/alias",
+        {"previousId": "anon-1", "anonymousId": "anon-1"},
+        {"userId": ["Missing data for required field."]},
+        id="alias-no-userId",
+    ),
+    pytest.param(
+        "/v1/page",
+        {"name": "Home"},
+        {"userId": ["userId or anonymousId is required."]},
+        id="page-no-identity",
     ),
     pytest.param(
         "/v1/track",
@@ -344,14 +358,11 @@ def test_batch_with_some_invalid_items_accepts_the_rest(
             {"index": 5, "errors": {"traits": {"email": ["Not a valid email address."]}}},
         ],
     }
-    assert [e["messageId"] for e in queued(redis_client)] == [
-        good_identify["messageId"],
-        good_track["messageId"],
-    ]
+    good = [ref(good_identify["messageId"]), ref(good_track["messageId"])]
+    assert queued_refs(redis_client) == good
     assert task_names(redis_client) == ["relay.identify", "relay.track"]
-    assert sorted(status_keys(redis_client)) == sorted(
-        f"relay:msg:{{{m['messageId']}}}" for m in (good_identify, good_track)
-    )
+    assert sorted(status_keys(redis_client)) == sorted(keys.message(r) for r in good)
+    assert sorted(redis_client.keys("relay:msg:*:event")) == sorted(keys.event(r) for r in good)
 
 
 def test_empty_batch_is_acknowledged(client: FlaskClient, redis_client: redis.Redis) -> None:
@@ -367,24 +378,23 @@ def test_get_on_an_ingest_route_is_405_json(client: FlaskClient) -> None:
     assert response.get_json()["success"] is False
 
 
-# -------------------------------------------------------------------------------------- known users
+# --------------------------------------------------------------------------- identify, alias: new rules
 
 
-def test_identify_without_email_for_known_user_is_a_trait_update(
+def test_identify_without_email_is_accepted_as_a_trait_update(
     client: FlaskClient, redis_client: redis.Redis
 ) -> None:
-    seed_known(redis_client, "known-1")
-    message = {"userId": "known-1", "traits": {"first_name": "Kim"}, "messageId": mid()}
+    message: dict[str, Any] = {"userId": "stranger-1", "traits": {"first_name": "Kim"}, "messageId": mid()}
     response = post(client, "/v1/identify", message)
-    assert response.status_code == 200
+    assert response.status_code == 200, response.get_json()
     assert response.get_json() == {"success": True}
-    [event] = queued(redis_client)
-    assert event["userId"] == "known-1"
+    [event] = queued_events(redis_client)
+    assert event["userId"] == "stranger-1"
     assert event["traits"] == {"firstName": "Kim"}
-    assert status(redis_client, message["messageId"])["state"] == "received"
+    assert status(redis_client, ref(message["messageId"]))["state"] == "received"
 
 
-def test_identify_without_email_after_one_with_email_in_the_same_batch(
+def test_identify_without_email_is_accepted_for_any_user_in_a_batch(
     client: FlaskClient, redis_client: redis.Redis
 ) -> None:
     first = {"type": "identify", **identify("new-1", "new@example.com")}
@@ -392,15 +402,96 @@ def test_identify_without_email_after_one_with_email_in_the_same_batch(
     stranger = {"type": "identify", "userId": "new-2", "traits": {"lastName": "X"}, "messageId": mid()}
     response = post(client, "/v1/batch", {"batch": [first, update, stranger]})
     assert response.status_code == 200
-    body = response.get_json()
-    assert body["accepted"] == 2
-    assert body["rejected"] == [
-        {
-            "index": 2,
-            "errors": {"traits": {"email": ["Missing data for required field (user not known yet)."]}},
-        }
-    ]
-    assert [e["messageId"] for e in queued(redis_client)] == [first["messageId"], update["messageId"]]
+    assert response.get_json() == {"success": True, "accepted": 3, "duplicates": 0, "rejected": []}
+    assert queued_ids(redis_client) == [first["messageId"], update["messageId"], stranger["messageId"]]
+
+
+@pytest.mark.parametrize("via", ["single", "batch"])
+def test_trait_only_identify_is_accepted_and_queued_on_the_low_queue(
+    client: FlaskClient, redis_client: redis.Redis, via: str
+) -> None:
+    message: dict[str, Any] = {"userId": "plain-1", "traits": {"plan": "pro", "seats": 3}, "messageId": mid()}
+    if via == "single":
+        response = post(client, "/v1/identify", message)
+        assert response.get_json() == {"success": True}
+    else:
+        response = post(client, "/v1/batch", {"batch": [{"type": "identify", **message}]})
+        assert response.get_json() == {"success": True, "accepted": 1, "duplicates": 0, "rejected": []}
+    assert response.status_code == 200
+    message_ref = ref(message["messageId"])
+    assert queued_refs(redis_client, HIGH) == []
+    assert queued_refs(redis_client, LOW) == [message_ref]
+    assert task_names(redis_client, LOW) == ["relay.identify"]
+    record = status(redis_client, message_ref)
+    assert (record["type"], record["user"], record["state"], record["queue"]) == (
+        "identify",
+        "u:plain-1",
+        "received",
+        LOW,
+    )
+    [event] = queued_events(redis_client, LOW)
+    assert event["traits"] == {"plan": "pro", "seats": 3}
+
+
+def test_identify_with_an_email_for_a_new_person_goes_on_the_high_queue(
+    client: FlaskClient, redis_client: redis.Redis
+) -> None:
+    """Contrast to the trait-only identify: one that may change who the contact is goes first."""
+    message = identify("high-1", "high@example.com")
+    assert post(client, "/v1/identify", message).status_code == 200
+    assert queued_refs(redis_client, HIGH) == [ref(message["messageId"])]
+    assert queued_refs(redis_client, LOW) == []
+    assert status(redis_client, ref(message["messageId"]))["queue"] == HIGH
+
+
+@pytest.mark.parametrize(
+    "traits",
+    [
+        pytest.param({"email": "anon@example.com"}, id="with-email"),
+        pytest.param({"plan": "pro"}, id="trait-only"),
+    ],
+)
+def test_identify_with_only_an_anonymous_id_is_accepted(
+    client: FlaskClient, redis_client: redis.Redis, traits: dict[str, Any]
+) -> None:
+    message: dict[str, Any] = {
+        "anonymousId": "anon-id-1",
+        "userId": None,
+        "traits": traits,
+        "messageId": mid(),
+    }
+    response = post(client, "/v1/identify", message)
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json() == {"success": True}
+    record = status(redis_client, ref(message["messageId"]))
+    assert (record["type"], record["user"], record["state"]) == ("identify", "a:anon-id-1", "received")
+    [event] = queued_events(redis_client)
+    assert (event["userId"], event["anonymousId"]) == (None, "anon-id-1")
+    assert event["traits"] == traits
+
+
+@pytest.mark.parametrize("via", ["single", "batch"])
+def test_alias_is_queued_as_an_alias_task(client: FlaskClient, redis_client: redis.Redis, via: str) -> None:
+    message = {"userId": "al-1", "previousId": "anon-al", "messageId": mid()}
+    if via == "single":
+        response = post(client, "/v1/alias", message)
+        assert response.get_json() == {"success": True}
+    else:
+        response = post(client, "/v1/batch", {"batch": [{"type": "alias", **message}]})
+        assert response.get_json() == {"success": True, "accepted": 1, "duplicates": 0, "rejected": []}
+    assert response.status_code == 200
+    message_ref = ref(message["messageId"])
+    record = status(redis_client, message_ref)
+    assert (record["type"], record["user"], record["state"], record["queue"]) == (
+        "alias",
+        "u:al-1",
+        "received",
+        HIGH,
+    )
+    assert queued_refs(redis_client, HIGH) == [message_ref]
+    assert task_names(redis_client) == ["relay.alias"]
+    [event] = queued_events(redis_client)
+    assert (event["type"], event["userId"], event["previousId"]) == ("alias", "al-1", "anon-al")
 
 
 # -------------------------------------------------------------------------------------------- limits
@@ -419,7 +510,7 @@ def test_event_of_exactly_32kb_is_accepted(client: FlaskClient, redis_client: re
     message = _padded_track(32 * 1024)
     response = post(client, "/v1/track", data=json.dumps(message, separators=(",", ":")))
     assert response.status_code == 200
-    assert len(queued(redis_client)) == 1
+    assert len(queued_refs(redis_client)) == 1
 
 
 def test_event_over_32kb_is_413(client: FlaskClient, redis_client: redis.Redis) -> None:
@@ -444,8 +535,8 @@ def test_oversized_event_in_a_batch_is_rejected_alone(client: FlaskClient, redis
         "duplicates": 0,
         "rejected": [{"index": 1, "errors": {"_schema": ["Event exceeds 32768 bytes."]}}],
     }
-    assert [e["messageId"] for e in queued(redis_client)] == [small["messageId"]]
-    assert status(redis_client, big["messageId"]) == {}
+    assert queued_ids(redis_client) == [small["messageId"]]
+    assert status(redis_client, ref(big["messageId"])) == {}
 
 
 def test_body_over_500kb_is_413(client: FlaskClient, redis_client: redis.Redis) -> None:
@@ -494,7 +585,7 @@ def test_gzip_body_is_accepted(client: FlaskClient, redis_client: redis.Redis) -
         headers={"Content-Encoding": "gzip"},
     )
     assert response.status_code == 200
-    assert [e["messageId"] for e in queued(redis_client)] == [message["messageId"]]
+    assert queued_ids(redis_client) == [message["messageId"]]
 
 
 def test_gzip_bomb_is_413(client: FlaskClient, redis_client: redis.Redis) -> None:
@@ -565,6 +656,11 @@ def test_unsupported_content_encoding_is_415(client: FlaskClient, redis_client: 
             "Missing write key (HTTP Basic username or writeKey).",
             id="garbled-basic",
         ),
+        pytest.param({"X-Write-Key": "wrong-key"}, None, "Invalid write key.", id="wrong-x-write-key"),
+        # A header credential is the one checked: a valid key in the body does not rescue a wrong one.
+        pytest.param(
+            {"X-Write-Key": "wrong-key"}, WRITE_KEY, "Invalid write key.", id="wrong-header-right-body"
+        ),
     ],
 )
 @pytest.mark.parametrize("path", ["/v1/track", "/v1/batch"])
@@ -611,14 +707,96 @@ def test_basic_and_body_write_key_are_both_accepted(
     response = post(client, path, payload, auth=how in ("basic", "both"))
     assert response.status_code == 200
     assert response.get_json()["success"] is True
-    assert [e["messageId"] for e in queued(redis_client)] == [message["messageId"]]
+    assert queued_ids(redis_client) == [message["messageId"]]
+
+
+@pytest.mark.parametrize("path", ["/v1/track", "/v1/batch"])
+def test_x_write_key_header_is_accepted(client: FlaskClient, redis_client: redis.Redis, path: str) -> None:
+    message = track("xwk-user")
+    payload: dict[str, Any] = {"batch": [{"type": "track", **message}]} if path.endswith("batch") else message
+    response = post(client, path, payload, headers={"X-Write-Key": WRITE_KEY}, auth=False)
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["success"] is True
+    assert queued_refs(redis_client) == [ref(message["messageId"])]
+
+
+@pytest.mark.parametrize(
+    "credential",
+    [
+        pytest.param(basic("wrong-key"), id="basic"),
+        pytest.param({"X-Write-Key": "wrong-key"}, id="x-write-key"),
+    ],
+)
+def test_a_wrong_header_key_is_refused_before_the_body_is_read(
+    client: FlaskClient, redis_client: redis.Redis, credential: dict[str, str]
+) -> None:
+    """Neither a broken gzip body nor an oversized one is looked at: the answer is the 401."""
+    broken = post(
+        client,
+        "/v1/track",
+        data=b"\x1f\x8bnot gzip",
+        headers={**credential, "Content-Encoding": "gzip"},
+        auth=False,
+    )
+    oversized = post(
+        client, "/v1/batch", data=b"[" + b" " * (600 * 1024) + b"]", headers=credential, auth=False
+    )
+    for response in (broken, oversized):
+        assert response.status_code == 401, response.get_json()
+        assert without_code(response) == {"success": False, "errors": {"_auth": ["Invalid write key."]}}
+    assert_nothing_stored(redis_client)
+
+
+def test_requests_refused_before_reading_messages_are_counted(
+    client: FlaskClient, redis_client: redis.Redis
+) -> None:
+    assert post(client, "/v1/track", track(), auth=False).status_code == 401
+    assert post(client, "/v1/track", data=b"{").status_code == 400
+    assert post(client, "/v1/track", data=b"").status_code == 400
+    assert post(client, "/v1/batch", data=b'{"batch": [' + b" " * (600 * 1024) + b"]}").status_code == 413
+    # A message refused for its fields is counted as a rejected message, not a refused request.
+    assert post(client, "/v1/track", {"userId": "u1"}).status_code == 400
+    stats = text_map(redis_client.hgetall(keys.STATS))
+    refused = {name: int(value) for name, value in stats.items() if name.startswith("refused:")}
+    assert refused == {"refused:401": 1, "refused:400": 2, "refused:413": 1}
+    assert stats["rejected:track"] == "1"
 
 
 def test_any_of_several_write_keys_is_accepted(redis_client: redis.Redis, redis_url: str) -> None:
     app = create_app({"TESTING": True, **settings_for(redis_url, segment_write_keys=("old-key", WRITE_KEY))})
-    response = post(app.test_client(), "/v1/track", {**track(), "writeKey": "old-key"}, auth=False)
+    message = track()
+    response = post(app.test_client(), "/v1/track", {**message, "writeKey": "old-key"}, auth=False)
     assert response.status_code == 200
-    assert len(queued(redis_client)) == 1
+    # The message is named by the source of the key that admitted it.
+    assert queued_refs(redis_client) == [ref(message["messageId"], source_of_key("old-key"))]
+
+
+def test_same_message_id_from_two_write_keys_is_two_messages(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
+    other = "other-write-key"
+    app = create_app({"TESTING": True, **settings_for(redis_url, segment_write_keys=(WRITE_KEY, other))})
+    client = app.test_client()
+    message = track("two-keys")
+    first = post(client, "/v1/track", message)
+    second = post(client, "/v1/track", message, headers=basic(other))
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert first.get_json() == second.get_json() == {"success": True}
+    # Each source still deduplicates its own retries.
+    again = post(
+        client, "/v1/batch", {"batch": [{"type": "track", **message}]}, headers={"X-Write-Key": other}
+    )
+    assert again.get_json() == {"success": True, "accepted": 0, "duplicates": 1, "rejected": []}
+    other_source = source_of_key(other)
+    assert other_source != SOURCE
+    refs = [ref(message["messageId"]), ref(message["messageId"], other_source)]
+    assert queued_refs(redis_client) == refs
+    assert [status(redis_client, r)["state"] for r in refs] == ["received", "received"]
+    events = queued_events(redis_client)
+    assert [(e["ref"], e["source"], e["messageId"]) for e in events] == [
+        (refs[0], SOURCE, message["messageId"]),
+        (refs[1], other_source, message["messageId"]),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -631,7 +809,7 @@ def test_json_and_text_plain_content_types_are_accepted(
     message = track("ct-user")
     response = post(client, "/v1/track", message, content_type=content_type)
     assert response.status_code == 200
-    assert [e["messageId"] for e in queued(redis_client)] == [message["messageId"]]
+    assert queued_ids(redis_client) == [message["messageId"]]
 
 
 # --------------------------------------------------------------------------------------------- routes
@@ -658,7 +836,7 @@ def test_routes_set_the_message_type(
     response = post(client, path, {**payload, "type": "bogus", "messageId": message_id})
     assert response.status_code == 200, response.get_json()
     assert response.get_json() == {"success": True}
-    record = status(redis_client, message_id)
+    record = status(redis_client, ref(message_id))
     assert record["type"] == kind
     assert record["user"] == "u:s1"
 
@@ -674,43 +852,54 @@ def test_unknown_tracking_route_is_404(client: FlaskClient, redis_client: redis.
 # ------------------------------------------------------------------------------ what lands in Redis
 
 
-def test_identify_lands_as_status_record_and_task(client: FlaskClient, redis_client: redis.Redis) -> None:
+def test_identify_lands_as_status_record_stored_event_and_task(
+    client: FlaskClient, redis_client: redis.Redis
+) -> None:
     message = identify("rec-1", "rec@example.com")
     response = post(client, "/v1/identify", message)
     assert response.status_code == 200
-    record = status(redis_client, message["messageId"])
+    message_ref = ref(message["messageId"])
+    record = status(redis_client, message_ref)
+    assert record["ref"] == message_ref
     assert record["type"] == "identify"
     assert record["user"] == "u:rec-1"
     assert record["event"] == ""
     assert record["state"] == "received"
     assert record["detail"] == ""
+    assert record["queue"] == HIGH
     assert float(record["received"]) > 1.6e9
-    [event] = queued(redis_client)
-    assert event["messageId"] == message["messageId"]
+    # The task message carries only the ref; the event is stored once, beside the status record.
+    [raw] = redis_client.lrange(HIGH, 0, -1)
+    task = json.loads(raw)
+    assert json.loads(task["body"])[:2] == [[message_ref], {}]
+    assert task["headers"]["task"] == "relay.identify"
+    assert task["properties"]["delivery_info"]["routing_key"] == HIGH
+    event = json.loads(text(redis_client.get(keys.event(message_ref))))
+    assert (event["ref"], event["source"], event["messageId"]) == (message_ref, SOURCE, message["messageId"])
     assert event["type"] == "identify"
     assert event["traits"]["email"] == "rec@example.com"
+    assert "context" not in event
     assert event["receivedAt"].endswith("Z")
-    assert task_names(redis_client) == ["relay.identify"]
-    [raw] = redis_client.lrange(QUEUE, 0, -1)
-    assert json.loads(raw)["properties"]["delivery_info"]["routing_key"] == QUEUE
+    assert event["timestamp"] == event["receivedAt"]
+    assert MILLIS_UTC.fullmatch(event["receivedAt"]), event["receivedAt"]
 
 
 def test_anonymous_track_is_keyed_by_anonymous_id(client: FlaskClient, redis_client: redis.Redis) -> None:
-    message = {"anonymousId": "anon-9", "event": "NPS", "messageId": mid(), "userId": None}
+    message: dict[str, Any] = {"anonymousId": "anon-9", "event": "NPS", "messageId": mid(), "userId": None}
     response = post(client, "/v1/track", message)
     assert response.status_code == 200
-    record = status(redis_client, message["messageId"])
+    record = status(redis_client, ref(message["messageId"]))
     assert (record["type"], record["user"], record["event"]) == ("track", "a:anon-9", "NPS")
-    [event] = queued(redis_client)
+    [event] = queued_events(redis_client)
     assert event["anonymousId"] == "anon-9"
     assert event["userId"] is None
 
 
 def test_numeric_user_id_becomes_a_string(client: FlaskClient, redis_client: redis.Redis) -> None:
-    message = {"userId": 1234, "event": "NPS", "messageId": mid()}
+    message: dict[str, Any] = {"userId": 1234, "event": "NPS", "messageId": mid()}
     assert post(client, "/v1/track", message).status_code == 200
-    assert status(redis_client, message["messageId"])["user"] == "u:1234"
-    assert queued(redis_client)[0]["userId"] == "1234"
+    assert status(redis_client, ref(message["messageId"]))["user"] == "u:1234"
+    assert queued_events(redis_client)[0]["userId"] == "1234"
 
 
 def test_duplicate_message_id_is_acknowledged_and_queued_once(
@@ -726,8 +915,7 @@ def test_duplicate_message_id_is_acknowledged_and_queued_once(
     assert second.get_json() == {"success": True, "duplicate": True}
     assert third.status_code == 200
     assert third.get_json() == {"success": True, "accepted": 0, "duplicates": 1, "rejected": []}
-    assert redis_client.llen(QUEUE) == 1
-    assert [e["messageId"] for e in queued(redis_client)] == [message["messageId"]]
+    assert queued_refs(redis_client) == [ref(message["messageId"])]
 
 
 def test_duplicate_message_id_within_one_batch_is_queued_once(
@@ -737,46 +925,56 @@ def test_duplicate_message_id_within_one_batch_is_queued_once(
     response = post(client, "/v1/batch", {"batch": [message, dict(message)]})
     assert response.status_code == 200
     assert response.get_json() == {"success": True, "accepted": 1, "duplicates": 1, "rejected": []}
-    assert redis_client.llen(QUEUE) == 1
+    assert queued_refs(redis_client) == [ref(message["messageId"])]
 
 
 def test_batch_context_and_integrations_merge_into_items(
     client: FlaskClient, redis_client: redis.Redis
 ) -> None:
+    """Batch-level context and integrations apply to every item; the item's own values win.
+
+    The stored event keeps no context: what it still takes from it is a track's ``context.traits``.
+    """
     plain = {"type": "track", **track("m1")}
     own = {
         "type": "track",
         **track("m2"),
-        "context": {"ip": "10.0.0.2", "locale": "fr-FR"},
+        "context": {"ip": "10.0.0.2", "traits": {"email": "own@example.com"}},
+        "integrations": {"Promoter": True},
+    }
+    inherits = {
+        "type": "track",
+        **track("m3"),
+        "context": {"ip": "10.0.0.3"},
         "integrations": {"Promoter": True},
     }
     body = {
-        "batch": [plain, own],
-        "context": {"ip": "10.0.0.1", "library": {"name": "analytics-python", "version": "2.3.6"}},
+        "batch": [plain, own, inherits],
+        "context": {"ip": "10.0.0.1", "traits": {"email": "batch@example.com"}},
         "integrations": {"All": False},
     }
     response = post(client, "/v1/batch", body)
     assert response.status_code == 200
-    assert response.get_json()["accepted"] == 2
-    # plain inherited All: false -> skipped; own re-enabled Promoter and keeps its own context values.
-    assert status(redis_client, plain["messageId"])["state"] == "skipped"
-    [event] = queued(redis_client)
-    assert event["messageId"] == own["messageId"]
-    assert event["context"] == {
-        "ip": "10.0.0.2",
-        "locale": "fr-FR",
-        "library": {"name": "analytics-python", "version": "2.3.6"},
-    }
+    assert response.get_json()["accepted"] == 3
+    # plain inherited All: false -> skipped; the others re-enabled Promoter.
+    assert status(redis_client, ref(plain["messageId"]))["state"] == "skipped"
+    own_event, inherited_event = queued_events(redis_client)
+    assert own_event["messageId"] == own["messageId"]
+    assert own_event["traits"] == {"email": "own@example.com"}
+    assert inherited_event["messageId"] == inherits["messageId"]
+    assert inherited_event["traits"] == {"email": "batch@example.com"}
+    assert "context" not in own_event
+    assert "context" not in inherited_event
 
 
 def test_batch_context_fills_items_without_context(client: FlaskClient, redis_client: redis.Redis) -> None:
     item = {"type": "track", **track("m3"), "context": None}
     body = {"batch": [item], "context": {"traits": {"email": "ctx@example.com"}, "ip": "10.1.1.1"}}
     assert post(client, "/v1/batch", body).status_code == 200
-    [event] = queued(redis_client)
-    assert event["context"] == {"traits": {"email": "ctx@example.com"}, "ip": "10.1.1.1"}
+    [event] = queued_events(redis_client)
     # A track carries the user's traits from context.traits (analytics.js does that).
     assert event["traits"] == {"email": "ctx@example.com"}
+    assert "context" not in event
 
 
 @pytest.mark.parametrize(
@@ -797,10 +995,11 @@ def test_promoter_disabled_by_integrations_is_skipped(
     response = post(client, f"/v1/{kind}", message)
     assert response.status_code == 200
     assert response.get_json() == {"success": True}
-    record = status(redis_client, message["messageId"])
+    record = status(redis_client, ref(message["messageId"]))
     assert record["state"] == "skipped"
     assert record["detail"] == "Promoter disabled by the integrations object"
-    assert redis_client.llen(QUEUE) == 0
+    assert queued_refs(redis_client) == []
+    assert not redis_client.exists(keys.event(ref(message["messageId"])))
 
 
 @pytest.mark.parametrize(
@@ -822,8 +1021,8 @@ def test_promoter_enabled_by_integrations_is_queued(
     message = track("on-1", integrations=integrations)
     response = post(client, "/v1/track", message)
     assert response.status_code == 200
-    assert status(redis_client, message["messageId"])["state"] == "received"
-    assert [e["messageId"] for e in queued(redis_client)] == [message["messageId"]]
+    assert status(redis_client, ref(message["messageId"]))["state"] == "received"
+    assert queued_ids(redis_client) == [message["messageId"]]
 
 
 @pytest.mark.parametrize(
@@ -841,7 +1040,7 @@ def test_campaign_override_lands_as_campaign_id(
 ) -> None:
     message = track("camp-1", integrations=integrations)
     assert post(client, "/v1/track", message).status_code == 200
-    [event] = queued(redis_client)
+    [event] = queued_events(redis_client)
     assert event["campaignId"] == campaign
 
 
@@ -862,14 +1061,16 @@ def test_explicit_nulls_are_tolerated(client: FlaskClient, redis_client: redis.R
     }
     response = post(client, "/v1/track", message)
     assert response.status_code == 200, response.get_json()
-    [event] = queued(redis_client)
+    [event] = queued_events(redis_client)
     assert event["userId"] == "null-1"
     assert event["anonymousId"] is None
     assert event["traits"] == {}
     assert event["properties"] == {}
-    assert event["context"] == {}
-    assert event["timestamp"] is None
-    assert event["messageId"]
+    assert "context" not in event
+    # No time given: the event happened when it was received.
+    assert event["timestamp"] == event["receivedAt"]
+    assert MILLIS_UTC.fullmatch(event["timestamp"]), event["timestamp"]
+    assert event["messageId"].startswith("relay-")
 
 
 def test_explicit_null_traits_are_dropped_on_identify(client: FlaskClient, redis_client: redis.Redis) -> None:
@@ -882,15 +1083,17 @@ def test_explicit_null_traits_are_dropped_on_identify(client: FlaskClient, redis
         "messageId": mid(),
     }
     assert post(client, "/v1/identify", message).status_code == 200
-    [event] = queued(redis_client)
+    [event] = queued_events(redis_client)
     assert event["traits"] == {"email": "nul@example.com"}
 
 
-def test_identify_with_null_traits_for_known_user(client: FlaskClient, redis_client: redis.Redis) -> None:
-    seed_known(redis_client, "null-3")
-    message = {"userId": "null-3", "traits": None, "messageId": mid()}
+def test_identify_with_null_traits_is_accepted_as_a_trait_update(
+    client: FlaskClient, redis_client: redis.Redis
+) -> None:
+    message: dict[str, Any] = {"userId": "null-3", "traits": None, "messageId": mid()}
     assert post(client, "/v1/identify", message).status_code == 200
-    assert queued(redis_client)[0]["traits"] == {}
+    assert queued_refs(redis_client, LOW) == [ref(message["messageId"])]
+    assert queued_events(redis_client)[0]["traits"] == {}
 
 
 @pytest.mark.parametrize(
@@ -904,18 +1107,15 @@ def test_identify_with_null_traits_for_known_user(client: FlaskClient, redis_cli
         ("originalTimestamp", "2024-05-01T12:30:00+00:00"),
     ],
 )
-def test_timestamps_with_z_and_offsets_are_normalized_to_utc(
+def test_timestamps_with_z_and_offsets_are_normalized_to_utc_with_milliseconds(
     client: FlaskClient, redis_client: redis.Redis, field: str, value: str
 ) -> None:
     message = track("ts-1", **{field: value})
     response = post(client, "/v1/track", message)
     assert response.status_code == 200, response.get_json()
-    [event] = queued(redis_client)
-    stamp = event["timestamp"]
-    assert stamp.endswith("Z")
-    assert datetime.fromisoformat(stamp.replace("Z", "+00:00")) == datetime.fromisoformat(
-        "2024-05-01T12:30:00+00:00"
-    )
+    [event] = queued_events(redis_client)
+    assert event["timestamp"] == "2024-05-01T12:30:00.000Z"
+    assert MILLIS_UTC.fullmatch(event["receivedAt"]), event["receivedAt"]
 
 
 @pytest.mark.parametrize(
@@ -933,6 +1133,42 @@ def test_timestamp_outside_the_utc_range_is_a_400_not_a_500(
     assert response.get_json()["success"] is False
     assert "timestamp" in response.get_json()["errors"]
     assert_nothing_stored(redis_client)
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "sent_at", "skew"),
+    [
+        pytest.param("2030-01-01T10:00:00.000Z", "2030-01-01T10:00:05.250Z", 5.25, id="client-clock-ahead"),
+        pytest.param("2001-01-01T10:00:00.000Z", "2001-01-01T10:01:00.000Z", 60.0, id="client-clock-behind"),
+    ],
+)
+def test_sent_at_corrects_the_event_time_by_the_client_clock_skew(
+    client: FlaskClient, redis_client: redis.Redis, timestamp: str, sent_at: str, skew: float
+) -> None:
+    """Like Segment: the event happened ``sentAt - timestamp`` before the relay received it."""
+    message = track("skew-1", timestamp=timestamp, sentAt=sent_at)
+    assert post(client, "/v1/track", message).status_code == 200
+    [event] = queued_events(redis_client)
+    received = parse(event["receivedAt"])
+    assert abs((received - datetime.now(received.tzinfo)).total_seconds()) < 60
+    assert event["timestamp"] == iso_ms(received - timedelta(seconds=skew))
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        pytest.param(
+            {"timestamp": "2024-05-01T12:00:10.000Z", "sentAt": "2024-05-01T12:00:00.000Z"}, id="sent-first"
+        ),
+        pytest.param({"timestamp": "2099-01-01T00:00:00.000Z"}, id="future-without-sent-at"),
+    ],
+)
+def test_event_time_is_never_later_than_received(
+    client: FlaskClient, redis_client: redis.Redis, extra: dict[str, str]
+) -> None:
+    assert post(client, "/v1/track", track("skew-2", **extra)).status_code == 200
+    [event] = queued_events(redis_client)
+    assert event["timestamp"] == event["receivedAt"]
 
 
 @pytest.mark.parametrize(
@@ -981,7 +1217,7 @@ def test_traits_are_normalized(
     message = {"userId": "tr-1", "traits": traits, "messageId": mid()}
     response = post(client, "/v1/identify", message)
     assert response.status_code == 200, response.get_json()
-    [event] = queued(redis_client)
+    [event] = queued_events(redis_client)
     assert event["traits"] == expected
 
 
@@ -992,19 +1228,38 @@ def test_missing_message_id_gets_one(client: FlaskClient, redis_client: redis.Re
         message["messageId"] = message_id
     response = post(client, "/v1/track", message)
     assert response.status_code == 200
-    [event] = queued(redis_client)
-    assert isinstance(event["messageId"], str) and event["messageId"]
-    record = status(redis_client, event["messageId"])
-    assert record["id"] == event["messageId"]
+    [event] = queued_events(redis_client)
+    assert re.fullmatch(r"relay-[0-9a-f]{32}", event["messageId"]), event["messageId"]
+    record = status(redis_client, ref(event["messageId"]))
+    assert record["ref"] == event["ref"] == ref(event["messageId"])
     assert record["user"] == "u:nomid"
 
 
-def test_two_messages_without_id_are_two_events(client: FlaskClient, redis_client: redis.Redis) -> None:
-    for _ in range(2):
-        response = post(client, "/v1/track", {"userId": "nomid", "event": "NPS"})
+def test_a_message_without_id_sent_again_is_a_duplicate(
+    client: FlaskClient, redis_client: redis.Redis
+) -> None:
+    """Its id comes from its content, so a client's retry (sent later: another sentAt) is one message."""
+    message = {"userId": "nomid", "event": "NPS", "properties": {"score": 9}}
+    first = post(client, "/v1/track", {**message, "sentAt": "2024-05-01T12:00:00.000Z"})
+    second = post(client, "/v1/track", {**message, "sentAt": "2024-05-01T12:00:30.000Z"})
+    third = post(client, "/v1/batch", {"batch": [{"type": "track", **message}]})
+    assert first.status_code == second.status_code == third.status_code == 200
+    assert first.get_json() == {"success": True}
+    assert second.get_json() == {"success": True, "duplicate": True}
+    assert third.get_json() == {"success": True, "accepted": 0, "duplicates": 1, "rejected": []}
+    assert len(queued_refs(redis_client)) == 1
+
+
+def test_two_different_messages_without_id_are_two_events(
+    client: FlaskClient, redis_client: redis.Redis
+) -> None:
+    for score in (9, 10):
+        response = post(
+            client, "/v1/track", {"userId": "nomid", "event": "NPS", "properties": {"score": score}}
+        )
         assert response.get_json() == {"success": True}
-    events = queued(redis_client)
-    assert len(events) == 2
+    events = queued_events(redis_client)
+    assert [e["properties"] for e in events] == [{"score": 9}, {"score": 10}]
     assert events[0]["messageId"] != events[1]["messageId"]
 
 
@@ -1014,7 +1269,6 @@ def test_two_messages_without_id_are_two_events(client: FlaskClient, redis_clien
         ("page", {"userId": "sk-1", "name": "Pricing", "properties": {"url": "https://example.com/pricing"}}),
         ("screen", {"userId": "sk-1", "name": "Settings"}),
         ("group", {"userId": "sk-1", "groupId": "acme", "traits": {"name": "Acme"}}),
-        ("alias", {"userId": "sk-1", "previousId": "anon-77"}),
     ],
 )
 @pytest.mark.parametrize("via", ["single", "batch"])
@@ -1029,39 +1283,43 @@ def test_types_not_sent_to_promoter_are_recorded_as_skipped(
         response = post(client, "/v1/batch", {"batch": [{"type": kind, **message}]})
         assert response.get_json() == {"success": True, "accepted": 1, "duplicates": 0, "rejected": []}
     assert response.status_code == 200
-    record = status(redis_client, message["messageId"])
+    record = status(redis_client, ref(message["messageId"]))
     assert record["type"] == kind
     assert record["state"] == "skipped"
     assert record["detail"] == f"{kind} messages are not sent to Promoter"
-    assert redis_client.llen(QUEUE) == 0
+    assert queued_refs(redis_client) == []
+    # A skipped message never stores its event.
+    assert not redis_client.exists(keys.event(ref(message["messageId"])))
 
 
 @pytest.mark.parametrize(
-    ("event_name", "delivered"),
+    ("event_name", "queue"),
     [
-        ("NPS", True),
-        ("Order Completed", True),
-        ("Completed Order", True),
-        ("Signed Up", False),
-        ("nps", False),
+        ("NPS", HIGH),
+        # Order-only tracks (not survey events here) update the contact's order attributes, after surveys.
+        ("Order Completed", LOW),
+        ("Completed Order", LOW),
+        ("Signed Up", None),
+        ("nps", None),
     ],
 )
 def test_survey_events_filter_tracks(
-    survey_client: FlaskClient, redis_client: redis.Redis, event_name: str, delivered: bool
+    survey_client: FlaskClient, redis_client: redis.Redis, event_name: str, queue: str | None
 ) -> None:
     message = track("sv-1", event_name)
     response = post(survey_client, "/v1/track", message)
     assert response.status_code == 200
     assert response.get_json() == {"success": True}
-    record = status(redis_client, message["messageId"])
+    record = status(redis_client, ref(message["messageId"]))
     assert record["event"] == event_name
-    if delivered:
+    if queue:
         assert record["state"] == "received"
-        assert [e["event"] for e in queued(redis_client)] == [event_name]
+        assert record["queue"] == queue
+        assert [e["event"] for e in queued_events(redis_client, queue)] == [event_name]
     else:
         assert record["state"] == "skipped"
         assert record["detail"] == "not a survey event (SURVEY_EVENTS)"
-        assert redis_client.llen(QUEUE) == 0
+        assert queued_refs(redis_client) == []
 
 
 def test_identify_is_queued_whatever_the_survey_events(
@@ -1069,13 +1327,13 @@ def test_identify_is_queued_whatever_the_survey_events(
 ) -> None:
     message = identify("sv-2", "sv2@example.com")
     assert post(survey_client, "/v1/identify", message).status_code == 200
-    assert [e["messageId"] for e in queued(redis_client)] == [message["messageId"]]
+    assert queued_ids(redis_client) == [message["messageId"]]
 
 
 def test_event_name_is_trimmed(client: FlaskClient, redis_client: redis.Redis) -> None:
     message = track("trim", "  NPS  ")
     assert post(client, "/v1/track", message).status_code == 200
-    assert queued(redis_client)[0]["event"] == "NPS"
+    assert queued_events(redis_client)[0]["event"] == "NPS"
 
 
 # ------------------------------------------------------------------- never a 500 on odd but valid JSON
@@ -1121,8 +1379,11 @@ def test_out_of_range_number_does_not_put_infinity_in_the_queue(
     def strict(token: str) -> Any:
         raise ValueError(f"non-standard JSON constant {token}")
 
-    for raw in redis_client.lrange(QUEUE, 0, -1):
-        json.loads(json.loads(raw)["body"], parse_constant=strict)
+    for queue in QUEUES:
+        for raw in redis_client.lrange(queue, 0, -1):
+            json.loads(json.loads(raw)["body"], parse_constant=strict)
+    for key in redis_client.keys("relay:msg:*:event"):
+        json.loads(text(redis_client.get(key)), parse_constant=strict)
 
 
 # ------------------------------------------------------------------------------- Redis unavailable

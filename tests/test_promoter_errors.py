@@ -17,10 +17,13 @@ import pytest
 from worker.promoter import (
     DEFAULT_RETRY_AFTER,
     MAX_BODY,
+    USER_AGENT,
+    Call,
     IneligibleError,
     PermanentError,
     PromoterClient,
     PromoterError,
+    Reply,
     ThrottledError,
     TransientError,
     UncertainError,
@@ -71,12 +74,52 @@ def test_classify(status: int, headers: dict[str, str], body: str, kind: type[Pr
         assert error is None
         return
     assert type(error) is kind
-    assert error.status == status and error.body == body
+    assert error.status == status
+    assert error.body == body
     assert f"HTTP {status}" in str(error)
+
+
+@pytest.mark.parametrize("status", [502, 504])
+def test_a_gateway_answer_to_a_survey_is_uncertain(status: int) -> None:
+    """A gateway may have given up on a request Promoter still carried out: for a call that must not
+    be repeated once it took effect, 502/504 mean "may have been created"."""
+    error = classify(status, {}, "<html>Bad Gateway</html>", acts_once=True)
+    assert type(error) is UncertainError
+    assert error.cause == f"gateway {status}"
+    assert error.status == status
+    assert error.body == "<html>Bad Gateway</html>"
+    assert f"HTTP {status}" in str(error)
+    # The same answer to a call that may be repeated stays an ordinary transient failure.
+    again = classify(status, {}, "", acts_once=False)
+    assert type(again) is TransientError
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "body", "kind"),
+    [
+        (500, {}, "<html>oops</html>", TransientError),
+        (503, {}, '{"detail": "Service unavailable"}', TransientError),
+        (408, {}, "", TransientError),
+        (429, {"Retry-After": "3"}, THROTTLED, ThrottledError),
+        (400, {}, INELIGIBLE, IneligibleError),
+        (404, {}, "{}", PermanentError),
+        (200, {}, "{}", None),
+    ],
+)
+def test_acts_once_changes_only_gateway_answers(
+    status: int, headers: dict[str, str], body: str, kind: type[PromoterError] | None
+) -> None:
+    """500 and 503 are Promoter saying it failed or was not taking requests: not done, retryable."""
+    error = classify(status, headers, body, acts_once=True)
+    if kind is None:
+        assert error is None
+    else:
+        assert type(error) is kind
 
 
 def test_throttled_is_transient_and_others_are_not() -> None:
     assert issubclass(ThrottledError, TransientError)
+    assert issubclass(UncertainError, TransientError)
     for final in (IneligibleError, PermanentError):
         assert not issubclass(final, TransientError)
 
@@ -105,7 +148,8 @@ def test_retry_after(headers: dict[str, str], body: str, seconds: float) -> None
 
 def test_body_is_truncated() -> None:
     error = classify(500, {}, "x" * 10_000)
-    assert error is not None and len(error.body) == MAX_BODY
+    assert error is not None
+    assert len(error.body) == MAX_BODY
 
 
 # --- a programmable local Promoter ------------------------------------------------------------
@@ -163,7 +207,7 @@ class _Server(ThreadingHTTPServer):
 def promoter() -> Iterator[FakePromoter]:
     server = _Server(("127.0.0.1", 0), _Handler)
     server.fake = FakePromoter(f"http://127.0.0.1:{server.server_address[1]}/api/")
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield server.fake
     server.shutdown()
@@ -171,13 +215,8 @@ def promoter() -> Iterator[FakePromoter]:
 
 
 @pytest.fixture
-def calls() -> list[tuple[str, int | None, float]]:
-    return []
-
-
-@pytest.fixture
-def client(promoter: FakePromoter, calls: list[tuple[str, int | None, float]]) -> PromoterClient:
-    return PromoterClient(promoter.url, API_KEY, timeout=0.2, on_response=lambda *call: calls.append(call))
+def client(promoter: FakePromoter) -> PromoterClient:
+    return PromoterClient(promoter.url, API_KEY, timeout=0.2)
 
 
 def dead_port() -> int:
@@ -186,20 +225,37 @@ def dead_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_upsert_and_survey_post_json_with_token(
-    client: PromoterClient, promoter: FakePromoter, calls: list[tuple[str, int | None, float]]
-) -> None:
+def test_upsert_and_survey_post_json_with_token(client: PromoterClient, promoter: FakePromoter) -> None:
     promoter.answer(Answer(201, '{"id": 5, "email": "a@b.co"}'), Answer(200, '{"campaign": 7}'))
-    assert client.upsert_contact({"email": "a@b.co"}) == {"id": 5, "email": "a@b.co"}
-    assert client.survey({"campaign_id": 7}) == {"campaign": 7}
+    contact = client.upsert_contact({"email": "a@b.co"})
+    survey = client.survey({"campaign_id": 7})
+    assert isinstance(contact, Reply)
+    assert isinstance(survey, Reply)
+    assert isinstance(contact.call, Call)
+    assert isinstance(survey.call, Call)
+    assert contact.data == {"id": 5, "email": "a@b.co"}
+    assert survey.data == {"campaign": 7}
     first, second = promoter.requests
     assert (first["path"], second["path"]) == ("/api/contacts/", "/api/v2/survey/")
     assert first["json"] == {"email": "a@b.co"}
     assert first["headers"]["Authorization"] == f"Token {API_KEY}"
     assert first["headers"]["Content-Type"] == "application/json"
-    assert first["headers"]["User-Agent"] == "promoter-relay/0.1"
-    assert [(name, status) for name, status, _ in calls] == [("contacts", 201), ("survey", 200)]
-    assert all(seconds >= 0 for *_, seconds in calls)
+    assert first["headers"]["User-Agent"] == USER_AGENT
+    assert USER_AGENT.startswith("promoter-relay/")
+    assert [(r.call.endpoint, r.call.status) for r in (contact, survey)] == [
+        ("contacts", "201"),
+        ("survey", "200"),
+    ]
+    assert all(0 <= r.call.seconds < 5 for r in (contact, survey))
+    assert contact.call.args() == ["contacts", "201", f"{contact.call.seconds:.6f}"]
+
+
+def test_an_empty_success_body_is_an_empty_reply(client: PromoterClient, promoter: FakePromoter) -> None:
+    promoter.answer(Answer(204, ""), Answer(200, "  "), Answer(200, "{}"))
+    for status in ("204", "200", "200"):
+        reply = client.upsert_contact({"email": "a@b.co"})
+        assert reply.data == {}
+        assert (reply.call.endpoint, reply.call.status) == ("contacts", status)
 
 
 def test_http_errors_are_classified(client: PromoterClient, promoter: FakePromoter) -> None:
@@ -210,49 +266,186 @@ def test_http_errors_are_classified(client: PromoterClient, promoter: FakePromot
         Answer(403, '{"detail": "Forbidden"}'),
         Answer(302, "", {"Location": "/api/login/"}),
         Answer(200, "<html>a captive portal</html>"),
+        Answer(200, "[1, 2]"),
     )
-    with pytest.raises(IneligibleError):
+    errors: list[PromoterError] = []
+    with pytest.raises(IneligibleError) as caught:
         client.survey({})
+    errors.append(caught.value)
     with pytest.raises(ThrottledError) as throttled:
         client.survey({})
     assert throttled.value.retry_after == 7.0
-    with pytest.raises(TransientError, match="503"):
+    errors.append(throttled.value)
+    with pytest.raises(TransientError, match="503") as unavailable:
         client.survey({})
-    with pytest.raises(PermanentError, match="403: Forbidden"):
+    assert type(unavailable.value) is TransientError  # Promoter said it failed: not uncertain
+    errors.append(unavailable.value)
+    with pytest.raises(PermanentError, match="403: Forbidden") as forbidden:
         client.upsert_contact({})
-    with pytest.raises(PermanentError, match="302"):
+    errors.append(forbidden.value)
+    with pytest.raises(PermanentError, match="302") as redirected:
         client.upsert_contact({})
+    errors.append(redirected.value)
     with pytest.raises(UncertainError, match="without a JSON object") as not_json:
         client.upsert_contact({})
-    assert not_json.value.status == 200 and "captive portal" in not_json.value.body
-    assert len(promoter.requests) == 6  # no retries, no redirect followed
+    assert not_json.value.status == 200
+    assert "captive portal" in not_json.value.body
+    assert not_json.value.cause == "unreadable answer"
+    errors.append(not_json.value)
+    with pytest.raises(UncertainError, match="without a JSON object") as not_object:
+        client.survey({})
+    assert not_object.value.cause == "unreadable answer"
+    errors.append(not_object.value)
+    assert len(promoter.requests) == 7  # no retries, no redirect followed
+    # Every error says which call it was, with the status it got and how long it took.
+    assert [(e.call.endpoint, e.call.status) for e in errors] == [
+        ("survey", "400"),
+        ("survey", "429"),
+        ("survey", "503"),
+        ("contacts", "403"),
+        ("contacts", "302"),
+        ("contacts", "200"),
+        ("survey", "200"),
+    ]
+    assert all(0 <= e.call.seconds < 5 for e in errors)
 
 
-def test_timeout_is_transient(
-    client: PromoterClient, promoter: FakePromoter, calls: list[tuple[str, int | None, float]]
+@pytest.mark.parametrize("status", [502, 504])
+def test_gateway_answer_is_uncertain_for_a_survey_only(
+    client: PromoterClient, promoter: FakePromoter, status: int
 ) -> None:
+    promoter.answer(Answer(status, "<html>Bad Gateway</html>"), Answer(status, "<html>Bad Gateway</html>"))
+    with pytest.raises(UncertainError) as survey:
+        client.survey({"campaign_id": 7})
+    assert survey.value.cause == f"gateway {status}"
+    assert survey.value.status == status
+    assert (survey.value.call.endpoint, survey.value.call.status) == ("survey", str(status))
+    # An upsert is idempotent: the same answer is an ordinary transient failure, retried.
+    with pytest.raises(TransientError) as contact:
+        client.upsert_contact({"email": "a@b.co"})
+    assert type(contact.value) is TransientError
+    assert contact.value.status == status
+    assert (contact.value.call.endpoint, contact.value.call.status) == ("contacts", str(status))
+    assert [r["path"] for r in promoter.requests] == ["/api/v2/survey/", "/api/contacts/"]
+
+
+def test_timeout_is_uncertain(client: PromoterClient, promoter: FakePromoter) -> None:
+    """A read timeout: the request reached Promoter, which may have acted on it."""
     promoter.answer(Answer(200, "{}", delay=1.0))
     started = time.monotonic()
-    with pytest.raises(TransientError, match="timed out") as caught:
+    with pytest.raises(UncertainError, match="timed out") as caught:
         client.upsert_contact({"email": "a@b.co"})
     assert time.monotonic() - started < 0.9
     assert caught.value.status is None
-    assert calls[0][:2] == ("contacts", None)
+    assert caught.value.cause == "timeout"
+    assert (caught.value.call.endpoint, caught.value.call.status) == ("contacts", "error")
+    assert 0.15 < caught.value.call.seconds < 0.9
 
 
-def test_connection_refused_is_transient(calls: list[tuple[str, int | None, float]]) -> None:
+def test_connection_refused_is_transient() -> None:
     client = PromoterClient(f"http://127.0.0.1:{dead_port()}/api", API_KEY, timeout=0.2)
     with pytest.raises(TransientError, match="connection failed") as caught:
         client.survey({})
+    assert type(caught.value) is TransientError  # never sent: certainly not done
     assert caught.value.status is None
+    assert (caught.value.call.endpoint, caught.value.call.status) == ("survey", "error")
 
 
-def test_a_failing_metrics_hook_does_not_fail_the_call(promoter: FakePromoter) -> None:
-    def broken(endpoint: str, status: int | None, seconds: float) -> None:
-        raise RuntimeError("metrics down")
+def test_deadline_covers_the_whole_call() -> None:
+    client = PromoterClient("http://127.0.0.1:1/api", API_KEY, timeout=0.3)
+    assert client.deadline == pytest.approx(0.6)
+    assert PromoterClient("http://127.0.0.1:1/api", API_KEY, timeout=10).deadline == pytest.approx(15.0)
 
-    client = PromoterClient(promoter.url, API_KEY, on_response=broken)
-    assert client.upsert_contact({"email": "a@b.co"}) == {}
+
+# --- a Promoter whose answer drips in, one byte at a time ---------------------------------------
+
+
+DRIP_GAP = 0.05  # well below the client's read timeout, so no single read ever times out
+DRIP_BODY = b'{"campaign": 7, "note": "' + b"x" * 13 + b'"}'  # 40 bytes: 2 s to send in full
+
+
+@dataclass
+class Drip:
+    url: str
+    chunked: bool
+    sent: int = 0
+    finished: threading.Event = field(default_factory=threading.Event)
+
+
+class _DripHandler(BaseHTTPRequestHandler):
+    server: _DripServer
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        drip = self.server.drip
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Connection", "close")
+            if drip.chunked:
+                self.send_header("Transfer-Encoding", "chunked")
+            else:
+                self.send_header("Content-Length", str(len(DRIP_BODY)))
+            self.end_headers()
+            self.wfile.flush()
+            for byte in DRIP_BODY:
+                time.sleep(DRIP_GAP)
+                piece = bytes([byte])
+                self.wfile.write(b"1\r\n" + piece + b"\r\n" if drip.chunked else piece)
+                self.wfile.flush()
+                drip.sent += 1
+            if drip.chunked:
+                self.wfile.write(b"0\r\n\r\n")
+                self.wfile.flush()
+        except OSError:  # the client gave up
+            pass
+        finally:
+            drip.finished.set()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class _DripServer(ThreadingHTTPServer):
+    daemon_threads = True
+    drip: Drip
+
+
+@pytest.fixture(params=["content-length", "chunked"])
+def drip(request: pytest.FixtureRequest) -> Iterator[Drip]:
+    server = _DripServer(("127.0.0.1", 0), _DripHandler)
+    server.drip = Drip(
+        f"http://127.0.0.1:{server.server_address[1]}/api/", chunked=request.param == "chunked"
+    )
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield server.drip
+    server.shutdown()
+    server.server_close()
+
+
+def test_an_answer_dripping_past_the_deadline_is_uncertain(drip: Drip) -> None:
+    """Each read gets its byte well within the read timeout, yet the call as a whole must stop at its
+    deadline (plus at most one read timeout for the read in progress), or a survey call outlives the
+    lease it runs under."""
+    client = PromoterClient(drip.url, API_KEY, timeout=0.3)
+    started = time.monotonic()
+    with pytest.raises(UncertainError) as caught:
+        client.survey({"campaign_id": 7})
+    elapsed = time.monotonic() - started
+    assert caught.value.cause == "deadline"
+    assert caught.value.status is None
+    assert (caught.value.call.endpoint, caught.value.call.status) == ("survey", "error")
+    assert API_KEY not in str(caught.value)
+    assert API_KEY not in repr(caught.value)
+    assert caught.value.__cause__ is None
+    # The answer would take len(DRIP_BODY) * DRIP_GAP = 2 s; the call must give up long before.
+    limit = client.deadline + client.timeout + 0.25
+    assert elapsed < limit, f"call lasted {elapsed:.2f}s, beyond deadline + one read timeout ({limit:.2f}s)"
+    assert caught.value.call.seconds < limit
+    drip.finished.wait(3)
+    assert drip.sent < len(DRIP_BODY), "the client read the whole answer before giving up"
 
 
 def test_api_key_never_leaks(promoter: FakePromoter) -> None:
@@ -265,10 +458,11 @@ def test_api_key_never_leaks(promoter: FakePromoter) -> None:
         Answer(500, echo),
         Answer(401, echo),
         Answer(200, "not json {auth}"),
+        Answer(502, echo),
         Answer(200, "{}", delay=1.0),
     )
     errors: list[PromoterError] = []
-    for _ in range(7):
+    for _ in range(8):
         with pytest.raises(PromoterError) as caught:
             client.survey({})
         errors.append(caught.value)
@@ -287,12 +481,18 @@ def test_api_key_never_leaks(promoter: FakePromoter) -> None:
         for text in (str(error), repr(error), error.body, str(error.args)):
             assert API_KEY not in text
         assert error.__cause__ is None
+        assert error.call.endpoint == "survey"
+    assert {error.cause for error in errors if isinstance(error, UncertainError)} == {
+        "unreadable answer",
+        "gateway 502",
+        "timeout",
+    }
     assert "[redacted]" in errors[0].body
     for text in (repr(client), str(client), repr(refused)):
         assert API_KEY not in text
 
 
 def test_api_key_with_control_characters_is_refused_without_echo() -> None:
-    with pytest.raises(ValueError) as caught:
+    with pytest.raises(ValueError, match="whitespace or control characters") as caught:
         PromoterClient("http://127.0.0.1:1/api", "abc\ndef")
     assert "abc" not in str(caught.value)

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 import requests
 
-from app.sandbox import SandboxControl, SandboxServer, SandboxState, create_sandbox
+from app.devtools.sandbox import CAMPAIGN_PAGE, SandboxControl, SandboxServer, SandboxState, create_sandbox
+from worker.promoter import PermanentError, PromoterClient
 
 KEY = "s3cret-sandbox-key"
 CONTACT = {"email": "ada@example.com", "first_name": "Ada", "last_name": "Lovelace"}
@@ -39,12 +40,18 @@ def call(
     return requests.post(server.url + path, json=body, data=data, headers=headers, timeout=10)
 
 
+def get(server: SandboxServer, path: str, *, auth: str | None = f"Token {KEY}") -> requests.Response:
+    headers = {"Authorization": auth} if auth is not None else {}
+    return requests.get(server.url + path, headers=headers, timeout=10)
+
+
 def survey(email: str = "ada@example.com", campaign: int = 7) -> dict[str, Any]:
     return {"campaign_id": campaign, "contact": {**CONTACT, "email": email}, "attributes": {"plan": "pro"}}
 
 
 def test_url_has_no_trailing_slash_and_healthz_answers(server: SandboxServer) -> None:
-    assert server.url.startswith("http://127.0.0.1:") and not server.url.endswith("/")
+    assert server.url.startswith("http://127.0.0.1:")
+    assert not server.url.endswith("/")
     assert requests.get(server.url + "/_sandbox/healthz", timeout=5).status_code == 200
 
 
@@ -158,8 +165,10 @@ def test_survey_success_is_recorded_and_upserts_the_contact(
     assert body["contact"]["email"] == "ada@example.com"
     [recorded] = control.surveys()
     assert recorded["json"] == survey()
-    assert recorded["method"] == "POST" and recorded["path"] == "/v2/survey/"
-    assert isinstance(recorded["seq"], int) and isinstance(recorded["at"], float)
+    assert recorded["method"] == "POST"
+    assert recorded["path"] == "/v2/survey/"
+    assert isinstance(recorded["seq"], int)
+    assert isinstance(recorded["at"], float)
     assert [c["id"] for c in control.contacts()] == [body["contact"]["id"]]
 
 
@@ -276,7 +285,8 @@ def test_calls_filter_and_reset(server: SandboxServer, control: SandboxControl) 
     assert [c["path"] for c in control.calls("/contacts/")] == ["/contacts/"]
     assert len(control.calls()) == 2
     control.reset()
-    assert control.calls() == [] and control.contacts() == []
+    assert control.calls() == []
+    assert control.contacts() == []
     call(server, "/contacts/", CONTACT)
     assert control.calls()[0]["seq"] == 3
 
@@ -291,3 +301,109 @@ def test_survey_cooldown_makes_a_repeat_survey_ineligible(
     assert again.json() == {"non_field_errors": ["Contact is not eligible for survey."]}
     assert call(server, "/v2/survey/", survey(campaign=8)).status_code == 200
     assert call(server, "/v2/survey/", survey(email="other@example.com")).status_code == 200
+
+
+# --- GET /campaigns/?page=N (DRF pagination) ---------------------------------------------------
+
+
+def test_campaigns_default_to_three_on_one_page(server: SandboxServer, control: SandboxControl) -> None:
+    for path in ("/campaigns/", "/campaigns/?page=1"):
+        response = get(server, path)
+        assert response.status_code == 200
+        assert response.json() == {
+            "count": 3,
+            "next": None,
+            "previous": None,
+            "results": [{"id": i, "name": f"Sandbox campaign {i}"} for i in (1, 2, 3)],
+        }
+    assert [(c["method"], c["path"], c["status"]) for c in control.calls()] == [
+        ("GET", "/campaigns/", 200)
+    ] * 2
+
+
+def test_campaigns_are_paginated_like_drf(server: SandboxServer, control: SandboxControl) -> None:
+    assert CAMPAIGN_PAGE == 10
+    control.configure(campaigns=list(range(125, 100, -1)))  # 25 campaigns, given unsorted
+    base = f"{server.url}/campaigns/"
+    pages = [get(server, f"/campaigns/?page={number}") for number in (1, 2, 3)]
+    assert [page.status_code for page in pages] == [200, 200, 200]
+    first, second, third = (page.json() for page in pages)
+    assert {first["count"], second["count"], third["count"]} == {25}
+    assert (first["previous"], first["next"]) == (None, f"{base}?page=2")
+    assert (second["previous"], second["next"]) == (f"{base}?page=1", f"{base}?page=3")
+    assert (third["previous"], third["next"]) == (f"{base}?page=2", None)
+    ids = [[c["id"] for c in page["results"]] for page in (first, second, third)]
+    assert ids == [list(range(101, 111)), list(range(111, 121)), list(range(121, 126))]
+    # Following "next" from the first page walks every campaign exactly once.
+    seen, url = [], base
+    while url:
+        page = requests.get(url, headers={"Authorization": f"Token {KEY}"}, timeout=10).json()
+        seen += [c["id"] for c in page["results"]]
+        url = page["next"]
+    assert seen == list(range(101, 126))
+
+
+@pytest.mark.parametrize("page", ["4", "0", "-1", "two", "1.5", ""])
+def test_campaigns_page_out_of_range_is_404(
+    server: SandboxServer, control: SandboxControl, page: str
+) -> None:
+    control.configure(campaigns=list(range(1, 26)))
+    response = get(server, f"/campaigns/?page={page}")
+    assert response.status_code == 404
+    assert response.json() == {"detail": "Invalid page."}
+    assert get(server, "/campaigns/?page=3").status_code == 200
+
+
+def test_campaigns_an_empty_list_has_one_empty_page(server: SandboxServer, control: SandboxControl) -> None:
+    control.configure(campaigns=[])
+    response = get(server, "/campaigns/?page=1")
+    assert response.status_code == 200
+    assert response.json() == {"count": 0, "next": None, "previous": None, "results": []}
+    assert get(server, "/campaigns/?page=2").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("auth", "detail"),
+    [
+        (None, "Authentication credentials were not provided."),
+        ("Token wrong-key", "Invalid token."),
+        (f"Bearer {KEY}", "Invalid token."),
+    ],
+)
+def test_campaigns_need_the_token(server: SandboxServer, auth: str | None, detail: str) -> None:
+    for path in ("/campaigns/?page=1", "/campaigns/?page=99"):  # auth comes before the page check
+        response = get(server, path, auth=auth)
+        assert response.status_code == 401
+        assert response.json() == {"detail": detail}
+        assert response.headers["WWW-Authenticate"] == "Token"
+
+
+def test_campaigns_share_the_failure_gate(server: SandboxServer, control: SandboxControl) -> None:
+    control.configure(fail_next=[503], throttle_next=1, retry_after=9)
+    assert get(server, "/campaigns/?page=1").status_code == 503
+    throttled = get(server, "/campaigns/?page=1")
+    assert throttled.status_code == 429
+    assert throttled.headers["Retry-After"] == "9"
+    assert get(server, "/campaigns/?page=1").status_code == 200
+    assert (
+        requests.post(
+            server.url + "/campaigns/", headers={"Authorization": f"Token {KEY}"}, timeout=10
+        ).status_code
+        == 405
+    )
+
+
+def test_promoter_client_reads_campaign_pages(server: SandboxServer, control: SandboxControl) -> None:
+    control.configure(campaigns=list(range(1, 13)))
+    client = PromoterClient(server.url, KEY, timeout=5)
+    reply = client.campaigns(2)
+    assert [c["id"] for c in reply.data["results"]] == [11, 12]
+    assert reply.data["previous"] == f"{server.url}/campaigns/?page=1"
+    assert reply.data["next"] is None
+    assert (reply.call.endpoint, reply.call.status) == ("campaigns", "200")
+    assert reply.call.seconds >= 0
+    with pytest.raises(PermanentError, match=r"404: Invalid page\.") as caught:
+        client.campaigns(3)
+    assert (caught.value.call.endpoint, caught.value.call.status) == ("campaigns", "404")
+    with pytest.raises(PermanentError, match=r"401: Invalid token\."):
+        PromoterClient(server.url, "not-" + KEY, timeout=5).campaigns(1)

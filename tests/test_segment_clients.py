@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -26,10 +27,18 @@ from segment.analytics.version import VERSION as CLIENT_VERSION
 from werkzeug.serving import make_server
 
 from app import create_app
-from tests.conftest import ROOT, WRITE_KEY, settings_for, wait_until
+from tests.conftest import ROOT, SOURCE, WRITE_KEY, ref, settings_for, wait_until
+from tests.factories import queued_refs
+from worker import keys
+from worker.events import source_of_key
 
-QUEUE = "relay"
+QUEUES = ("relay", "relay.low")
 SEGMENT_23 = ROOT / ".venv" / "segment-2.3"
+EVENT_FIELDS = {
+    "ref", "messageId", "source", "type", "userId", "anonymousId", "traits", "event", "properties",
+    "previousId", "timestamp", "receivedAt", "campaignId",
+}  # fmt: skip
+MILLISECOND_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
 
 @dataclass
@@ -41,6 +50,7 @@ class LiveRelay:
 @pytest.fixture
 def live(redis_client: redis.Redis, redis_url: str) -> Iterator[LiveRelay]:
     """The app served by werkzeug on an ephemeral port, recording each request's headers."""
+    assert redis_client.dbsize() == 0  # every test starts from an empty database
     app = create_app({"TESTING": True, **settings_for(redis_url)})
     relay = LiveRelay("")
     inner = app.wsgi_app
@@ -72,28 +82,44 @@ def live(redis_client: redis.Redis, redis_url: str) -> Iterator[LiveRelay]:
 
 
 def status(r: redis.Redis, message_id: str) -> dict[str, str]:
-    record: dict[str, str] = r.hgetall(f"relay:msg:{{{message_id}}}")
-    return record
+    """The status record of a message this suite's write key sent."""
+    return cast(dict[str, str], r.hgetall(keys.message(ref(message_id))))
 
 
 def queued(r: redis.Redis) -> dict[str, dict[str, Any]]:
-    """Task messages on the queue, by the message id of the event they carry."""
+    """Queued task messages (both queues), by message id: each carries only its ref, and the event
+    it names is the one stored beside the status record."""
     events = {}
-    for raw in r.lrange(QUEUE, 0, -1):
-        message = json.loads(raw)
-        [event], kwargs, _embed = json.loads(message["body"])
-        assert kwargs == {}
-        assert message["headers"]["task"] == f"relay.{event['type']}"
-        events[event["messageId"]] = event
+    for queue in QUEUES:
+        for raw in r.lrange(queue, 0, -1):
+            message = json.loads(raw)
+            args, kwargs, _embed = json.loads(message["body"])
+            assert kwargs == {}
+            [message_ref] = args
+            stored = r.get(keys.event(message_ref))
+            assert stored is not None, message_ref
+            event = json.loads(stored)
+            assert event["ref"] == message_ref
+            assert message["headers"]["task"] == f"relay.{event['type']}"
+            events[event["messageId"]] = event
     return events
 
 
-def assert_landed(
-    r: redis.Redis, prefix: str, user: str, traits: dict[str, Any], library_version: str
-) -> None:
-    """identify + track queued with normalized traits; page recorded as skipped."""
+def nothing_stored(r: redis.Redis) -> bool:
+    """No task queued and no status record or event stored, under any source."""
+    return queued_refs(r, *QUEUES) == [] and not list(r.scan_iter(f"{keys.PREFIX}:msg:*"))
+
+
+def refused_401(r: redis.Redis) -> int:
+    """Requests refused before any message was read are counted by status."""
+    return int(r.hget(keys.STATS, "refused:401") or 0)
+
+
+def assert_landed(r: redis.Redis, prefix: str, user: str, traits: dict[str, Any]) -> None:
+    """identify + track queued (on the high queue) with normalized traits; page recorded as skipped."""
     identify = status(r, f"{prefix}-identify")
     assert (identify["type"], identify["user"], identify["state"]) == ("identify", f"u:{user}", "received")
+    assert identify["ref"] == ref(f"{prefix}-identify")
     track = status(r, f"{prefix}-track")
     assert (track["type"], track["user"], track["event"], track["state"]) == (
         "track",
@@ -103,19 +129,28 @@ def assert_landed(
     )
     page = status(r, f"{prefix}-page")
     assert (page["type"], page["user"], page["state"]) == ("page", f"u:{user}", "skipped")
+    # A skipped message never stores its event.
+    assert r.exists(keys.event(ref(f"{prefix}-page"))) == 0
 
     events = queued(r)
     assert set(events) == {f"{prefix}-identify", f"{prefix}-track"}
+    assert queued_refs(r, "relay") == [ref(f"{prefix}-identify"), ref(f"{prefix}-track")]
     identify_event = events[f"{prefix}-identify"]
+    assert set(identify_event) == EVENT_FIELDS  # the worker's Event contract, no raw context
+    assert identify_event["source"] == SOURCE == source_of_key(WRITE_KEY)
     assert identify_event["userId"] == user
     for name, value in traits.items():
         assert identify_event["traits"][name] == value
     assert "first_name" not in identify_event["traits"]
     assert "last_name" not in identify_event["traits"]
-    assert identify_event["context"]["library"] == {"name": "analytics-python", "version": library_version}
-    # The client stamps "+00:00"; the relay hands the worker "Z".
-    assert identify_event["timestamp"].endswith("Z")
+    # The client stamps "+00:00"; the relay hands the worker UTC with milliseconds and "Z", the event
+    # time never later than when it was received.
+    for event in events.values():
+        assert MILLISECOND_UTC.fullmatch(event["timestamp"]), event["timestamp"]
+        assert MILLISECOND_UTC.fullmatch(event["receivedAt"]), event["receivedAt"]
+        assert event["timestamp"] <= event["receivedAt"]
     track_event = events[f"{prefix}-track"]
+    assert set(track_event) == EVENT_FIELDS
     assert track_event["event"] == "NPS"
     assert track_event["properties"] == {"score": 9, "comment": "ok"}
 
@@ -144,7 +179,6 @@ def test_client_2_4_sync_mode(live: LiveRelay, redis_client: redis.Redis, gzip: 
         prefix,
         user,
         {"email": f"{prefix}@example.com", "firstName": "Ada", "lastName": "Lovelace", "plan": "pro"},
-        CLIENT_VERSION,
     )
     assert [r["path"] for r in live.seen] == ["/v1/batch"] * 3
     assert all(r["authorization"].startswith("Basic ") for r in live.seen)
@@ -191,21 +225,20 @@ def test_client_2_4_background_consumer_with_flush(
             "firstName": "Grace",
             "lastName": "Hopper",
         },
-        CLIENT_VERSION,
     )
-    assert live.seen and all(r["authorization"].startswith("Basic ") for r in live.seen)
+    assert live.seen
+    assert all(r["authorization"].startswith("Basic ") for r in live.seen)
 
 
-def test_client_2_4_wrong_write_key_sync_raises_401(
-    live: LiveRelay, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_client_2_4_wrong_write_key_sync_raises_401(live: LiveRelay, redis_client: redis.Redis) -> None:
     client = analytics.Client("not-the-key", host=live.url, sync_mode=True, max_retries=0)
     with pytest.raises(APIError) as raised:
         client.track(user_id="intruder", event="NPS", properties={}, message_id="py24-wrong-sync")
     assert raised.value.status == 401
     assert raised.value.code == "unauthorized"
     assert status(redis_client, "py24-wrong-sync") == {}
-    assert redis_client.llen(QUEUE) == 0
+    assert nothing_stored(redis_client)
+    assert refused_401(redis_client) == 1
 
 
 def test_client_2_4_wrong_write_key_reaches_on_error(
@@ -236,7 +269,8 @@ def test_client_2_4_wrong_write_key_reaches_on_error(
     assert len(live.seen) == 1
     assert any(record.name == "segment" and record.levelno >= logging.ERROR for record in caplog.records)
     assert status(redis_client, "py24-wrong-async") == {}
-    assert redis_client.llen(QUEUE) == 0
+    assert nothing_stored(redis_client)
+    assert refused_401(redis_client) == 1
 
 
 # --------------------------------------------------------------------------------------- 2.3.x
@@ -317,7 +351,6 @@ def test_client_2_3_body_write_key_only(
         prefix,
         f"{prefix}-user",
         {"email": f"{prefix}@example.com", "firstName": "Bea", "lastName": "Stone"},
-        report["version"],
     )
     assert [r["path"] for r in live.seen] == ["/v1/batch"] * 3
     # 2.3 authenticates only with the writeKey in the body.
@@ -333,6 +366,8 @@ def test_client_2_3_wrong_write_key_is_a_401_api_error(
     an API error (so its background consumer would retry a 401 like a network failure)."""
     report = run_client_23(live.url, "not-the-key", False, "py23-wrong", tmp_path)
     assert [r["authorization"] for r in live.seen] == [""] * 3
-    assert redis_client.llen(QUEUE) == 0
+    assert nothing_stored(redis_client)
     assert status(redis_client, "py23-wrong-identify") == {}
+    # The body write key is checked after the body is read, and still counted as refused.
+    assert refused_401(redis_client) == 3
     assert report["results"] == [{"ok": False, "error": "APIError", "status": 401}] * 3, report["results"]

@@ -17,9 +17,10 @@ import redis
 from flask.testing import FlaskClient
 
 from app import create_app
-from tests.conftest import SHARED_SECRET, WRITE_KEY, basic, settings_for
+from tests.conftest import SHARED_SECRET, SOURCE, WRITE_KEY, basic, ref, settings_for
+from tests.factories import queued_events, queued_refs, status
 
-QUEUE = "relay"
+HOOK = "hook"
 
 SINGLE = (
     '{"type":"track","userId":"wh-1","event":"NPS","messageId":"wh-single",'
@@ -36,7 +37,8 @@ BATCH = "[\n  " + FIRST + " ,\n  " + SECOND + "\n]"
 def without_code(response: Any) -> Any:
     """An error body minus Segment's ``code``/``message`` pair, after checking that pair is there."""
     body = response.get_json()
-    assert isinstance(body.pop("code"), str) and body.pop("message")
+    assert isinstance(body.pop("code"), str)
+    assert body.pop("message")
     return body
 
 
@@ -50,17 +52,12 @@ def reserialized(text: str) -> bytes:
     return json.dumps(json.loads(text)).encode()
 
 
-def status(r: redis.Redis, message_id: str) -> dict[str, str]:
-    record: dict[str, str] = r.hgetall(f"relay:msg:{{{message_id}}}")
-    return record
-
-
-def queued(r: redis.Redis) -> list[dict[str, Any]]:
-    return [json.loads(json.loads(raw)["body"])[0][0] for raw in reversed(r.lrange(QUEUE, 0, -1))]
+def hook_ref(message_id: str) -> str:
+    return ref(message_id, HOOK)
 
 
 def assert_nothing_stored(r: redis.Redis) -> None:
-    assert r.llen(QUEUE) == 0
+    assert [r.llen(queue) for queue in ("relay", "relay.low")] == [0, 0]
     assert r.keys("relay:msg:*") == []
 
 
@@ -79,7 +76,8 @@ def signed(redis_client: redis.Redis, redis_url: str) -> FlaskClient:
 
 def test_bodies_really_contain_the_short_exponent() -> None:
     """Guard for the tests below: the raw text and its re-serialization differ in bytes."""
-    assert "1e-7" in SINGLE and "1e-07" not in SINGLE
+    assert "1e-7" in SINGLE
+    assert "1e-07" not in SINGLE
     assert b"1e-07" in reserialized(SINGLE)
     assert "1e-7" in FIRST
     assert b"1e-07" in reserialized(FIRST)
@@ -90,25 +88,28 @@ def test_single_message_signed_over_raw_body(signed: FlaskClient, redis_client: 
     response = hook(signed, SINGLE, sign(SINGLE))
     assert response.status_code == 200, response.get_json()
     assert response.get_json() == {"success": True}
-    record = status(redis_client, "wh-single")
+    record = status(redis_client, hook_ref("wh-single"))
     assert (record["type"], record["user"], record["event"], record["state"]) == (
         "track",
         "u:wh-1",
         "NPS",
         "received",
     )
-    [event] = queued(redis_client)
+    assert queued_refs(redis_client) == [hook_ref("wh-single")]
+    [event] = queued_events(redis_client)
+    assert (event["ref"], event["source"], event["messageId"]) == (hook_ref("wh-single"), HOOK, "wh-single")
     assert event["properties"] == {"score": 9, "tiny": 1e-7, "ratio": 0.5}
-    assert event["timestamp"].startswith("2024-05-01T12:00:00")
+    assert event["timestamp"] == "2024-05-01T12:00:00.000Z"
 
 
 def test_batch_signed_over_raw_bytes_of_first_element(signed: FlaskClient, redis_client: redis.Redis) -> None:
     response = hook(signed, BATCH, sign(FIRST), **basic())
     assert response.status_code == 200, response.get_json()
     assert response.get_json() == {"success": True, "accepted": 2, "duplicates": 0, "rejected": []}
-    assert status(redis_client, "wh-batch-1")["type"] == "identify"
-    assert status(redis_client, "wh-batch-2")["type"] == "track"
-    identify, track = queued(redis_client)
+    assert status(redis_client, hook_ref("wh-batch-1"))["type"] == "identify"
+    assert status(redis_client, hook_ref("wh-batch-2"))["type"] == "track"
+    assert queued_refs(redis_client) == [hook_ref("wh-batch-1"), hook_ref("wh-batch-2")]
+    identify, track = queued_events(redis_client)
     assert identify["traits"] == {"email": "wh2@example.com", "firstName": "Wen", "weight": 1e-7}
     assert track["properties"] == {"x": 2500.0}
 
@@ -118,7 +119,7 @@ def test_gzipped_webhook_is_signed_over_the_decompressed_bytes(
 ) -> None:
     response = hook(signed, gzip.compress(SINGLE.encode()), sign(SINGLE), **{"Content-Encoding": "gzip"})
     assert response.status_code == 200
-    assert status(redis_client, "wh-single")["state"] == "received"
+    assert status(redis_client, hook_ref("wh-single"))["state"] == "received"
 
 
 @pytest.mark.parametrize(
@@ -204,7 +205,7 @@ def test_signed_batch_with_invalid_items_reports_them(signed: FlaskClient, redis
             {"index": 2, "errors": {"type": ["Missing data for required field."]}},
         ],
     }
-    assert [e["messageId"] for e in queued(redis_client)] == ["wh-batch-1"]
+    assert queued_refs(redis_client) == [hook_ref("wh-batch-1")]
 
 
 def test_signed_retry_is_a_duplicate(signed: FlaskClient, redis_client: redis.Redis) -> None:
@@ -212,7 +213,7 @@ def test_signed_retry_is_a_duplicate(signed: FlaskClient, redis_client: redis.Re
     again = hook(signed, SINGLE, sign(SINGLE))
     assert again.status_code == 200
     assert again.get_json() == {"success": True, "duplicate": True}
-    assert redis_client.llen(QUEUE) == 1
+    assert queued_refs(redis_client) == [hook_ref("wh-single")]
 
 
 @pytest.mark.parametrize("body", ["[]", "[\n]"])
@@ -301,7 +302,8 @@ def test_a_refused_signed_element_refuses_the_whole_batch(
     response = hook(signed, "[" + first + "," + SECOND + "]", sign(first), **basic())
     assert response.status_code == 400
     errors = response.get_json()["errors"]
-    assert "signed first element" in errors["batch"][0] and "0" in errors
+    assert "signed first element" in errors["batch"][0]
+    assert "0" in errors
     assert_nothing_stored(redis_client)
 
 
@@ -334,14 +336,40 @@ def test_without_secret_webhook_accepts_the_write_key(
     response = hook(client, body, None, **(basic() if how == "basic" else {}))
     assert response.status_code == 200
     assert response.get_json() == {"success": True}
-    assert status(redis_client, "wh-single")["state"] == "received"
+    assert status(redis_client, hook_ref("wh-single"))["state"] == "received"
 
 
 def test_without_secret_batch_array_with_basic_key(client: FlaskClient, redis_client: redis.Redis) -> None:
     response = hook(client, BATCH, None, **basic())
     assert response.status_code == 200
     assert response.get_json()["accepted"] == 2
-    assert len(queued(redis_client)) == 2
+    assert queued_refs(redis_client) == [hook_ref("wh-batch-1"), hook_ref("wh-batch-2")]
+
+
+def test_same_message_id_from_the_webhook_and_a_write_key_is_two_messages(
+    client: FlaskClient, redis_client: redis.Redis
+) -> None:
+    """Deduplication is per source: the webhook is one source, each write key on /v1 another."""
+    from_hook = hook(client, SINGLE, None, **basic())
+    from_api = client.post("/v1/track", data=SINGLE, headers={"Content-Type": "application/json", **basic()})
+    assert from_hook.get_json() == from_api.get_json() == {"success": True}
+    assert hook(client, SINGLE, None, **basic()).get_json() == {"success": True, "duplicate": True}
+    refs = [hook_ref("wh-single"), ref("wh-single", SOURCE)]
+    assert queued_refs(redis_client) == refs
+    assert [e["source"] for e in queued_events(redis_client)] == [HOOK, SOURCE]
+
+
+def test_webhook_event_time_is_segments_not_corrected_by_sent_at(
+    client: FlaskClient, redis_client: redis.Redis
+) -> None:
+    """Segment already corrected the clock skew of what it forwards: the relay keeps its timestamp."""
+    body = (
+        '{"type":"track","userId":"wh-5","event":"NPS","messageId":"wh-time",'
+        '"timestamp":"2024-05-01T12:00:00Z","sentAt":"2024-05-01T12:00:30Z"}'
+    )
+    assert hook(client, body, None, **basic()).status_code == 200
+    [event] = queued_events(redis_client)
+    assert event["timestamp"] == "2024-05-01T12:00:00.000Z"
 
 
 @pytest.mark.parametrize(

@@ -1,9 +1,18 @@
-"""promoter-relay delivery side: ``celery -A worker worker`` and ``celery -A worker beat``.
+"""promoter-relay's core: delivery (Celery tasks), the Promoter client, and all state in Redis.
 
-This package exists so the worker command line stays the one Celery documents; it only exposes the
-Celery app. Importing it reads the environment, so a bad setting stops the worker at start-up.
+``celery -A worker worker`` and ``celery -A worker beat`` find the Celery app as ``worker.celery``. It
+is built on first access (PEP 562), not at import: ``import app`` or ``import worker.settings`` must not
+parse the environment or create a Celery app. See ``worker/entrypoint.py``.
 """
 
-from worker.celery_app import celery
+from __future__ import annotations
 
-__all__ = ["celery"]
+from typing import Any
+
+
+def __getattr__(name: str) -> Any:
+    if name == "celery":
+        from worker.entrypoint import celery
+
+        return celery
+    raise AttributeError(f"module 'worker' has no attribute {name!r}")

@@ -1,127 +1,105 @@
-"""Dead letters: messages the relay gave up on, kept whole so an operator can read and replay them.
+"""Dead letters: messages the relay gave up on, kept so an operator can read, replay or discard them.
 
-A record holds the full event (or the exact task message it was queued with), why it died, how many
-attempts were made and Promoter's last answer. Replay queues a fresh task for the same event and
-restarts its retry window; the message id stays the same, so idempotency still holds.
+A record holds why it died, how many attempts were made, Promoter's last answer and, for a survey of
+unknown outcome, the evidence (when each attempt started, whether the call timed out or its worker
+died); the event itself stays beside the status record. Replay queues the same ref again with a
+fresh retry window, so idempotency still holds; it refuses a message whose survey is known to have
+been sent. Dead letters expire after ``DEAD_LETTER_TTL_SECONDS`` and are capped at ``DEAD_LETTER_MAX``
+(oldest dropped first), both counted in ``relay_dead_letters_dropped_total``.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 import redis
 
-from worker import broker, keys
-from worker.events import Event, user_key
-from worker.ledger import RECENT_LIMIT, lua_script
+from worker import keys
+from worker.scripts import Lua, encode
 
-_BURY = lua_script(
-    f"""
--- KEYS: status; ARGV: now, ttl, id, record, reason, attempts, type, user, event name
-redis.call('HSET', '{keys.DEAD}', ARGV[3], ARGV[4])
-redis.call('HSET', KEYS[1], 'id', ARGV[3], 'type', ARGV[7], 'user', ARGV[8], 'event', ARGV[9])
-redis.call('HSETNX', KEYS[1], 'received', ARGV[1])
-redis.call('ZADD', '{keys.DEAD_INDEX}', ARGV[1], ARGV[3])
-set_state(KEYS[1], 'dead', ARGV[5], ARGV[1], tonumber(ARGV[2]), ARGV[6])
-return 1
-"""
-)
-
-_REPLAY = lua_script(
-    f"""
--- KEYS: status, queue; ARGV: now, ttl, id, task message
-redis.call('ZREM', '{keys.DEAD_INDEX}', ARGV[3])
-if redis.call('HDEL', '{keys.DEAD}', ARGV[3]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], 'id', ARGV[3], 'since', ARGV[1], 'survey', '')
-redis.call('LPUSH', '{keys.RECENT}', ARGV[3])
-redis.call('LTRIM', '{keys.RECENT}', 0, {RECENT_LIMIT - 1})
-set_state(KEYS[1], 'received', 'replayed from dead letters', ARGV[1], tonumber(ARGV[2]), 0)
-enqueued(KEYS[1], ARGV[4], ARGV[1], tonumber(ARGV[2]))
-redis.call('LPUSH', KEYS[2], ARGV[4])
-return 1
-"""
-)
-
-
-def event_of(record: dict[str, Any]) -> Event:
-    """The event inside a dead letter, whichever way it was stored."""
-    if "event" in record:
-        event: Event = record["event"]
-        return event
-    body = json.loads(json.loads(record["message"])["body"])
-    stored: Event = body[0][0]
-    return stored
+BATCH = 500
 
 
 class DeadLetters:
-    def __init__(self, client: redis.Redis, status_ttl: int, queue: str) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        lua: Lua,
+        ttl: int,
+        cap: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.client = client
-        self.status_ttl = status_ttl
-        self.queue = queue
-        self._bury = client.register_script(_BURY)
-        self._replay = client.register_script(_REPLAY)
+        self.lua = lua
+        self.ttl = ttl
+        self.cap = cap
+        self.clock = clock
 
-    def bury(self, event: Event, reason: str, attempts: int, last_response: str = "") -> None:
-        record = {
-            "id": event["messageId"],
-            "reason": reason,
-            "attempts": attempts,
-            "last_response": last_response[:2000],
-            "at": time.time(),
-            "event": event,
-        }
-        self._bury(
-            keys=[keys.message(event["messageId"])],
-            args=[
-                f"{time.time():.3f}",
-                self.status_ttl,
-                event["messageId"],
-                json.dumps(record, separators=(",", ":")),
-                reason,
-                attempts,
-                event["type"],
-                user_key(event),
-                event.get("event") or "",
-            ],
-            client=self.client,
-        )
+    def bury(self, ref: str, reason: str, response: str = "", evidence: dict[str, Any] | None = None) -> bool:
+        """False when the message was already final: a late failure never overwrites an outcome."""
+        return bool(self.lua.bury(ref, reason, response[:2000], encode(evidence) if evidence else ""))
 
     def count(self) -> int:
         return int(self.client.zcard(keys.DEAD_INDEX))
 
-    def get(self, message_id: str) -> dict[str, Any] | None:
-        raw = self.client.hget(keys.DEAD, message_id)
-        return _public(json.loads(raw)) if raw else None
+    def get(self, ref: str) -> dict[str, Any] | None:
+        raw = self.client.hget(keys.DEAD, ref)
+        return self._public(json.loads(raw)) if raw else None
 
     def list(self, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
-        ids = cast(list[str], self.client.zrevrange(keys.DEAD_INDEX, offset, offset + limit - 1))
-        if not ids:
+        refs = cast(list[str], self.client.zrevrange(keys.DEAD_INDEX, offset, offset + limit - 1))
+        if not refs:
             return []
-        raws = self.client.hmget(keys.DEAD, ids)
-        return [_public(json.loads(raw)) for raw in raws if raw]
+        raws = self.client.hmget(keys.DEAD, refs)
+        return [self._public(json.loads(raw)) for raw in raws if raw]
 
-    def replay(self, message_id: str) -> bool:
-        raw = self.client.hget(keys.DEAD, message_id)
-        if not raw:
-            return False
-        message = broker.envelope(event_of(json.loads(raw)), self.queue)
-        replayed: int = self._replay(
-            keys=[keys.message(message_id), self.queue],
-            args=[f"{time.time():.3f}", self.status_ttl, message_id, message],
-            client=self.client,
-        )
-        return bool(replayed)
+    def _public(self, record: dict[str, Any]) -> dict[str, Any]:
+        raw = self.client.get(keys.event(record["id"]))
+        return {**record, "event": json.loads(raw) if raw else None}
 
-    def replay_all(self) -> int:
+    def replay(self, ref: str) -> str:
+        """``replayed``, or why not: ``missing``, ``surveyed`` (would survey twice), ``expired``."""
+        answer: str = self.lua.replay(ref)
+        return answer
+
+    def replay_all(self) -> dict[str, int]:
         """Replay the dead letters there are now; those that die again stay for the next look."""
-        ids = cast(list[str], self.client.zrange(keys.DEAD_INDEX, 0, -1))
-        return sum(self.replay(message_id) for message_id in ids)
+        outcomes: dict[str, int] = {}
+        for ref in cast(list[str], self.client.zrange(keys.DEAD_INDEX, 0, -1)):
+            outcome = self.replay(ref)
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        return outcomes
 
+    def discard(self, refs: Iterable[str], why: str = "discarded") -> int:
+        dropped, batch = 0, []
+        for ref in refs:
+            batch.append(ref)
+            if len(batch) == BATCH:
+                dropped += int(self.lua.discard(why, *batch))
+                batch = []
+        if batch:
+            dropped += int(self.lua.discard(why, *batch))
+        return dropped
 
-def _public(record: dict[str, Any]) -> dict[str, Any]:
-    """A dead letter as shown to operators: the event decoded, the raw task message dropped."""
-    out = {k: v for k, v in record.items() if k != "message"}
-    out["event"] = event_of(record)
-    return out
+    def discard_all(self, older_than: float | None = None) -> int:
+        """Every dead letter, or those buried more than ``older_than`` seconds ago."""
+        cutoff = "+inf" if older_than is None else f"{self.clock() - older_than:.3f}"
+        return self.discard(cast(list[str], self.client.zrangebyscore(keys.DEAD_INDEX, "-inf", cutoff)))
+
+    def prune(self) -> dict[str, int]:
+        """Retention: drop what is older than the TTL, then the oldest beyond the cap."""
+        cutoff = f"{self.clock() - self.ttl:.3f}"
+        expired = self.discard(
+            cast(list[str], self.client.zrangebyscore(keys.DEAD_INDEX, "-inf", cutoff)), why="expired"
+        )
+        excess = self.count() - self.cap
+        capped = 0
+        if excess > 0:
+            capped = self.discard(
+                cast(list[str], self.client.zrange(keys.DEAD_INDEX, 0, excess - 1)), why="cap"
+            )
+        return {"expired": expired, "cap": capped}

@@ -1,22 +1,33 @@
-"""The one contract between ingest and delivery: a normalized Segment message.
+"""The one contract between ingest and delivery: a normalized Segment message, and how it is named.
 
-The Flask side validates whatever Segment sent and reduces it to this shape; the worker side never
-sees raw Segment JSON. Keeping the shape small and explicit is what lets ``app`` and ``worker`` evolve
-separately (and lets a dead letter be replayed months later by a newer worker).
+The Flask side validates whatever Segment sent and reduces it to this shape, stored once in Redis;
+queued tasks carry only its *ref*. The worker never sees raw Segment JSON. Keeping the shape small
+and explicit is what lets ``app`` and ``worker`` evolve separately (and lets a dead letter be replayed
+months later by a newer worker).
+
+A ref is ``<source>:<messageId>``: Segment deduplicates per source, so the same messageId sent by two
+sources is two messages. A source is ``hook`` (the Webhooks destination) or ``k`` plus the first
+eight hex digits of the SHA-256 of the write key that admitted it: stable across restarts and
+reorderings of ``SEGMENT_WRITE_KEYS``, and not the key itself.
 """
 
 from __future__ import annotations
 
+import hashlib
+from datetime import datetime
 from typing import Any, Literal, NotRequired, TypedDict
 
 EventType = Literal["identify", "track", "page", "screen", "group", "alias"]
 
-DELIVERED_TYPES: frozenset[str] = frozenset({"identify", "track"})
+DELIVERED_TYPES: frozenset[str] = frozenset({"identify", "track", "alias"})
 ORDER_EVENTS: frozenset[str] = frozenset({"Order Completed", "Completed Order"})
+WEBHOOK_SOURCE = "hook"
 
 
 class Event(TypedDict):
+    ref: str
     messageId: str
+    source: str
     type: EventType
     userId: str | None
     anonymousId: str | None
@@ -25,15 +36,65 @@ class Event(TypedDict):
     # track: event name and properties; None/{} for other types.
     event: NotRequired[str | None]
     properties: dict[str, Any]
-    context: dict[str, Any]
-    timestamp: str | None
+    # alias: the id being merged into userId.
+    previousId: NotRequired[str | None]
+    # When it happened: Segment's timestamp, else originalTimestamp, else when it was received.
+    timestamp: str
     receivedAt: str
     # integrations.Promoter.campaign, when the sender overrides the campaign for this message.
     campaignId: int | None
 
 
-def user_key(event: Event) -> str:
-    """The identity a message is held and delivered under: the userId, else the anonymousId."""
+def track_work(name: str, survey_events: frozenset[str]) -> tuple[bool, bool]:
+    """``(survey, order)``: whether a track of this name is surveyed, and whether it is an order.
+
+    The one place that reads ``SURVEY_EVENTS`` (empty: every track is a survey event); ingest skips a
+    track that is neither, delivery does what is true.
+    """
+    return (not survey_events or name in survey_events), name in ORDER_EVENTS
+
+
+def source_of_key(write_key: str) -> str:
+    return "k" + hashlib.sha256(write_key.encode("utf-8")).hexdigest()[:8]
+
+
+def make_ref(source: str, message_id: str) -> str:
+    return f"{source}:{message_id}"
+
+
+def split_ref(ref: str) -> tuple[str, str]:
+    """``(source, messageId)``; a bare messageId (no source) comes back with an empty source."""
+    source, sep, message_id = ref.partition(":")
+    return (source, message_id) if sep and (source == WEBHOOK_SOURCE or _is_key_source(source)) else ("", ref)
+
+
+def _is_key_source(source: str) -> bool:
+    return len(source) == 9 and source[0] == "k" and all(c in "0123456789abcdef" for c in source[1:])
+
+
+def user_identity(user_id: str) -> str:
+    return f"u:{user_id}"
+
+
+def anonymous_identity(anonymous_id: str) -> str:
+    return f"a:{anonymous_id}"
+
+
+def identities(event: Event) -> list[str]:
+    """The identities a message speaks for, the one it is held under first."""
+    found = []
     if event.get("userId"):
-        return f"u:{event['userId']}"
-    return f"a:{event['anonymousId']}"
+        found.append(user_identity(str(event["userId"])))
+    if event.get("anonymousId"):
+        found.append(anonymous_identity(str(event["anonymousId"])))
+    return found
+
+
+def primary_identity(event: Event) -> str:
+    return identities(event)[0]
+
+
+def version(event: Event) -> str:
+    """Orders every write to a person: event time in ms, then the ref, so replays and ties agree."""
+    moment = datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00"))
+    return f"{max(0, int(moment.timestamp() * 1000)):015d}|{event['ref']}"

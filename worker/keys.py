@@ -1,54 +1,88 @@
-"""Redis key names, in one place so that the Lua scripts and the inspection API agree.
+"""Redis key names, in one place: Python formats them here and the Lua prelude is generated from them.
 
-Per-user keys carry a hash tag (``relay:{u:42}:...``) and message keys one of their own, so a move to
-Redis Cluster could shard them; today the scripts also touch global keys (the queue, counters,
-``relay:pending``) in the same step, and Celery's Redis broker does not support Cluster, so the relay
-needs a single Redis (with a replica for failover).
+Per-message, per-identity and per-person keys carry a hash tag (``relay:msg:{k1f2e3d4:abc}``). The
+scripts still compute keys from what they read (a released track's status, a person's identities)
+and touch the global structures below in the same atomic step, and Celery's Redis transport does not
+support Cluster either: the relay needs one Redis (with a replica for failover).
+
+Every key either expires or is one of the bounded global structures in ``BOUNDED`` (checked by
+``tests/test_key_audit.py``).
 """
 
 from __future__ import annotations
 
 PREFIX = "relay"
+
 STATS = f"{PREFIX}:stats"
+STATS_MINUTE = f"{PREFIX}:stats:m:"
 SCHEDULE = f"{PREFIX}:schedule"
-SCHEDULED = f"{PREFIX}:scheduled"
-HOLDS = f"{PREFIX}:holds"
+PENDING = f"{PREFIX}:pending"
+HOLDS_USERS = f"{PREFIX}:holds:u"
+HOLDS_ANONYMOUS = f"{PREFIX}:holds:a"
 HELD_COUNT = f"{PREFIX}:held-count"
 DEAD = f"{PREFIX}:dead"
 DEAD_INDEX = f"{PREFIX}:dead:index"
 RECENT = f"{PREFIX}:recent"
-PENDING = f"{PREFIX}:pending"
 PAUSE = f"{PREFIX}:pause-until"
 RATE = f"{PREFIX}:rate"
 LATENCY = f"{PREFIX}:latency"
+BUDGET_DAY = f"{PREFIX}:budget:"
+PERSON_SEQUENCE = f"{PREFIX}:person-seq"
+HEARTBEAT = f"{PREFIX}:heartbeat:"
+
+# Global keys without a TTL, and why each stays bounded.
+BOUNDED: dict[str, str] = {
+    STATS: "one counter per type, state and reason",
+    SCHEDULE: "one entry per message waiting for a retry (each has a status record with a TTL)",
+    PENDING: "one entry per message that should be moving; final and held ones leave it",
+    HOLDS_USERS: "one entry per identity with held messages; expiry empties it",
+    HOLDS_ANONYMOUS: "one entry per anonymous identity with held messages; expiry empties it",
+    HELD_COUNT: "a counter",
+    DEAD: "dead letters, pruned after DEAD_LETTER_TTL_SECONDS and capped at DEAD_LETTER_MAX",
+    DEAD_INDEX: "the dead letters' index, pruned with them",
+    RECENT: "the last 200 message refs",
+    LATENCY: "one field per endpoint, bucket and status",
+    PERSON_SEQUENCE: "a counter",
+}
 
 
-def message(message_id: str) -> str:
-    return f"{PREFIX}:msg:{{{message_id}}}"
+class KeyFormat(str):
+    """The key of one message, identity or person: call it with the ref, identity or person id."""
+
+    __slots__ = ()
+
+    def __call__(self, part: str) -> str:
+        return self % part
 
 
-def payload(message_id: str) -> str:
-    """The task message of a message that should be moving (see ``ledger``); its own key, so the
-    status hash stays small (Redis keeps small hashes compact, and a hash never shrinks back)."""
-    return f"{message(message_id)}:payload"
+message = KeyFormat(PREFIX + ":msg:{%s}")
+event = KeyFormat(message + ":event")
+history = KeyFormat(message + ":log")
+identity = KeyFormat(PREFIX + ":id:{%s}")
+held = KeyFormat(identity + ":held")
+barrier = KeyFormat(identity + ":barrier")
+person = KeyFormat(PREFIX + ":person:{%s}")
+person_ids = KeyFormat(person + ":ids")
+person_waiting = KeyFormat(person + ":waiting")
+person_orders = KeyFormat(person + ":orders")
+surveyed = KeyFormat(PREFIX + ":surveyed:{%s}")
+budget = KeyFormat(BUDGET_DAY + "%s")
+
+# What the Lua prelude gets as key_<name>(x) functions.
+FORMATS: dict[str, KeyFormat] = {
+    "message": message,
+    "event": event,
+    "history": history,
+    "identity": identity,
+    "held": held,
+    "barrier": barrier,
+    "person": person,
+    "person_ids": person_ids,
+    "person_waiting": person_waiting,
+    "person_orders": person_orders,
+    "surveyed": surveyed,
+}
 
 
-def history(message_id: str) -> str:
-    return f"{message(message_id)}:log"
-
-
-def known(user: str) -> str:
-    return f"{PREFIX}:{{{user}}}:known"
-
-
-def held(user: str) -> str:
-    return f"{PREFIX}:{{{user}}}:held"
-
-
-def email_seen(user: str) -> str:
-    """Set at ingest when an identify with an email is accepted, before Promoter has it."""
-    return f"{PREFIX}:{{{user}}}:email-seen"
-
-
-def orders(user: str) -> str:
-    return f"{PREFIX}:{{{user}}}:orders"
+def minute(number: int) -> str:
+    return f"{STATS_MINUTE}{number}"

@@ -14,9 +14,10 @@ Choices (the API documents none of them):
 * Numbers render like JSON without a type: ``3.0`` -> ``"3"`` (JavaScript senders cannot tell 3 from
   3.0), other floats in plain positional notation (``1e-7`` -> ``"0.0000001"``), never exponent form,
   so Promoter's filters compare what people typed. NaN and infinities are dropped.
-* Keys that look like credentials (``password``, ``secret``, ``api_key``, ``access_token``, card
-  numbers ...) are dropped at every nesting level: an NPS tool has no use for them, and a
-  third-party copy of a secret is a leak.
+* Keys that look like credentials (``password``, ``secret``, ``token``, ``jwt``, ``api_key``,
+  ``private_key``, ``authorization``, ``cookie``, card numbers, ``iban``, ``pin`` ...) are dropped at
+  every nesting level: an NPS tool has no use for them, and a third-party copy of a secret is a leak.
+  ``TRAITS_DENY`` adds names or patterns; ``TRAITS_ALLOW``, when set, forwards only the names it lists.
 * Money is ``Decimal``, rendered with two decimals (``"12.50"``); the default currency is ``USD``
   (Segment's own default for e-commerce events).
 """
@@ -31,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from fnmatch import fnmatchcase
 from typing import Any
 
 MAX_VALUE_LENGTH = 1000
@@ -44,8 +46,10 @@ _ACRONYM = re.compile(r"([A-Z]+)([A-Z][a-z])")
 _CAMEL = re.compile(r"([a-z0-9])([A-Z])")
 _SEPARATORS = re.compile(r"[^A-Za-z0-9]+")
 _SENSITIVE = re.compile(
-    r"(^|_)(password|passwd|pwd|secret|api_?key|access_token|refresh_token|auth_token|ssn|cvv|cvc"
-    r"|card_number|credit_card)(_|$)"
+    r"(^|_)(password|passwd|passphrase|pwd|secret|secrets|token|tokens|jwt|bearer|api_?key|apikey"
+    r"|private_?key|privkey|signing_?key|authorization|credentials?|cookie|cookies|session_?id"
+    r"|otp|totp|mfa_code|passcode|pin|ssn|social_security|cvv|cvc|card_number|credit_card|iban|bic"
+    r"|routing_number|account_number)(_|$)"
 )
 _CENT = Decimal("0.01")
 
@@ -76,6 +80,9 @@ def _flatten_into(out: dict[str, str], data: Mapping[str, Any], prefix: str, dep
         if not name or is_sensitive(name):
             continue
         full = f"{prefix}_{name}"[:MAX_NAME_LENGTH].rstrip("_") if prefix else name
+        # {"api": {"key": ...}} would otherwise arrive as api_key.
+        if is_sensitive(full):
+            continue
         if isinstance(value, Mapping) and depth < MAX_DEPTH:
             _flatten_into(out, value, full, depth + 1)
         elif (text := render(value)) is not None:
@@ -86,27 +93,34 @@ def render(value: Any) -> str | None:
     """One JSON value as an attribute string, or None when there is nothing worth storing."""
     if value is None:
         return None
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return _clip(str(value))
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return None
-        return _clip(_plain(Decimal(repr(value))))
-    if isinstance(value, Decimal):
-        return _clip(_plain(value)) if value.is_finite() else None
-    if isinstance(value, str):
-        return _clip(value)
-    if isinstance(value, datetime | date | time):
-        return _clip(value.isoformat())
-    if isinstance(value, list | tuple):
-        if any(isinstance(item, Mapping | list | tuple) for item in value):
-            return _clip(_json(value))
-        return _clip(", ".join(text for item in value if (text := render(item)) is not None))
-    if isinstance(value, Mapping):
-        return _clip(_json(value))
+    for kind, how in _RENDERERS:
+        if isinstance(value, kind):
+            text = how(value)
+            return None if text is None else _clip(text)
     return _clip(str(value))
+
+
+def _render_float(value: float) -> str | None:
+    return _plain(Decimal(repr(value))) if math.isfinite(value) else None
+
+
+def _render_list(value: list[Any] | tuple[Any, ...]) -> str:
+    if any(isinstance(item, Mapping | list | tuple) for item in value):
+        return _json(value)
+    return ", ".join(text for item in value if (text := render(item)) is not None)
+
+
+# bool before int: a bool is an int.
+_RENDERERS: tuple[tuple[Any, Any], ...] = (
+    (bool, lambda v: "true" if v else "false"),
+    (int, str),
+    (float, _render_float),
+    (Decimal, lambda v: _plain(v) if v.is_finite() else None),
+    (str, lambda v: v),
+    (datetime | date | time, lambda v: v.isoformat()),
+    (list | tuple, _render_list),
+    (Mapping, lambda v: _json(v)),
+)
 
 
 def _plain(number: Decimal) -> str:
@@ -147,31 +161,65 @@ def _names(source: Mapping[str, Any], *keys: str) -> str:
     return next((text for key in keys if (text := _text(source.get(key)))), "")
 
 
-def contact_body(
-    traits: Mapping[str, Any],
-    contact_list_ids: Sequence[int],
-    extra_attributes: Mapping[str, str] | None = None,
-) -> dict[str, Any]:
-    """The ``POST /contacts/`` body for an identify's traits.
+@dataclass(frozen=True)
+class TraitFilter:
+    """``TRAITS_ALLOW`` / ``TRAITS_DENY``: patterns over attribute names as the relay writes them."""
+
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+
+    def keeps(self, name: str) -> bool:
+        if any(fnmatchcase(name, pattern) for pattern in self.deny):
+            return False
+        return not self.allow or any(fnmatchcase(name, pattern) for pattern in self.allow)
+
+
+NO_FILTER = TraitFilter()
+
+
+def contact_fields(traits: Mapping[str, Any], only: TraitFilter = NO_FILTER) -> dict[str, str]:
+    """An identify's traits as the person record's fields: ``email``, ``first_name``, ``last_name``
+    and ``a:<attribute>``. Absent or empty values are left out, so they never erase a known one.
+    """
+    fields = contact_identity(traits)
+    for name, value in flatten(traits).items():
+        if name not in CONTACT_FIELDS and only.keeps(name):
+            fields[f"a:{name}"] = value
+    return fields
+
+
+def contact_identity(traits: Mapping[str, Any]) -> dict[str, str]:
+    """Just the contact fields an identify carries (email and names): what decides at ingest whether
+    it may change who the contact is."""
+    fields: dict[str, str] = {}
+    if email := _text(traits.get("email")):
+        fields["email"] = email
+    if first := _names(traits, "firstName", "first_name"):
+        fields["first_name"] = first
+    if last := _names(traits, "lastName", "last_name"):
+        fields["last_name"] = last
+    return fields
+
+
+def contact_body(fields: Mapping[str, str], contact_list_ids: Sequence[int]) -> dict[str, Any]:
+    """The ``POST /contacts/`` body for a person's fields (``f:`` contact fields and attributes,
+    ``o:`` order attributes, which win over a trait of the same name).
 
     Empty names are left out rather than sent as "", because an upsert would then erase the name
-    Promoter already has. ``email``/``first_name``/``last_name`` are contact fields, so they are not
-    repeated among the attributes.
+    Promoter already has.
     """
-    email = _text(traits.get("email"))
+    email = fields.get("f:email", "")
     if not email:
         raise ValueError("a Promoter contact needs an email")
     body: dict[str, Any] = {"email": email}
-    if first := _names(traits, "firstName", "first_name"):
+    if first := fields.get("f:first_name"):
         body["first_name"] = first
-    if last := _names(traits, "lastName", "last_name"):
+    if last := fields.get("f:last_name"):
         body["last_name"] = last
     if contact_list_ids:
         body["contact_list"] = [int(list_id) for list_id in contact_list_ids]
-    attributes = {name: value for name, value in flatten(traits).items() if name not in CONTACT_FIELDS}
-    for key, value in (extra_attributes or {}).items():
-        if name := attribute_name(key):
-            attributes[name] = _clip(value)
+    attributes = {name[4:]: value for name, value in fields.items() if name.startswith("f:a:")}
+    attributes.update({name[2:]: value for name, value in fields.items() if name.startswith("o:")})
     body["attributes"] = attributes
     return body
 
@@ -200,31 +248,17 @@ def survey_body(
 
 
 @dataclass(frozen=True)
-class OrderTotals:
-    """A user's order history as Promoter attributes see it; ``last_order_*`` are rendered strings."""
+class Order:
+    """One order as the person record keeps it: counted once per ``order_id``, money in cents."""
 
-    count: int = 0
-    revenue: Decimal = Decimal("0.00")
-    last_order_id: str = ""
-    last_order_total: str = ""
-    last_order_currency: str = ""
-    last_order_date: str = ""
+    order_id: str
+    cents: int
+    currency: str
+    timestamp: str
 
-    @classmethod
-    def from_hash(cls, fields: Mapping[str, str]) -> OrderTotals:
-        """Read the Redis hash kept by ``worker.orders`` (HINCRBYFLOAT may leave float noise in it)."""
-        try:
-            count = int(fields.get("order_count") or 0)
-        except ValueError:
-            count = 0
-        return cls(
-            count=count,
-            revenue=_money(fields.get("lifetime_revenue")) or Decimal(0),
-            last_order_id=fields.get("last_order_id", ""),
-            last_order_total=fields.get("last_order_total", ""),
-            last_order_currency=fields.get("last_order_currency", ""),
-            last_order_date=fields.get("last_order_date", ""),
-        )
+    def as_json(self, ms: int) -> dict[str, Any]:
+        return {"id": self.order_id, "ms": ms, "currency": self.currency, "cents": self.cents,
+                "date": self.timestamp}  # fmt: skip
 
 
 def _money(value: Any) -> Decimal | None:
@@ -244,8 +278,9 @@ def _cents(number: Decimal) -> Decimal | None:
         return None
 
 
-def _order_total(properties: Mapping[str, Any]) -> Decimal | None:
-    """Segment's ``total`` (with tax and shipping), else ``revenue``, else the products' sum."""
+def order_total(properties: Mapping[str, Any]) -> Decimal | None:
+    """What the customer paid: Segment's ``total`` (revenue plus tax and shipping, less discounts),
+    else ``revenue``, else the sum of the products' ``price`` x ``quantity``."""
     for key in ("total", "revenue"):
         if (amount := _money(properties.get(key))) is not None:
             return _cents(amount)
@@ -262,36 +297,17 @@ def _order_total(properties: Mapping[str, Any]) -> Decimal | None:
     return _cents(sum((price * (1 if qty is None else qty) for price, qty in priced), Decimal(0)))
 
 
-def order_amount(properties: Mapping[str, Any]) -> Decimal:
-    """What one order adds to ``lifetime_revenue``: zero when the event names no amount at all."""
-    return _order_total(properties) or Decimal("0.00")
+_CURRENCY = re.compile(r"[^A-Z0-9]")
+MAX_CENTS = 2**53 // 1000
 
 
-def last_order_fields(properties: Mapping[str, Any], timestamp: str | None) -> dict[str, str]:
-    """The ``last_order_*`` attributes, all four always present.
-
-    An unknown value is "" rather than absent, so it overwrites what the previous order left instead
-    of mixing two orders' details in one contact.
-    """
-    total = _order_total(properties)
-    return {
-        "last_order_id": _names(properties, "order_id", "orderId"),
-        "last_order_total": format(total, "f") if total is not None else "",
-        "last_order_currency": (_text(properties.get("currency"))[:10].upper() or DEFAULT_CURRENCY),
-        "last_order_date": timestamp or "",
-    }
-
-
-def order_attributes(totals: OrderTotals | Mapping[str, str]) -> dict[str, str]:
-    """Order totals as contact attributes; accepts ``OrderTotals`` or the raw Redis hash."""
-    if not isinstance(totals, OrderTotals):
-        totals = OrderTotals.from_hash(totals)
-    revenue = _cents(totals.revenue)
-    return {
-        "order_count": str(totals.count),
-        "lifetime_revenue": format(revenue if revenue is not None else totals.revenue, "f"),
-        "last_order_id": totals.last_order_id,
-        "last_order_total": totals.last_order_total,
-        "last_order_currency": totals.last_order_currency,
-        "last_order_date": totals.last_order_date,
-    }
+def order_of(properties: Mapping[str, Any], message_id: str, timestamp: str) -> Order:
+    """The order an "Order Completed" describes; its id is ``order_id`` (Segment's e-commerce spec),
+    else the message id. A currency is kept as a legal attribute-name part (``EUR``), default USD."""
+    order_id = _names(properties, "order_id", "orderId") or message_id
+    total = order_total(properties) or Decimal(0)
+    cents = int(total * 100)
+    if abs(cents) > MAX_CENTS:
+        cents = 0
+    currency = _CURRENCY.sub("", _text(properties.get("currency")).upper())[:10] or DEFAULT_CURRENCY
+    return Order(order_id[:200], cents, currency, timestamp)

@@ -9,6 +9,10 @@ by itself (retries belong to the task, with backoff and a budget shared by all w
 redirects (requests would turn a POST into a GET), and never lets the API key reach an exception
 message, a repr or a log line: bodies and messages are scrubbed of it and transport exceptions are not
 chained, since they carry the prepared request and its ``Authorization`` header.
+
+A call has a *total* deadline, not only a per-read timeout: a response that drips in slowly would
+otherwise outlive the lease under which a survey call is made. Every call reports a ``Call`` (endpoint,
+status, seconds) so that the script settling it records the latency in the same step.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -25,7 +30,8 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
-USER_AGENT = "promoter-relay/0.1"
+USER_AGENT = "promoter-relay/0.2"
+CONNECT_TIMEOUT = 5.0
 DEFAULT_RETRY_AFTER = 60.0
 # A Retry-After beyond this is a bug somewhere; obeying it would stop every worker for days.
 MAX_RETRY_AFTER = 3600.0
@@ -34,9 +40,24 @@ TRANSIENT_STATUSES: frozenset[int] = frozenset({408, 425})
 _EXPECTED_IN = re.compile(r"available in (\d+(?:\.\d+)?) seconds", re.IGNORECASE)
 _REDACTED = "[redacted]"
 
-ResponseHook = Callable[[str, int | None, float], None]
-
 log = logging.getLogger(__name__)
+# A gateway in front of Promoter answered: the request may or may not have reached Promoter itself.
+GATEWAY_STATUSES: frozenset[int] = frozenset({502, 504})
+
+
+@dataclass(frozen=True)
+class Call:
+    """One HTTP call, as the latency metrics see it."""
+
+    endpoint: str
+    status: str
+    seconds: float
+
+    def args(self) -> list[str]:
+        return [self.endpoint, self.status, f"{self.seconds:.6f}"]
+
+
+NO_CALL = Call("", "", 0.0)
 
 
 class PromoterError(Exception):
@@ -46,6 +67,7 @@ class PromoterError(Exception):
         super().__init__(message)
         self.status = status
         self.body = body[:MAX_BODY]
+        self.call = NO_CALL
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self)!r}, status={self.status!r})"
@@ -56,11 +78,18 @@ class TransientError(PromoterError):
 
 
 class UncertainError(TransientError):
-    """The request may have reached Promoter (read timeout, connection lost mid-answer).
+    """The request may have reached Promoter (read timeout, connection lost mid-answer, a gateway's
+    502/504 to a survey). ``cause`` says which, for the evidence an operator reads.
 
     Retrying is right for an idempotent contact upsert and wrong for a survey, which would reach a
     person twice; the caller decides.
     """
+
+    def __init__(
+        self, message: str, status: int | None = None, body: str = "", cause: str = "timeout"
+    ) -> None:
+        super().__init__(message, status, body)
+        self.cause = cause
 
 
 class ThrottledError(TransientError):
@@ -128,14 +157,22 @@ def _is_ineligible(body: str) -> bool:
 
 
 def classify(
-    status: int, headers: Mapping[str, str], body: str, now: float | None = None
+    status: int, headers: Mapping[str, str], body: str, now: float | None = None, *, acts_once: bool = False
 ) -> PromoterError | None:
-    """What an HTTP answer means for delivery; ``None`` for any 2xx (the body is the caller's concern)."""
+    """What an HTTP answer means for delivery; ``None`` for any 2xx (the body is the caller's concern).
+
+    ``acts_once`` marks a call that must not be repeated if it took effect (a survey): a gateway's
+    502 or 504 then means "may have been created", since the gateway may have given up on a request
+    Promoter was still carrying out. 500 and 503 are taken as "not done" (Promoter answered that it
+    failed, or was not taking requests).
+    """
     if 200 <= status < 300:
         return None
     message = f"HTTP {status}: {_summary(body)}"
     if status == 429:
         return ThrottledError(message, retry_after_seconds(headers, body, now), status, body)
+    if acts_once and status in GATEWAY_STATUSES:
+        return UncertainError(message, status, body, cause=f"gateway {status}")
     if status in TRANSIENT_STATUSES or 500 <= status < 600:
         return TransientError(message, status, body)
     if status == 400 and _is_ineligible(body):
@@ -161,8 +198,18 @@ def _never_sent(error: Exception) -> bool:
     return False
 
 
+class DeadlineExceeded(requests.Timeout):
+    """The whole call took longer than its deadline (the answer was still arriving)."""
+
+
+@dataclass(frozen=True)
+class Reply:
+    data: dict[str, Any]
+    call: Call
+
+
 class PromoterClient:
-    """One pooled HTTP session per process; a call either returns the JSON object or raises."""
+    """One pooled HTTP session per process; a call either returns a ``Reply`` or raises."""
 
     def __init__(
         self,
@@ -170,7 +217,6 @@ class PromoterClient:
         api_key: str,
         timeout: float = 10.0,
         session: requests.Session | None = None,
-        on_response: ResponseHook | None = None,
     ) -> None:
         # A header value with whitespace or control characters makes requests raise an error that
         # quotes the whole header, key included; refuse it here, without echoing it.
@@ -178,7 +224,6 @@ class PromoterClient:
             raise ValueError("PROMOTER_API_KEY contains whitespace or control characters")
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
-        self.on_response = on_response
         self._api_key = api_key
         self._headers = {
             "Authorization": f"Token {api_key}",
@@ -197,42 +242,71 @@ class PromoterClient:
     def __repr__(self) -> str:
         return f"PromoterClient(base_url={self._redact(self.base_url)!r}, timeout={self.timeout!r})"
 
-    def upsert_contact(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        """``POST /contacts/``: create or update by email; returns the contact object."""
-        return self._post("contacts", "/contacts/", body)
+    @property
+    def deadline(self) -> float:
+        """When a call stops reading its answer: connect time plus one timeout. The last chunk read
+        may still take one read timeout more, so a call never lasts beyond 5 s + 2 x timeout."""
+        return min(self.timeout, CONNECT_TIMEOUT) + self.timeout
 
-    def survey(self, body: Mapping[str, Any]) -> dict[str, Any]:
+    def upsert_contact(self, body: Mapping[str, Any]) -> Reply:
+        """``POST /contacts/``: create or update by email; returns the contact object."""
+        return self._call("contacts", "POST", "/contacts/", body)
+
+    def survey(self, body: Mapping[str, Any]) -> Reply:
         """``POST /v2/survey/``: ask Promoter to survey one contact for one campaign."""
-        return self._post("survey", "/v2/survey/", body)
+        return self._call("survey", "POST", "/v2/survey/", body, acts_once=True)
+
+    def campaigns(self, page: int = 1) -> Reply:
+        """``GET /campaigns/?page=N`` (DRF pagination: ``results``, ``next``); used by ``check``."""
+        return self._call("campaigns", "GET", f"/campaigns/?page={page}", None)
 
     def _redact(self, text: str) -> str:
         return text.replace(self._api_key, _REDACTED) if self._api_key else text
 
-    def _post(self, endpoint: str, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        url = self.base_url + path
+    def _call(
+        self, endpoint: str, method: str, path: str, body: Mapping[str, Any] | None, acts_once: bool = False
+    ) -> Reply:
         started = time.perf_counter()
         try:
-            response = self._session.post(
-                url, json=body, headers=self._headers, timeout=self.timeout, allow_redirects=False
+            response = self._session.request(
+                method,
+                self.base_url + path,
+                json=body,
+                headers=self._headers,
+                timeout=(min(self.timeout, CONNECT_TIMEOUT), self.timeout),
+                allow_redirects=False,
+                stream=True,
             )
+            with response:
+                text = self._redact(self._read(response, started + self.deadline))
         except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
-            self._observe(endpoint, None, started)
+            call = Call(endpoint, "error", time.perf_counter() - started)
             kind = "timed out" if isinstance(exc, requests.Timeout) else "connection failed"
             detail = self._redact(str(exc))[:300]
             message = f"{kind} calling {endpoint} ({type(exc).__name__}): {detail}"
+            error: PromoterError
             if _never_sent(exc):
-                raise TransientError(message) from None
-            raise UncertainError(message) from None
+                error = TransientError(message)
+            else:
+                cause = (
+                    "deadline"
+                    if isinstance(exc, DeadlineExceeded)
+                    else ("timeout" if isinstance(exc, requests.Timeout) else "connection lost")
+                )
+                error = UncertainError(message, cause=cause)  # fmt: skip
+            error.call = call
+            raise error from None
         except requests.RequestException as exc:
-            self._observe(endpoint, None, started)
-            raise PermanentError(f"cannot call {endpoint}: {type(exc).__name__}") from None
-        self._observe(endpoint, response.status_code, started)
-        text = self._redact(response.text)
-        problem = classify(response.status_code, response.headers, text)
+            error = PermanentError(f"cannot call {endpoint}: {type(exc).__name__}")
+            error.call = Call(endpoint, "error", time.perf_counter() - started)
+            raise error from None
+        call = Call(endpoint, str(response.status_code), time.perf_counter() - started)
+        problem = classify(response.status_code, response.headers, text, acts_once=acts_once)
         if problem is not None:
+            problem.call = call
             raise problem
         if not text.strip():
-            return {}
+            return Reply({}, call)
         try:
             payload = json.loads(text)
         except ValueError:
@@ -240,18 +314,43 @@ class PromoterClient:
         if not isinstance(payload, dict):
             # Maybe Promoter answering oddly (then the call took effect), maybe a proxy or captive
             # portal in between (then it did not): either way, not known.
-            raise UncertainError(
+            error = UncertainError(
                 f"HTTP {response.status_code} from {endpoint} without a JSON object: {_summary(text)}",
                 response.status_code,
                 text,
+                cause="unreadable answer",
             )
-        return payload
+            error.call = call
+            raise error
+        return Reply(payload, call)
 
-    def _observe(self, endpoint: str, status: int | None, started: float) -> None:
-        """Report latency; a broken metrics hook must never fail a delivery."""
-        if self.on_response is None:
-            return
-        try:
-            self.on_response(endpoint, status, time.perf_counter() - started)
-        except Exception:
-            log.warning("on_response hook failed for %s", endpoint, exc_info=True)
+    @staticmethod
+    def _read(response: requests.Response, deadline: float) -> str:
+        """The body, given up on at ``deadline``. ``read1`` returns whatever has arrived (each wait
+        bounded by the read timeout), so a body dripping in byte by byte cannot hold the call past its
+        deadline, Content-Length or not."""
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_ANSWER:
+            if time.perf_counter() > deadline:
+                raise DeadlineExceeded("the answer was still arriving at the call's deadline")
+            chunk = _read1(response)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks).decode(response.encoding or "utf-8", errors="replace")
+
+
+MAX_ANSWER = 1024 * 1024
+
+
+def _read1(response: requests.Response) -> bytes:
+    """One read of the raw answer, urllib3's errors turned into the requests errors ``_call`` sorts."""
+    try:
+        chunk: bytes = response.raw.read1(8192, decode_content=True)
+    except urllib3.exceptions.ReadTimeoutError:
+        raise requests.ReadTimeout("read timed out while the answer was arriving") from None
+    except (urllib3.exceptions.ProtocolError, urllib3.exceptions.DecodeError) as exc:
+        raise requests.exceptions.ChunkedEncodingError(f"answer broken off: {type(exc).__name__}") from None
+    return chunk

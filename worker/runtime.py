@@ -1,4 +1,4 @@
-"""Per-process handles for the worker: one Redis pool, one HTTP session, the Lua-backed stores.
+"""Per-process handles of a worker: the stores and one HTTP session to Promoter.
 
 Created lazily and dropped on fork (``worker_process_init``): a requests session or Redis socket
 inherited from the parent process would be shared by two processes without either knowing.
@@ -7,81 +7,49 @@ inherited from the parent process would be shared by two processes without eithe
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
-import redis
-
-from worker.deadletters import DeadLetters
-from worker.holds import Holds
-from worker.ledger import Ledger
-from worker.metrics import observe_promoter
-from worker.orders import Orders
 from worker.promoter import PromoterClient
-from worker.ratelimit import RateLimiter
-from worker.schedule import Schedule
-from worker.settings import Settings, load
+from worker.settings import Settings
+from worker.stores import Stores, build_stores
 
 
 @dataclass(frozen=True)
 class Runtime:
     settings: Settings
-    redis: redis.Redis
-    ledger: Ledger
-    holds: Holds
-    schedule: Schedule
-    dead: DeadLetters
-    orders: Orders
-    rate: RateLimiter
+    stores: Stores
     promoter: PromoterClient
+    clock: Callable[[], float] = field(default=time.time)
 
 
-def redis_client(settings: Settings, timeout: float) -> redis.Redis:
-    """The one way both sides open Redis: text replies, health-checked, bounded waits."""
-    return redis.Redis.from_url(
-        settings.redis_url,
-        socket_connect_timeout=min(timeout, 2.0),
-        socket_timeout=timeout,
-        health_check_interval=30,
-        decode_responses=True,
-    )
-
-
-def build(settings: Settings) -> Runtime:
-    client = redis_client(settings, timeout=10.0)
-    ttl, queue = settings.status_ttl_seconds, settings.queue_name
+def build_runtime(settings: Settings) -> Runtime:
     return Runtime(
         settings=settings,
-        redis=client,
-        ledger=Ledger(client, ttl, queue),
-        holds=Holds(client, ttl, queue, settings.hold_ttl_seconds),
-        schedule=Schedule(client, ttl, queue),
-        dead=DeadLetters(client, ttl, queue),
-        orders=Orders(client),
-        rate=RateLimiter(client, settings.promoter_rate_limit),
+        stores=build_stores(settings, timeout=10.0),
         promoter=PromoterClient(
-            settings.promoter_api_url,
-            settings.promoter_api_key,
-            timeout=settings.promoter_timeout_seconds,
-            on_response=lambda endpoint, status, seconds: observe_promoter(client, endpoint, status, seconds),
+            settings.promoter_api_url, settings.promoter_api_key, timeout=settings.promoter_timeout_seconds
         ),
     )
 
 
-_lock = threading.Lock()
-_current: Runtime | None = None
+class RuntimeSlot:
+    """The current process's runtime, built on first use from ``settings``."""
 
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._current: Runtime | None = None
 
-def runtime() -> Runtime:
-    global _current
-    if _current is None:
-        with _lock:
-            if _current is None:
-                _current = build(load())
-    return _current
+    def get(self) -> Runtime:
+        if self._current is None:
+            with self._lock:
+                if self._current is None:
+                    self._current = build_runtime(self.settings)
+        return self._current
 
-
-def reset(replacement: Runtime | None = None) -> None:
-    """Forget the handles (after fork), or install ``replacement`` (tests)."""
-    global _current
-    with _lock:
-        _current = replacement
+    def reset(self, replacement: Runtime | None = None) -> None:
+        """Forget the handles (after fork), or install ``replacement`` (tests)."""
+        with self._lock:
+            self._current = replacement

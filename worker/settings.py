@@ -3,18 +3,23 @@
 Both the Flask app and the Celery worker build their configuration from :func:`load`, so the two
 sides can never disagree about, say, which events trigger a survey. Parsing is strict: a typo in an
 operator's ``.env`` must stop the process at start-up with a message naming the variable, not turn
-into a silently ignored setting discovered weeks later.
+into a silently ignored setting discovered weeks later. Nothing here runs at import time.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 from urllib.parse import urlparse
 
 DEFAULT_PROMOTER_API_URL = "https://app.promoter.io/api"
+ENVIRONMENTS = ("production", "development", "test")
+UNKNOWN_OUTCOME_POLICIES = ("dead-letter", "resend")
+ANONYMOUS_EXPIRY = ("skip", "dead-letter")
+DAY = 86400
 
 
 class SettingsError(ValueError):
@@ -34,24 +39,61 @@ class Settings:
     # alone lets anyone who captured one signed event append whatever they like after it.
     segment_signature_only_batches_unsafe: bool = False
     admin_token: str = field(default="", repr=False)
+    metrics_token: str = field(default="", repr=False)
     survey_events: frozenset[str] = frozenset()
-    hold_ttl_seconds: int = 604800
+    hold_ttl_seconds: int = 7 * DAY
+    anonymous_hold_ttl_seconds: int = DAY
+    anonymous_hold_expiry: str = "skip"
+    anonymous_id_ttl_seconds: int = DAY
+    person_ttl_seconds: int = 365 * DAY
     promoter_rate_limit: float = 10.0
+    promoter_daily_limit: int | None = None
+    promoter_daily_reserve: float = 0.2
+    survey_cooldown_days: int = 0
+    unknown_survey_outcome: str = "dead-letter"
     retry_window_seconds: int = 14400
     retry_base_seconds: float = 2.0
     retry_max_delay_seconds: float = 900.0
-    status_ttl_seconds: int = 259200
+    status_ttl_seconds: int = 3 * DAY
+    dead_letter_ttl_seconds: int = 30 * DAY
+    dead_letter_max: int = 100_000
     visibility_timeout: int = 300
     promoter_timeout_seconds: float = 10.0
+    traits_allow: tuple[str, ...] = ()
+    traits_deny: tuple[str, ...] = ()
     log_format: str = "text"
     log_level: str = "INFO"
     queue_name: str = "relay"
+    environment: str = "production"
 
     def is_survey_event(self, event: str) -> bool:
         return not self.survey_events or event in self.survey_events
 
+    @property
+    def low_queue(self) -> str:
+        return f"{self.queue_name}.low"
 
-def _text(value: str) -> str:
+    @property
+    def control_queue(self) -> str:
+        return f"{self.queue_name}.control"
+
+    @property
+    def delivery_queues(self) -> tuple[str, str]:
+        """Consumed in this order: surveys and contact-defining identifies first."""
+        return (self.queue_name, self.low_queue)
+
+    @property
+    def survey_lease_seconds(self) -> float:
+        """How long a survey call may be in flight before its worker is presumed dead.
+
+        Longer than the longest a call can last (``PromoterClient.deadline`` plus one read timeout:
+        5 s + 2 x timeout) with a margin, so a call that is merely slow is never mistaken for a worker
+        that died mid-call.
+        """
+        return self.promoter_timeout_seconds * 3 + 10
+
+
+def _text(_: str, value: str) -> str:
     return value.strip()
 
 
@@ -65,6 +107,11 @@ def _positive_int(name: str, value: str) -> int:
     return number
 
 
+def _whole(name: str, value: str) -> int:
+    """A whole number that may be zero (zero turns the feature off)."""
+    return 0 if value.strip() == "0" else _positive_int(name, value)
+
+
 def _positive_float(name: str, value: str) -> float:
     try:
         number = float(value.strip())
@@ -72,6 +119,16 @@ def _positive_float(name: str, value: str) -> float:
         raise SettingsError(f"{name} must be a number, got {value!r}") from None
     if not number > 0 or number == float("inf"):
         raise SettingsError(f"{name} must be a finite number greater than zero, got {value!r}")
+    return number
+
+
+def _fraction(name: str, value: str) -> float:
+    try:
+        number = float(value.strip())
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {value!r}") from None
+    if not 0 <= number < 1:
+        raise SettingsError(f"{name} must be at least 0 and below 1, got {value!r}")
     return number
 
 
@@ -96,12 +153,24 @@ def _bool(name: str, value: str) -> bool:
     raise SettingsError(f"{name} must be true or false, got {value!r}")
 
 
-def _words(value: str) -> tuple[str, ...]:
+def _words(_: str, value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
 def _int_list(name: str, value: str) -> tuple[int, ...]:
-    return tuple(_positive_int(name, part) for part in _words(value))
+    return tuple(_positive_int(name, part) for part in _words(name, value))
+
+
+_NAME_PATTERN = re.compile(r"^[a-z0-9_*?]+$")
+
+
+def _name_patterns(name: str, value: str) -> tuple[str, ...]:
+    """Attribute names as the relay writes them (lower snake_case), ``*`` and ``?`` allowed."""
+    patterns = tuple(word.lower() for word in _words(name, value))
+    for pattern in patterns:
+        if not _NAME_PATTERN.match(pattern):
+            raise SettingsError(f"{name}: {pattern!r} is not a lower snake_case name or pattern")
+    return patterns
 
 
 def _url(name: str, value: str, schemes: tuple[str, ...]) -> str:
@@ -111,35 +180,52 @@ def _url(name: str, value: str, schemes: tuple[str, ...]) -> str:
     return value.strip().rstrip("/") if "http" in schemes else value.strip()
 
 
-def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:
-    picked = value.strip().lower()
-    if picked not in choices:
-        raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
-    return picked
+def _choice(choices: tuple[str, ...]) -> Callable[[str, str], str]:
+    def parse(name: str, value: str) -> str:
+        picked = value.strip().lower()
+        if picked not in choices:
+            raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        return picked
+
+    return parse
 
 
-_PARSERS: dict[str, Any] = {
+_PARSERS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "REDIS_URL": ("redis_url", lambda n, v: _url(n, v, ("redis", "rediss", "unix"))),
     "PROMOTER_API_URL": ("promoter_api_url", lambda n, v: _url(n, v, ("http", "https"))),
     "PROMOTER_API_KEY": ("promoter_api_key", _token),
     "PROMOTER_CAMPAIGN_ID": ("promoter_campaign_id", _optional_int),
     "PROMOTER_CONTACT_LIST_IDS": ("promoter_contact_list_ids", _int_list),
-    "SEGMENT_WRITE_KEYS": ("segment_write_keys", lambda n, v: _words(v)),
-    "SEGMENT_SHARED_SECRET": ("segment_shared_secret", lambda n, v: _text(v)),
+    "SEGMENT_WRITE_KEYS": ("segment_write_keys", _words),
+    "SEGMENT_SHARED_SECRET": ("segment_shared_secret", _text),
     "SEGMENT_SIGNATURE_ONLY_BATCHES_UNSAFE": ("segment_signature_only_batches_unsafe", _bool),
     "ADMIN_TOKEN": ("admin_token", _token),
-    "SURVEY_EVENTS": ("survey_events", lambda n, v: frozenset(_words(v))),
+    "METRICS_TOKEN": ("metrics_token", _token),
+    "SURVEY_EVENTS": ("survey_events", lambda n, v: frozenset(_words(n, v))),
     "HOLD_TTL_SECONDS": ("hold_ttl_seconds", _positive_int),
+    "ANONYMOUS_HOLD_TTL_SECONDS": ("anonymous_hold_ttl_seconds", _positive_int),
+    "ANONYMOUS_HOLD_EXPIRY": ("anonymous_hold_expiry", _choice(ANONYMOUS_EXPIRY)),
+    "ANONYMOUS_ID_TTL_SECONDS": ("anonymous_id_ttl_seconds", _positive_int),
+    "PERSON_TTL_SECONDS": ("person_ttl_seconds", _positive_int),
     "PROMOTER_RATE_LIMIT": ("promoter_rate_limit", _positive_float),
+    "PROMOTER_DAILY_LIMIT": ("promoter_daily_limit", _optional_int),
+    "PROMOTER_DAILY_RESERVE": ("promoter_daily_reserve", _fraction),
+    "SURVEY_COOLDOWN_DAYS": ("survey_cooldown_days", _whole),
+    "UNKNOWN_SURVEY_OUTCOME": ("unknown_survey_outcome", _choice(UNKNOWN_OUTCOME_POLICIES)),
     "RETRY_WINDOW_SECONDS": ("retry_window_seconds", _positive_int),
     "RETRY_BASE_SECONDS": ("retry_base_seconds", _positive_float),
     "RETRY_MAX_DELAY_SECONDS": ("retry_max_delay_seconds", _positive_float),
     "STATUS_TTL_SECONDS": ("status_ttl_seconds", _positive_int),
+    "DEAD_LETTER_TTL_SECONDS": ("dead_letter_ttl_seconds", _positive_int),
+    "DEAD_LETTER_MAX": ("dead_letter_max", _positive_int),
     "VISIBILITY_TIMEOUT": ("visibility_timeout", _positive_int),
     "PROMOTER_TIMEOUT_SECONDS": ("promoter_timeout_seconds", _positive_float),
-    "LOG_FORMAT": ("log_format", lambda n, v: _choice(n, v, ("text", "json"))),
-    "LOG_LEVEL": ("log_level", lambda n, v: _choice(n, v, ("debug", "info", "warning", "error")).upper()),
-    "RELAY_QUEUE": ("queue_name", lambda n, v: _text(v) or "relay"),
+    "TRAITS_ALLOW": ("traits_allow", _name_patterns),
+    "TRAITS_DENY": ("traits_deny", _name_patterns),
+    "LOG_FORMAT": ("log_format", _choice(("text", "json"))),
+    "LOG_LEVEL": ("log_level", lambda n, v: _choice(("debug", "info", "warning", "error"))(n, v).upper()),
+    "RELAY_QUEUE": ("queue_name", lambda n, v: _text(n, v) or "relay"),
+    "RELAY_ENV": ("environment", _choice(ENVIRONMENTS)),
 }
 
 ENV_VARS: tuple[str, ...] = tuple(_PARSERS)
@@ -153,12 +239,11 @@ def load(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings
         raw = env.get(name)
         if raw is not None and raw.strip() != "":
             values[attr] = parse(name, raw)
-    settings = Settings(**values)
     known = {f.name for f in fields(Settings)}
     unknown = set(overrides) - known
     if unknown:
         raise SettingsError(f"unknown setting(s): {', '.join(sorted(unknown))}")
-    settings = replace(settings, **overrides)
+    settings = replace(Settings(**values), **overrides)
     _check(settings)
     return settings
 
@@ -171,3 +256,46 @@ def _check(settings: Settings) -> None:
             "PROMOTER_TIMEOUT_SECONDS must stay well under VISIBILITY_TIMEOUT "
             "(a task still running at the visibility timeout is delivered twice)"
         )
+    if settings.retry_max_delay_seconds > settings.retry_window_seconds:
+        raise SettingsError("RETRY_MAX_DELAY_SECONDS must not exceed RETRY_WINDOW_SECONDS")
+
+
+_PLACEHOLDERS = ("change-me", "changeme", "change_me", "secret", "password", "example")
+MIN_TOKEN_LENGTH = 16
+
+
+def production_problems(settings: Settings) -> list[str]:
+    """Settings that are fine in development but unsafe or useless in production, one line each."""
+    if settings.environment != "production":
+        return []
+    problems = []
+    if not settings.promoter_api_key:
+        problems.append("PROMOTER_API_KEY is empty")
+    secrets = {
+        "ADMIN_TOKEN": settings.admin_token,
+        "METRICS_TOKEN": settings.metrics_token,
+        "SEGMENT_SHARED_SECRET": settings.segment_shared_secret,
+        **{f"SEGMENT_WRITE_KEYS[{i + 1}]": key for i, key in enumerate(settings.segment_write_keys)},
+    }
+    for name, value in secrets.items():
+        if value and any(word in value.lower() for word in _PLACEHOLDERS):
+            problems.append(f"{name} is a placeholder value; set a real one")
+    for name in ("ADMIN_TOKEN", "METRICS_TOKEN"):
+        value = secrets[name]
+        if value and len(value) < MIN_TOKEN_LENGTH and not any(w in value.lower() for w in _PLACEHOLDERS):
+            problems.append(f"{name} is shorter than {MIN_TOKEN_LENGTH} characters")
+    if not settings.segment_write_keys and not settings.segment_shared_secret:
+        problems.append("neither SEGMENT_WRITE_KEYS nor SEGMENT_SHARED_SECRET is set: nothing can be sent")
+    return problems
+
+
+def load_for_service(environ: Mapping[str, str] | None = None) -> Settings:
+    """``load`` plus the production checks, for the API, worker and beat entry points."""
+    settings = load(environ)
+    problems = production_problems(settings)
+    if problems:
+        raise SettingsError(
+            "refusing to start with unsafe settings (set RELAY_ENV=development to run anyway): "
+            + "; ".join(problems)
+        )
+    return settings

@@ -8,45 +8,80 @@ from typing import Any
 import redis
 
 from worker import keys
-from worker.ledger import STATES
+from worker.settings import Settings
+from worker.states import State
 
 RATE_WINDOW_MINUTES = 5
 UNACKED = "unacked"
+_GROUPS = (
+    "accepted",
+    "duplicate",
+    "rejected",
+    "refused",
+    "saved",
+    "dead_dropped",
+    "survey_unknown",
+    "survey_resend",
+)
 
 
-def snapshot(client: redis.Redis, queue: str) -> dict[str, Any]:
-    minute = int(time.time() // 60)
+def snapshot(client: redis.Redis, settings: Settings, now: float | None = None) -> dict[str, Any]:
+    now = time.time() if now is None else now
+    minute = int(now // 60)
+    queues = {"high": settings.queue_name, "low": settings.low_queue, "control": settings.control_queue}
     pipe = client.pipeline(transaction=False)
-    pipe.llen(queue)
+    for queue in queues.values():
+        pipe.llen(queue)
     pipe.hlen(UNACKED)
     pipe.zcard(keys.SCHEDULE)
     pipe.get(keys.HELD_COUNT)
-    pipe.zcard(keys.HOLDS)
+    pipe.zcard(keys.HOLDS_USERS)
+    pipe.zcard(keys.HOLDS_ANONYMOUS)
     pipe.zcard(keys.DEAD_INDEX)
     pipe.hgetall(keys.STATS)
-    for offset in range(1, RATE_WINDOW_MINUTES + 1):
-        pipe.hgetall(f"{keys.STATS}:m:{minute - offset}")
-    queued, unacked, scheduled, held, held_users, dead, counters, *minutes = pipe.execute()
-    totals = {state: int(counters.get(f"state:{state}", 0)) for state in STATES}
+    pipe.get(keys.budget(str(int(now // 86400))))
+    pipe.get(keys.PAUSE)
+    for offset in range(RATE_WINDOW_MINUTES):
+        pipe.hgetall(keys.minute(minute - offset))
+    answers = pipe.execute()
+    depths = dict(zip(queues, answers[: len(queues)], strict=True))
+    unacked, scheduled, held, held_users, held_anonymous, dead, counters, used, paused = answers[
+        len(queues) : len(queues) + 9
+    ]
+    minutes = answers[len(queues) + 9 :]
+    # The current minute is partial: rate over the part of the window that has actually elapsed.
+    elapsed = (RATE_WINDOW_MINUTES - 1) + (now % 60) / 60
+    totals = {state.value: int(counters.get(f"state:{state.value}", 0)) for state in State}
     per_minute = {
-        state: round(sum(int(m.get(state, 0)) for m in minutes) / RATE_WINDOW_MINUTES, 2) for state in STATES
+        state.value: round(sum(int(m.get(state.value, 0)) for m in minutes) / max(elapsed, 1 / 60), 2)
+        for state in State
     }
 
-    def by_type(prefix: str) -> dict[str, int]:
+    def group(prefix: str) -> dict[str, int]:
         return {k.split(":", 1)[1]: int(v) for k, v in counters.items() if k.startswith(f"{prefix}:")}
 
+    paused_until = float(paused) / 1000 if paused else 0.0
     return {
         "queue": {
-            "queued": queued,
+            "queued": sum(depths[name] for name in ("high", "low")),
+            "queued_high": depths["high"],
+            "queued_low": depths["low"],
             "in_flight": unacked,
             "retry_scheduled": scheduled,
             "held": max(0, int(held or 0)),
-            "held_users": held_users,
+            "held_identities": held_users + held_anonymous,
             "dead_letters": dead,
         },
         "totals": totals,
         "per_minute": per_minute,
-        "accepted": by_type("accepted"),
-        "duplicates": by_type("duplicate"),
-        "rejected": by_type("rejected"),
+        **{name: group(name) for name in _GROUPS},
+        "budget": {
+            "used_today": int(used or 0),
+            "daily_limit": settings.promoter_daily_limit,
+            "rate_per_second": settings.promoter_rate_limit,
+            "paused_for_seconds": round(max(0.0, paused_until - now), 1),
+        },
+        "persons_merged": int(counters.get("persons_merged", 0)),
+        "requeued": int(counters.get("requeued", 0)),
+        "replayed": int(counters.get("replayed", 0)),
     }

@@ -1,156 +1,175 @@
-"""Celery tasks: deserialize, call a plain function from ``delivery``, classify what went wrong.
+"""Celery tasks: load the message, call a plain function from ``delivery``, classify what went wrong.
 
-``DeliveryTask`` owns the retry policy for every delivery task so the rules live in one place:
-transient failures are retried with backoff through our Redis schedule within the retry window,
-throttling pauses every worker, final answers end in a state, and anything else is a dead letter
-rather than an endless loop. Only Redis errors escape, since no state can be written then: Celery
-drops that message, but its ``relay:pending`` entry stays, and the reconciler queues it again once
-the visibility timeout (plus a margin) has passed.
+``deliver`` owns the retry policy for every delivery task so the rules live in one place: transient
+failures are retried with backoff through our Redis schedule within the retry window, throttling
+pauses every worker, final answers end in a state, and anything else is a dead letter rather than an
+endless loop. Only Redis errors escape, since no state can be written then: Celery drops that
+message, but its ``relay:pending`` entry stays, and the reconciler queues it again once the
+visibility timeout (plus a margin) has passed.
+
+The task functions are thin and registered on the app by ``register``; tests call ``deliver`` directly.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import redis
-from celery import Task
+from celery import Celery, Task
 
-from worker import broker, delivery
-from worker.celery_app import celery
+from worker import delivery, taskmessages
 from worker.events import Event
-from worker.ledger import FINAL_STATES, Attempt
+from worker.ledger import Start
 from worker.promoter import PermanentError, ThrottledError, TransientError
-from worker.reconcile import MARGIN_SECONDS, Reconciler
-from worker.runtime import Runtime, runtime
+from worker.runtime import Runtime, RuntimeSlot
 from worker.schedule import backoff
 
 log = logging.getLogger("relay.delivery")
+housekeeping_log = logging.getLogger("relay.housekeeping")
+
+Handler = Callable[[Event, Start, Runtime], delivery.Outcome]
+HANDLERS: dict[str, Handler] = {
+    taskmessages.IDENTIFY_TASK: delivery.identify,
+    taskmessages.TRACK_TASK: delivery.track,
+    taskmessages.ALIAS_TASK: delivery.alias,
+}
+DISPATCH_TASK = "relay.dispatch_due"
+RECONCILE_TASK = "relay.reconcile"
+EXPIRE_TASK = "relay.expire_holds"
+PRUNE_TASK = "relay.prune_dead_letters"
+HOUSEKEEPING = (DISPATCH_TASK, RECONCILE_TASK, EXPIRE_TASK, PRUNE_TASK)
 
 
-class DeliveryTask(Task):  # type: ignore[misc]
+def deliver(ref: str, handler: Handler, rt: Runtime, task_id: str = "-") -> str:
+    """Run one delivery attempt of ``ref``; returns the state it left the message in (for logs/tests)."""
+    context = {"message_id": ref, "task_id": task_id}
+    start = rt.stores.ledger.begin(ref)
+    if start.kind != "go" or start.event is None:
+        log.info("nothing to do: %s %s", start.kind, start.state, extra=context)
+        return start.state or start.kind
+    try:
+        outcome = handler(start.event, start, rt)
+    except redis.RedisError:
+        log.warning("redis unavailable; the reconciler will queue this message again", extra=context)
+        raise
+    except Exception as error:  # every other failure is classified by the policy
+        return Attempt(ref, start, rt, context).failed(error)
+    log.info("%s%s", outcome.state, f": {outcome.detail}" if outcome.detail else "", extra=context)
+    return outcome.state
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """What happens after a failed attempt: one method per kind of failure, chosen by ``POLICY``."""
+
+    ref: str
+    start: Start
+    rt: Runtime
+    context: dict[str, str]
+
+    def failed(self, error: Exception) -> str:
+        for kind, name in POLICY:
+            if isinstance(error, kind):
+                action: Callable[[Any], str] = getattr(self, name)
+                return action(error)
+        log.exception("unexpected error", extra=self.context, exc_info=error)
+        return self.bury(f"internal error: {type(error).__name__}")
+
+    def wait(self, error: delivery.Wait) -> str:
+        self.rt.stores.schedule.later(self.ref, error.seconds, f"waiting: {error.reason}", attempts_delta=-1)
+        log.info("waiting %.1fs: %s", error.seconds, error.reason, extra=self.context)
+        return "retrying"
+
+    def settled(self, error: delivery.Settled) -> str:
+        log.warning("%s: %s", error.state, error.detail, extra=self.context)
+        return error.state.value
+
+    def throttled(self, error: ThrottledError) -> str:
+        self.rt.stores.budget.pause(error.retry_after)
+        return self.retry(error.retry_after, "throttled by Promoter (429)")
+
+    def transient(self, error: TransientError) -> str:
+        settings = self.rt.settings
+        delay = backoff(self.start.attempts, settings.retry_base_seconds, settings.retry_max_delay_seconds)
+        return self.retry(max(delay, getattr(error, "min_delay", 0.0)), f"transient: {error}")
+
+    def unknown(self, error: delivery.OutcomeUnknown) -> str:
+        return self.bury(str(error), evidence=error.evidence)
+
+    def permanent(self, error: PermanentError) -> str:
+        return self.bury(f"Promoter rejected it: {error}", error.body)
+
+    def misconfigured(self, error: delivery.ConfigurationError) -> str:
+        return self.bury(str(error))
+
+    def retry(self, delay: float, reason: str) -> str:
+        """Retry after ``delay``, or at the window's end for a last try; past the window, bury."""
+        window_end = self.start.since + self.rt.settings.retry_window_seconds
+        now = self.rt.clock()
+        if now >= window_end:
+            return self.bury(
+                f"retry window of {self.rt.settings.retry_window_seconds}s exhausted; last: {reason}"
+            )
+        self.rt.stores.schedule.later(self.ref, min(delay, window_end - now), reason)
+        log.info("retrying in %.1fs: %s", delay, reason, extra=self.context)
+        return "retrying"
+
+    def bury(self, reason: str, response: str = "", evidence: dict[str, Any] | None = None) -> str:
+        if self.rt.stores.dead.bury(self.ref, reason, response, evidence):
+            log.warning("dead letter: %s", reason, extra=self.context)
+        return "dead"
+
+
+# Checked in order: subclasses before their bases (a 429 is a transient error too).
+POLICY: tuple[tuple[type[Exception], str], ...] = (
+    (delivery.Wait, "wait"),
+    (delivery.Settled, "settled"),
+    (ThrottledError, "throttled"),
+    (TransientError, "transient"),
+    (delivery.OutcomeUnknown, "unknown"),
+    (PermanentError, "permanent"),
+    (delivery.ConfigurationError, "misconfigured"),
+)
+
+
+class DeliveryTask(Task[Any, Any]):
+    """Late acks and reject-on-worker-lost: a killed worker's message comes back."""
+
     acks_late = True
     reject_on_worker_lost = True
     ignore_result = True
 
-    def deliver(self, event: Event, work: Callable[[Event, Runtime], delivery.Result]) -> str:
-        rt = runtime()
-        message_id = event["messageId"]
-        context = {"message_id": message_id, "task_id": self.request.id, "event_type": event["type"]}
-        attempt = rt.ledger.begin(message_id)
-        if attempt.state in FINAL_STATES:
-            log.info("already %s, nothing to do", attempt.state, extra=context)
-            return attempt.state
-        log.info("attempt %d", attempt.number, extra=context)
-        try:
-            result = work(event, rt)
-        except delivery.Wait as wait:
-            return self._later(
-                rt, event, wait.seconds, f"waiting: {wait.reason}", attempt.number - 1, context
-            )
-        except ThrottledError as error:
-            rt.rate.pause(error.retry_after)
-            return self._retry(rt, event, attempt, error.retry_after, "throttled by Promoter (429)", context)
-        except TransientError as error:
-            delay = backoff(
-                attempt.number, rt.settings.retry_base_seconds, rt.settings.retry_max_delay_seconds
-            )
-            return self._retry(rt, event, attempt, delay, f"transient: {error}", context, error.body)
-        except delivery.OutcomeUnknown as error:
-            return self._bury(rt, event, attempt.number, str(error), context)
-        except PermanentError as error:
-            return self._bury(
-                rt, event, attempt.number, f"Promoter rejected it: {error}", context, error.body
-            )
-        except delivery.ConfigurationError as error:
-            return self._bury(rt, event, attempt.number, str(error), context)
-        except redis.RedisError:
-            log.warning("redis unavailable; the reconciler will queue this message again", extra=context)
-            raise
-        except Exception as error:
-            log.exception("unexpected error", extra=context)
-            return self._bury(rt, event, attempt.number, f"internal error: {type(error).__name__}", context)
-        if result.state != "held":
-            rt.ledger.transition(message_id, result.state, result.detail)
-        log.info("%s: %s", result.state, result.detail, extra=context)
-        return result.state
 
-    def _retry(
-        self,
-        rt: Runtime,
-        event: Event,
-        attempt: Attempt,
-        delay: float,
-        reason: str,
-        context: dict[str, Any],
-        response: str = "",
-    ) -> str:
-        """Retry after ``delay``, or at the window's end for a last try; past the window, bury."""
-        window_end = attempt.since + rt.settings.retry_window_seconds
-        now = time.time()
-        if now >= window_end:
-            window = f"retry window of {rt.settings.retry_window_seconds}s exhausted"
-            return self._bury(rt, event, attempt.number, f"{window}; last: {reason}", context, response)
-        return self._later(rt, event, min(delay, window_end - now), reason, attempt.number, context)
+def register(app: Celery, slot: RuntimeSlot) -> None:
+    """Define the relay's tasks on ``app``, each reaching this process's runtime through ``slot``."""
 
-    def _later(
-        self, rt: Runtime, event: Event, delay: float, reason: str, attempts: int, context: dict[str, Any]
-    ) -> str:
-        message = broker.envelope(event, rt.settings.queue_name, retries=attempts)
-        rt.schedule.later(event["messageId"], message, delay, reason, attempts)
-        log.info("retrying in %.1fs: %s", delay, reason, extra=context)
-        return "retrying"
+    def delivery_task(name: str, handler: Handler) -> None:
+        def run(self: Task[Any, Any], ref: str) -> str:
+            return deliver(ref, handler, slot.get(), self.request.id or "-")
 
-    def _bury(
-        self,
-        rt: Runtime,
-        event: Event,
-        attempts: int,
-        reason: str,
-        context: dict[str, Any],
-        response: str = "",
-    ) -> str:
-        rt.dead.bury(event, reason, attempts, response)
-        log.warning("dead letter: %s", reason, extra=context)
-        return "dead"
+        run.__name__ = run.__qualname__ = name.replace(".", "_")
+        app.task(bind=True, base=DeliveryTask, name=name)(run)
 
+    for name, handler in HANDLERS.items():
+        delivery_task(name, handler)
 
-@celery.task(bind=True, base=DeliveryTask, name=broker.IDENTIFY_TASK)
-def identify(self: DeliveryTask, event: Event) -> str:
-    return self.deliver(event, delivery.identify)
+    def housekeeping(name: str, work: Callable[[Runtime], int | dict[str, int]], what: str) -> None:
+        def run() -> int:
+            done = work(slot.get())
+            total = done if isinstance(done, int) else sum(done.values())
+            if total:
+                housekeeping_log.info("%s: %s", what, done)
+            return total
 
+        run.__name__ = run.__qualname__ = name.replace(".", "_")
+        app.task(name=name, ignore_result=True)(run)
 
-@celery.task(bind=True, base=DeliveryTask, name=broker.TRACK_TASK)
-def track(self: DeliveryTask, event: Event) -> str:
-    return self.deliver(event, delivery.track)
-
-
-@celery.task(name="relay.dispatch_due", ignore_result=True)
-def dispatch_due() -> int:
-    """Move retries whose time has come from our schedule into the Celery queue."""
-    return runtime().schedule.dispatch_due()
-
-
-@celery.task(name="relay.reconcile", ignore_result=True)
-def reconcile() -> int:
-    """Queue again any message whose task message the broker lost (see ``worker.reconcile``)."""
-    rt = runtime()
-    grace = rt.settings.visibility_timeout + MARGIN_SECONDS
-    requeued = Reconciler(
-        rt.redis, rt.settings.queue_name, rt.settings.status_ttl_seconds, grace
-    ).requeue_stale()
-    if requeued:
-        log.warning("re-queued %d messages whose task message was lost", requeued)
-    return requeued
-
-
-@celery.task(name="relay.expire_holds", ignore_result=True)
-def expire_holds() -> int:
-    """Dead-letter tracks held longer than HOLD_TTL_SECONDS (their user was never identified)."""
-    rt = runtime()
-    expired = rt.holds.expire(rt.settings.hold_ttl_seconds)
-    if expired:
-        log.warning("%d held tracks expired into dead letters (never identified)", expired)
-    return expired
+    housekeeping(DISPATCH_TASK, lambda rt: rt.stores.schedule.dispatch_due(), "retries due, queued")
+    housekeeping(
+        RECONCILE_TASK, lambda rt: rt.stores.reconciler.requeue_stale(), "lost task messages re-queued"
+    )
+    housekeeping(EXPIRE_TASK, lambda rt: rt.stores.holds.expire(), "held messages expired (never identified)")
+    housekeeping(PRUNE_TASK, lambda rt: rt.stores.dead.prune(), "dead letters dropped by retention")

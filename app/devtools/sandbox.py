@@ -36,6 +36,7 @@ _EMAIL_RE = re.compile(
 )
 _ATTRIBUTE_NAME_RE = re.compile(r"[A-Za-z0-9_ ]+")
 _INELIGIBLE = {"non_field_errors": ["Contact is not eligible for survey."]}
+CAMPAIGN_PAGE = 10
 
 
 def _is_int(value: Any) -> TypeGuard[int]:
@@ -311,104 +312,153 @@ def _contact_errors(data: JSON) -> JSON:
     return errors
 
 
+def _survey_errors(body: JSON, campaigns: set[int] | None) -> JSON:
+    errors: JSON = {}
+    campaign, contact = body.get("campaign_id"), body.get("contact")
+    if not _is_int(campaign):
+        errors["campaign_id"] = ["A valid integer is required."]
+    elif campaign <= 0 or (campaigns is not None and campaign not in campaigns):
+        errors["campaign_id"] = [f'Invalid pk "{campaign}" - object does not exist.']
+    if contact is None:
+        errors["contact"] = ["This field is required."]
+    elif not isinstance(contact, dict):
+        errors["contact"] = {"non_field_errors": _not_a_dict(contact)}
+    elif contact_errors := _contact_errors(contact):
+        errors["contact"] = contact_errors
+    if attribute_errors := _attribute_errors(body.get("attributes")):
+        errors["attributes"] = attribute_errors
+    return errors
+
+
+def _campaign_page(ids: list[int], page: str, base: str) -> JSON:
+    if not page.isdigit() or int(page) < 1 or (int(page) - 1) * CAMPAIGN_PAGE >= max(len(ids), 1):
+        raise _Rejected(404, {"detail": "Invalid page."})
+    number = int(page)
+    chunk = ids[(number - 1) * CAMPAIGN_PAGE : number * CAMPAIGN_PAGE]
+    more = number * CAMPAIGN_PAGE < len(ids)
+    return {
+        "count": len(ids),
+        "next": f"{base}?page={number + 1}" if more else None,
+        "previous": f"{base}?page={number - 1}" if number > 1 else None,
+        "results": [{"id": i, "name": f"Sandbox campaign {i}"} for i in chunk],
+    }
+
+
+def _state() -> SandboxState:
+    state: SandboxState = flask.current_app.extensions["promoter_sandbox"]
+    return state
+
+
+def _gate() -> flask.Response | None:
+    """Record, sleep, inject the configured failure, then check the token, before any API route."""
+    request = flask.request
+    if request.path.startswith(CONTROL_PREFIX + "/"):
+        return None
+    state = _state()
+    flask.g.body, flask.g.parse_error = _parse(request.get_data(cache=True))
+    plan = state.begin_call(request.method, request.path, flask.g.body)
+    flask.g.record = plan.record
+    if plan.sleep > 0:
+        time.sleep(plan.sleep)
+    if plan.failure is not None:
+        return _failure(plan.failure, plan.retry_after)
+    return _authenticate(request.headers.get("Authorization"), state.api_key)
+
+
+def _record_status(response: flask.Response) -> flask.Response:
+    if (record := flask.g.get("record")) is not None:
+        _state().finish_call(record, response.status_code)
+    return response
+
+
+def _http_error(exc: HTTPException) -> flask.Response:
+    status = exc.code or 500
+    detail = {404: "Not found.", 405: f'Method "{flask.request.method}" not allowed.'}.get(status)
+    return _response(status, {"detail": detail or exc.name})
+
+
+api = flask.Blueprint("promoter_api", __name__)
+control = flask.Blueprint("sandbox_control", __name__, url_prefix=CONTROL_PREFIX)
+
+
+@api.post("/contacts/")
+def upsert_contact() -> flask.Response:
+    body = _body()
+    if errors := _contact_errors(body):
+        raise _Rejected(400, errors)
+    return _response(200, _state().upsert(body))
+
+
+@api.post("/v2/survey/")
+def survey() -> flask.Response:
+    state, body = _state(), _body()
+    errors = _survey_errors(body, state.campaigns)
+    campaign, contact = body.get("campaign_id"), body.get("contact")
+    if errors or not isinstance(contact, dict) or not _is_int(campaign):
+        raise _Rejected(400, errors)
+    if state.is_ineligible(contact["email"]) or not state.take_survey_slot(campaign, contact["email"]):
+        raise _Rejected(400, _INELIGIBLE)
+    answer = {"campaign": campaign, "contact": state.upsert(contact)}
+    return _response(200, answer | {"attributes": body.get("attributes") or {}})
+
+
+@api.get("/campaigns/")
+def campaigns() -> flask.Response:
+    """DRF-paginated campaign list, as Promoter's ``GET /campaigns/?page=N``; without a configured
+    ``campaigns`` set it lists campaigns 1 to 3."""
+    state = _state()
+    ids = sorted(state.campaigns) if state.campaigns is not None else [1, 2, 3]
+    return _response(200, _campaign_page(ids, flask.request.args.get("page", "1"), flask.request.base_url))
+
+
+@control.get("/calls")
+def list_calls() -> JSON:
+    return {"calls": _state().calls(flask.request.args.get("path"))}
+
+
+@control.delete("/calls")
+def reset_calls() -> JSON:
+    _state().reset()
+    return {"calls": []}
+
+
+@control.get("/config")
+def get_config() -> JSON:
+    return _state().config()
+
+
+@control.post("/config")
+def set_config() -> JSON:
+    fields = flask.request.get_json(silent=True)
+    if not isinstance(fields, dict):
+        raise _Rejected(400, {"detail": "Expected a JSON object of config fields."})
+    try:
+        return _state().configure(fields)
+    except ValueError as exc:
+        raise _Rejected(400, {"detail": str(exc)}) from exc
+
+
+@control.get("/contacts")
+def list_contacts() -> JSON:
+    return {"contacts": _state().contacts()}
+
+
+@control.get("/healthz")
+def healthz() -> JSON:
+    return {"ok": True}
+
+
 def create_sandbox(state: SandboxState | None = None) -> flask.Flask:
     """Every non-control request passes the gate (record, sleep, injected failure, auth) before any route,
     so unknown paths and wrong methods are recorded and fail the same way real ones do."""
-    state = SandboxState() if state is None else state
     app = flask.Flask(__name__)
-    app.extensions["promoter_sandbox"] = state
-
-    @app.before_request
-    def gate() -> flask.Response | None:
-        request = flask.request
-        if request.path.startswith(CONTROL_PREFIX + "/"):
-            return None
-        flask.g.body, flask.g.parse_error = _parse(request.get_data(cache=True))
-        plan = state.begin_call(request.method, request.path, flask.g.body)
-        flask.g.record = plan.record
-        if plan.sleep > 0:
-            time.sleep(plan.sleep)
-        if plan.failure is not None:
-            return _failure(plan.failure, plan.retry_after)
-        return _authenticate(request.headers.get("Authorization"), state.api_key)
-
-    @app.after_request
-    def record_status(response: flask.Response) -> flask.Response:
-        if (record := flask.g.get("record")) is not None:
-            state.finish_call(record, response.status_code)
-        return response
-
-    @app.errorhandler(_Rejected)
-    def rejected(exc: _Rejected) -> flask.Response:
-        return _response(exc.status, exc.payload, exc.headers)
-
-    @app.errorhandler(HTTPException)
-    def http_error(exc: HTTPException) -> flask.Response:
-        status = exc.code or 500
-        detail = {404: "Not found.", 405: f'Method "{flask.request.method}" not allowed.'}.get(status)
-        return _response(status, {"detail": detail or exc.name})
-
-    @app.post("/contacts/")
-    def upsert_contact() -> flask.Response:
-        body = _body()
-        if errors := _contact_errors(body):
-            raise _Rejected(400, errors)
-        return _response(200, state.upsert(body))
-
-    @app.post("/v2/survey/")
-    def survey() -> flask.Response:
-        body, errors = _body(), dict[str, Any]()
-        campaign, contact, campaigns = body.get("campaign_id"), body.get("contact"), state.campaigns
-        if not _is_int(campaign):
-            errors["campaign_id"] = ["A valid integer is required."]
-        elif campaign <= 0 or (campaigns is not None and campaign not in campaigns):
-            errors["campaign_id"] = [f'Invalid pk "{campaign}" - object does not exist.']
-        if contact is None:
-            errors["contact"] = ["This field is required."]
-        elif not isinstance(contact, dict):
-            errors["contact"] = {"non_field_errors": _not_a_dict(contact)}
-        elif contact_errors := _contact_errors(contact):
-            errors["contact"] = contact_errors
-        if attribute_errors := _attribute_errors(body.get("attributes")):
-            errors["attributes"] = attribute_errors
-        if errors or not isinstance(contact, dict) or not _is_int(campaign):
-            raise _Rejected(400, errors)
-        if state.is_ineligible(contact["email"]) or not state.take_survey_slot(campaign, contact["email"]):
-            raise _Rejected(400, _INELIGIBLE)
-        answer = {"campaign": campaign, "contact": state.upsert(contact)}
-        return _response(200, answer | {"attributes": body.get("attributes") or {}})
-
-    @app.get(f"{CONTROL_PREFIX}/calls")
-    def list_calls() -> JSON:
-        return {"calls": state.calls(flask.request.args.get("path"))}
-
-    @app.delete(f"{CONTROL_PREFIX}/calls")
-    def reset_calls() -> JSON:
-        state.reset()
-        return {"calls": []}
-
-    @app.get(f"{CONTROL_PREFIX}/config")
-    def get_config() -> JSON:
-        return state.config()
-
-    @app.post(f"{CONTROL_PREFIX}/config")
-    def set_config() -> JSON:
-        fields = flask.request.get_json(silent=True)
-        if not isinstance(fields, dict):
-            raise _Rejected(400, {"detail": "Expected a JSON object of config fields."})
-        try:
-            return state.configure(fields)
-        except ValueError as exc:
-            raise _Rejected(400, {"detail": str(exc)}) from exc
-
-    @app.get(f"{CONTROL_PREFIX}/contacts")
-    def list_contacts() -> JSON:
-        return {"contacts": state.contacts()}
-
-    @app.get(f"{CONTROL_PREFIX}/healthz")
-    def healthz() -> JSON:
-        return {"ok": True}
-
+    app.extensions["promoter_sandbox"] = SandboxState() if state is None else state
+    app.before_request(_gate)
+    app.after_request(_record_status)
+    app.register_error_handler(_Rejected, lambda exc: _response(exc.status, exc.payload, exc.headers))
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_blueprint(api)
+    app.register_blueprint(control)
     return app
 
 

@@ -1,0 +1,160 @@
+"""``promoter-relay dev`` (what ``make run`` starts): the whole relay on one machine, one command.
+
+An embedded redis-server keeps its append-only file in a project-local data folder
+(``.promoter-relay/``), so data survives a restart (``--fresh`` starts empty); ``dev.json`` there tells
+``promoter-relay status`` and ``dead-letters`` which Redis to read. Ctrl-C, SIGTERM and SIGHUP all stop
+every process it started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import click
+
+from app.devtools.processes import Children, EmbeddedRedis, free_port, port_in_use, wait_for_port
+from worker.settings import SettingsError, load, production_problems
+
+DEV_WRITE_KEY = "dev-write-key"
+DEV_ADMIN_TOKEN = "dev-admin-token"  # noqa: S105 - printed on purpose, dev only
+DEV_SANDBOX_KEY = "sandbox-key"
+DEV_CAMPAIGN = "1"
+DATA_DIR = Path(".promoter-relay")
+STATE_FILE = "dev.json"
+
+
+class Shutdown(Exception):
+    """SIGTERM or SIGHUP: stop like Ctrl-C does."""
+
+
+def _on_signal(signum: int, _: FrameType | None) -> None:
+    raise Shutdown(signal.Signals(signum).name)
+
+
+def read_state(data_dir: Path = DATA_DIR) -> dict[str, Any] | None:
+    """What a running ``dev`` wrote about itself, if anything."""
+    try:
+        state: dict[str, Any] = json.loads((data_dir / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return state
+
+
+def run(port: int, workers: int, fresh: bool, data_dir: Path) -> None:
+    if port_in_use(port):
+        raise click.ClickException(f"port {port} is already in use: stop what runs there, or pick another "
+                                   f"port (promoter-relay dev --port N, make run PORT=N)")  # fmt: skip
+    data_dir = data_dir.resolve()
+    if fresh and data_dir.exists():
+        shutil.rmtree(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env.setdefault("RELAY_ENV", "development")
+    children = Children()
+    redis_server: EmbeddedRedis | None = None
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        if not env.get("REDIS_URL"):
+            redis_server = EmbeddedRedis(data_dir / "redis", durable=True).start()
+            env["REDIS_URL"] = redis_server.url
+        if not env.get("PROMOTER_API_KEY"):
+            _start_sandbox(children, env)
+        _check(env)
+        _start_relay(children, env, port, workers, data_dir)
+        api = f"http://127.0.0.1:{port}"
+        state = {"redis_url": env["REDIS_URL"], "api": api, "pid": os.getpid()}
+        (data_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
+        _banner(env, api, data_dir)
+        while not (exited := children.exited()):
+            time.sleep(0.5)
+        raise click.ClickException(f"{', '.join(exited)} exited; stopping everything")
+    except (KeyboardInterrupt, Shutdown):
+        click.echo("\nstopping...")
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        children.stop()
+        if redis_server is not None:
+            redis_server.stop()
+        (data_dir / STATE_FILE).unlink(missing_ok=True)
+
+
+def _start_sandbox(children: Children, env: dict[str, str]) -> None:
+    port = free_port()
+    children.start(
+        "sandbox", [str(Path(sys.executable).parent / "promoter-relay"), "sandbox", "--port", str(port)], env
+    )
+    wait_for_port(port)
+    env.update(
+        PROMOTER_API_URL=f"http://127.0.0.1:{port}",
+        PROMOTER_API_KEY=DEV_SANDBOX_KEY,
+        PROMOTER_CAMPAIGN_ID=env.get("PROMOTER_CAMPAIGN_ID") or DEV_CAMPAIGN,
+    )
+
+
+def _check(env: dict[str, str]) -> None:
+    env.setdefault("SEGMENT_WRITE_KEYS", DEV_WRITE_KEY)
+    env.setdefault("ADMIN_TOKEN", DEV_ADMIN_TOKEN)
+    try:
+        settings = load(env)
+    except SettingsError as error:
+        raise click.ClickException(str(error)) from None
+    if problems := production_problems(settings):
+        raise click.ClickException("; ".join(problems))
+
+
+def _start_relay(children: Children, env: dict[str, str], port: int, workers: int, data_dir: Path) -> None:
+    gunicorn = str(Path(sys.executable).parent / "gunicorn")
+    children.start(
+        "api",
+        [gunicorn, "--config", "python:app.gunicorn_conf", "--bind", f"127.0.0.1:{port}", "--workers", "2",
+         "--threads", "4", "--access-logfile", "-", "app:create_app()"],
+        env,
+    )  # fmt: skip
+    celery = [sys.executable, "-m", "celery", "-A", "worker"]
+    children.start(
+        "worker",
+        [*celery, "worker", "--pool", "threads", "--concurrency", str(workers), "--loglevel", "INFO",
+         "--without-gossip", "--without-mingle"],
+        env,
+    )  # fmt: skip
+    children.start(
+        "beat", [*celery, "beat", "--loglevel", "WARNING", "--schedule", str(data_dir / "beat-schedule")], env
+    )
+    wait_for_port(port, timeout=60)
+
+
+def _banner(env: dict[str, str], api: str, data_dir: Path) -> None:
+    key = env["SEGMENT_WRITE_KEYS"].split(",")[0].strip()
+    shown_key = key if key == DEV_WRITE_KEY else "<your write key>"
+    shown_token = env["ADMIN_TOKEN"] if env["ADMIN_TOKEN"] == DEV_ADMIN_TOKEN else "<ADMIN_TOKEN>"
+    click.echo(
+        f"""
+promoter-relay is running.
+  Ingest (Segment HTTP API):   {api}/v1/identify, /v1/track, /v1/batch
+  Ingest (Webhooks):           {api}/segment
+  Dashboard:                   {api}/admin/   (token: {shown_token})
+  Metrics / health:            {api}/metrics  {api}/readyz
+  Promoter:                    {env["PROMOTER_API_URL"]}
+  Redis:                       {env["REDIS_URL"]}
+  Data (kept between runs):    {data_dir}   (promoter-relay dev --fresh starts empty)
+
+Try it:
+  curl -u {shown_key}: -H 'Content-Type: application/json' {api}/v1/identify \\
+    -d '{{"userId": "u1", "traits": {{"email": "ada@example.com", "name": "Ada Lovelace"}}}}'
+  curl -u {shown_key}: -H 'Content-Type: application/json' {api}/v1/track \\
+    -d '{{"userId": "u1", "event": "Order Completed", "properties": {{"order_id": "o1", "total": 42}}}}'
+  promoter-relay status        (reads this instance's Redis)
+
+Ctrl-C stops everything.
+""",
+        nl=False,
+    )

@@ -1,0 +1,95 @@
+"""Events and stores for tests, made one way: the worker's ``Event`` contract with sensible defaults."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, cast
+
+import redis
+
+from tests.conftest import SOURCE
+from worker import keys, taskmessages
+from worker.events import Event, make_ref
+from worker.ledger import Admission
+from worker.settings import Settings, load
+from worker.states import State
+from worker.stores import Stores, build_stores
+
+
+def make_event(
+    message_id: str,
+    kind: str = "track",
+    user: str | None = "u1",
+    *,
+    anonymous: str | None = None,
+    source: str = SOURCE,
+    timestamp: str = "2026-11-29T00:00:00.000Z",
+    **fields: Any,
+) -> Event:
+    event: dict[str, Any] = {
+        "ref": make_ref(source, message_id),
+        "messageId": message_id,
+        "source": source,
+        "type": kind,
+        "userId": user,
+        "anonymousId": anonymous,
+        "traits": {"email": f"{user}@example.com"} if kind == "identify" and user else {},
+        "event": "NPS" if kind == "track" else None,
+        "properties": {},
+        "previousId": None,
+        "timestamp": timestamp,
+        "receivedAt": timestamp,
+        "campaignId": None,
+    }
+    event.update(fields)
+    return cast(Event, event)
+
+
+def stores_for(client: redis.Redis, **overrides: Any) -> Stores:
+    settings: Settings = load({}, redis_url="redis://unused", environment="test", **overrides)
+    return build_stores(settings, client=client)
+
+
+def accept(stores: Stores, *events: Event, route: str = "high") -> list[str]:
+    """Store and queue events the way ingest does (identifies carrying an email take the contact route)."""
+    admissions = []
+    for event in events:
+        if event["type"] == "identify" and event["traits"].get("email") and route == "high":
+            compare = {"email": event["traits"]["email"]}
+            admissions.append(Admission(event, State.RECEIVED, route="contact", compare=compare))
+        else:
+            admissions.append(Admission(event, State.RECEIVED, route=route))
+    return stores.ledger.accept(admissions)
+
+
+def text(reply: bytes | str | list[bytes | str] | None) -> str:
+    """One reply of a ``decode_responses=True`` client (the tests' clients), which is a ``str``."""
+    if not isinstance(reply, str):
+        raise TypeError(f"expected a decoded string reply, got {reply!r}")
+    return reply
+
+
+def texts(replies: list[bytes | str]) -> list[str]:
+    """A list reply (``LRANGE``, ``KEYS``) of a ``decode_responses=True`` client."""
+    return [text(reply) for reply in replies]
+
+
+def text_map(reply: dict[bytes | str, bytes | str]) -> dict[str, str]:
+    """A hash reply (``HGETALL``) of a ``decode_responses=True`` client."""
+    return {text(name): text(value) for name, value in reply.items()}
+
+
+def queued_refs(client: redis.Redis, *queues: str) -> list[str]:
+    """Refs in the queues, oldest first (consumers pop from the right)."""
+    refs = []
+    for queue in queues or ("relay", "relay.low"):
+        refs += [taskmessages.ref_of(raw) for raw in reversed(texts(client.lrange(queue, 0, -1)))]
+    return refs
+
+
+def queued_events(client: redis.Redis, *queues: str) -> list[dict[str, Any]]:
+    return [json.loads(client.get(keys.event(r)) or "null") for r in queued_refs(client, *queues)]
+
+
+def status(client: redis.Redis, ref: str) -> dict[str, str]:
+    return text_map(client.hgetall(keys.message(ref)))

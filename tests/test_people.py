@@ -1,0 +1,267 @@
+"""One person, one contact: each defect found by review, as a test named after it.
+
+The relay's own task bodies run here (``tests.harness``) against a real Redis and the sandbox over
+HTTP; interleavings that need two workers at once are written out step by step with the plain
+functions a task calls.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+
+from tests.conftest import ref
+from tests.factories import make_event
+from tests.harness import Relay, make_relay
+from worker import delivery
+from worker.events import identities, version
+from worker.ledger import Start
+from worker.mapping import contact_fields
+from worker.states import State
+
+
+def identify(message_id: str, user: str = "u1", at: str = "2026-11-29T10:00:00.000Z", **traits: Any) -> Any:
+    return make_event(message_id, "identify", user, timestamp=at, traits=traits)
+
+
+def track(
+    message_id: str, user: str | None = "u1", at: str = "2026-11-29T12:00:00.000Z", **fields: Any
+) -> Any:
+    return make_event(message_id, "track", user, timestamp=at, **fields)
+
+
+def order(message_id: str, order_id: str, total: float, currency: str = "USD", **fields: Any) -> Any:
+    properties = {"order_id": order_id, "total": total, "currency": currency}
+    return track(message_id, event="Order Completed", properties=properties, **fields)
+
+
+def test_older_identify_retried_after_a_newer_one_never_brings_back_the_old_email(relay: Relay) -> None:
+    relay.sandbox.state.configure({"fail_next": [503]})
+    relay.send(identify("old", email="old@example.com", at="2026-11-29T10:00:00.000Z"))
+    relay.drain()
+    assert relay.state(ref("old")) == State.RETRYING
+    relay.send(identify("new", email="new@example.com", at="2026-11-29T10:05:00.000Z"))
+    relay.drain()
+    assert relay.state(ref("new")) == State.DELIVERED
+    relay.later()  # the retry of the older identify succeeds now
+    assert relay.state(ref("old")) in (State.DELIVERED, State.SKIPPED)
+    relay.send(track("nps"))
+    relay.drain()
+    assert [s["contact"]["email"] for s in relay.surveys()] == ["new@example.com"]
+    assert relay.upserts()[-1]["email"] == "new@example.com"
+
+
+def test_identify_arriving_after_a_newer_one_changes_nothing_it_set(relay: Relay) -> None:
+    relay.send(identify("new", email="new@example.com", plan="team", at="2026-11-29T10:05:00.000Z"))
+    relay.drain()
+    relay.send(identify("old", email="old@example.com", plan="free", seats=4, at="2026-11-29T10:00:00.000Z"))
+    relay.drain()
+    relay.send(track("nps"))
+    relay.drain()
+    assert [s["contact"]["email"] for s in relay.surveys()] == ["new@example.com"]
+    attributes = relay.contact("new@example.com")["attributes"]
+    assert attributes["plan"] == "team", "the newer identify set it"
+    assert attributes["seats"] == "4", "only the older identify set it: it still counts"
+    assert all(u["email"] == "new@example.com" for u in relay.upserts())
+
+
+def test_slow_trait_update_does_not_write_back_the_email_it_read(relay: Relay) -> None:
+    """A trait-only identify reads email A and starts its update; an identify with B arrives and
+    completes meanwhile; the trait update must not leave A as the person's email."""
+    relay.send(identify("a", email="a@example.com", at="2026-11-29T10:00:00.000Z"))
+    relay.drain()
+    slow = identify("traits", plan="pro", at="2026-11-29T10:01:00.000Z")
+    relay.send(slow)
+    relay.redis.delete("relay", "relay.low")
+    stores = relay.stores
+    start = stores.ledger.begin(slow["ref"])
+    fields = contact_fields(slow["traits"])
+    plan = stores.people.contact_plan(slow["ref"], identities(slow), fields, version(slow), "low")
+    assert plan.sync is not None
+    assert plan.sync.fields["f:email"] == "a@example.com"
+    relay.send(identify("b", email="b@example.com", at="2026-11-29T10:02:00.000Z"))
+    relay.drain()
+    assert relay.state(ref("b")) == State.RECEIVED, "rides along with the update in flight"
+    assert start.kind == "go"
+    delivery.sync_contact(plan.sync, slow["ref"], "low", relay.runtime)
+    assert relay.state(ref("b")) == State.DELIVERED
+    assert relay.state(ref("traits")) == State.DELIVERED
+    relay.send(track("nps"))
+    relay.drain()
+    assert [s["contact"]["email"] for s in relay.surveys()] == ["b@example.com"]
+    assert relay.contact("b@example.com")["attributes"]["plan"] == "pro"
+
+
+def test_trait_update_before_the_first_email_is_held_then_merged(relay: Relay) -> None:
+    relay.send(identify("traits", plan="pro", at="2026-11-29T09:00:00.000Z"))
+    relay.drain()
+    assert relay.state(ref("traits")) == State.HELD
+    assert relay.upserts() == []
+    relay.send(identify("email", email="ada@example.com", at="2026-11-29T10:00:00.000Z"))
+    relay.drain()
+    assert relay.state(ref("email")) == relay.state(ref("traits")) == State.DELIVERED
+    assert "carried by the contact update" in relay.record(ref("traits"))["detail"]
+    assert len(relay.upserts()) == 1, "one call carried both"
+    assert relay.contact("ada@example.com")["attributes"]["plan"] == "pro"
+
+
+def test_orders_under_the_user_id_and_the_anonymous_id_of_one_person_add_up(relay: Relay) -> None:
+    relay.send(make_event("i", "identify", "u1", anonymous="a1", traits={"email": "u1@example.com"}))
+    relay.send(order("o1", "A", 10, user="u1"), order("o2", "B", 5, user=None, anonymous="a1"))
+    relay.drain()
+    attributes = relay.contact("u1@example.com")["attributes"]
+    assert attributes["order_count"] == "2"
+    assert attributes["lifetime_revenue_usd"] == "15.00"
+
+
+def test_the_same_order_is_counted_once_and_currencies_are_kept_apart(relay: Relay) -> None:
+    relay.send(identify("i", email="u1@example.com"))
+    relay.send(
+        order("o1", "A", 42, at="2026-11-29T12:00:00.000Z"),
+        order("o1-again", "A", 42, at="2026-11-29T12:01:00.000Z"),
+        order("o2", "B", 99.5, "eur", at="2026-11-29T12:02:00.000Z"),
+    )
+    relay.drain()
+    attributes = relay.contact("u1@example.com")["attributes"]
+    assert attributes["order_count"] == "2"
+    assert attributes["lifetime_revenue_usd"] == "42.00"
+    assert attributes["lifetime_revenue_eur"] == "99.50"
+    assert attributes["last_order_id"] == "B"
+    assert attributes["last_order_currency"] == "EUR"
+    assert "lifetime_revenue" not in attributes, "no sum across currencies"
+    assert relay.state(ref("o1-again")) in (State.SKIPPED, State.DELIVERED)
+    assert "already counted" in relay.record(ref("o1-again"))["detail"]
+
+
+def test_an_order_reported_twice_is_its_earliest_report_whatever_the_arrival_order(relay: Relay) -> None:
+    relay.send(identify("i", email="u1@example.com"))
+    relay.send(order("repeat", "A", 10, at="2026-11-29T12:30:00.000Z"))
+    relay.drain()
+    relay.send(order("first", "A", 10, at="2026-11-29T12:00:00.000Z"))
+    relay.drain()
+    attributes = relay.contact("u1@example.com")["attributes"]
+    assert attributes["order_count"] == "1"
+    assert attributes["lifetime_revenue_usd"] == "10.00"
+    assert attributes["last_order_date"] == "2026-11-29T12:00:00.000Z"
+
+
+def test_last_order_is_the_newest_by_event_time_whatever_the_arrival_order(relay: Relay) -> None:
+    relay.send(identify("i", email="u1@example.com"))
+    relay.send(order("late", "NEW", 7, at="2026-11-29T15:00:00.000Z"))
+    relay.send(order("early", "OLD", 3, at="2026-11-29T11:00:00.000Z"))
+    relay.drain()
+    attributes = relay.contact("u1@example.com")["attributes"]
+    assert attributes["last_order_id"] == "NEW"
+    assert attributes["last_order_total"] == "7.00"
+    assert attributes["order_count"] == "2"
+
+
+def test_identify_refused_by_promoter_dead_letters_the_held_tracks_at_once(relay: Relay) -> None:
+    relay.send(track("held"))
+    relay.drain()
+    assert relay.state(ref("held")) == State.HELD
+    relay.sandbox.state.configure({"fail_next": [400]})
+    relay.send(identify("bad", email="bad@example.com"))
+    relay.drain()
+    assert relay.state(ref("bad")) == State.DEAD
+    assert relay.state(ref("held")) == State.DEAD
+    reason = relay.stores.dead.get(ref("held"))
+    assert reason is not None
+    assert ref("bad") in reason["reason"]
+    assert "400" in reason["reason"]
+    relay.send(track("after"))
+    relay.drain()
+    assert relay.state(ref("after")) == State.DEAD, "no 7-day wait for a person Promoter refused"
+    # A corrected identify makes the person known; replaying what died then delivers it.
+    relay.send(identify("good", email="good@example.com", at="2026-11-29T11:00:00.000Z"))
+    relay.drain()
+    assert relay.state(ref("good")) == State.DELIVERED
+    assert relay.stores.dead.replay(ref("held")) == "replayed"
+    relay.drain()
+    assert relay.state(ref("held")) == State.DELIVERED
+    assert [s["contact"]["email"] for s in relay.surveys()] == ["good@example.com"]
+
+
+def test_replaying_the_refused_identify_releases_what_is_still_held(relay: Relay) -> None:
+    relay.sandbox.state.configure({"fail_next": [403]})
+    relay.send(identify("i", email="u1@example.com"))
+    relay.drain()
+    assert relay.state(ref("i")) == State.DEAD
+    relay.send(track("t"))
+    relay.drain()
+    assert relay.state(ref("t")) == State.DEAD
+    assert relay.stores.dead.replay(ref("i")) == "replayed"
+    relay.drain()
+    assert relay.state(ref("i")) == State.DELIVERED
+    assert relay.stores.dead.replay(ref("t")) == "replayed"
+    relay.drain()
+    assert relay.state(ref("t")) == State.DELIVERED
+
+
+def test_alias_sends_events_of_the_previous_id_to_the_same_contact(relay: Relay) -> None:
+    relay.send(track("legacy-nps", user="legacy-7"))
+    relay.drain()
+    assert relay.state(ref("legacy-nps")) == State.HELD
+    relay.send(identify("i", user="u7", email="u7@example.com"))
+    relay.send(make_event("al", "alias", "u7", previousId="legacy-7"))
+    relay.drain()
+    assert relay.state(ref("al")) == State.DELIVERED
+    assert relay.state(ref("legacy-nps")) == State.DELIVERED
+    relay.send(track("after", user="legacy-7"), track("anon", user=None, anonymous="legacy-7"))
+    relay.drain()
+    assert [s["contact"]["email"] for s in relay.surveys()] == ["u7@example.com"] * 3
+
+
+def test_alias_merges_two_known_people_newest_field_wins(relay: Relay) -> None:
+    relay.send(
+        identify("old-id", user="legacy", email="x@example.com", plan="free", at="2026-11-29T09:00:00.000Z")
+    )
+    relay.send(identify("new-id", user="u8", email="y@example.com", seats=3, at="2026-11-29T10:00:00.000Z"))
+    relay.drain()
+    relay.send(make_event("al", "alias", "u8", previousId="legacy", timestamp="2026-11-29T11:00:00.000Z"))
+    relay.drain()
+    merged = relay.contact("y@example.com")["attributes"]
+    assert merged["plan"] == "free"
+    assert merged["seats"] == "3"
+    person = relay.stores.people.person_of("u:legacy")
+    assert person is not None
+    assert set(person["identities"]) >= {"u:u8", "u:legacy"}
+
+
+def test_anonymous_id_points_to_a_person_only_for_a_while(redis_client: redis.Redis, sandbox: Any) -> None:
+    relay = make_relay(redis_client, sandbox, anonymous_id_ttl_seconds=60)
+    relay.send(make_event("i", "identify", "u1", anonymous="device-1", traits={"email": "u1@example.com"}))
+    relay.drain()
+    assert redis_client.ttl("relay:id:{a:device-1}") <= 60
+    redis_client.delete("relay:id:{a:device-1}")  # what the TTL does after a minute
+    relay.send(track("later", user=None, anonymous="device-1"))
+    relay.drain()
+    assert relay.state(ref("later")) == State.HELD, "a shared device no longer names the earlier person"
+
+
+def test_credential_like_traits_never_reach_promoter(relay: Relay) -> None:
+    secrets = {"token": "t", "session_token": "s", "id_token": "i", "jwt": "j", "private_key": "k",
+               "authorization": "a", "iban": "DE00", "pin": "1234", "apiKey": "x"}  # fmt: skip
+    relay.send(identify("i", email="u1@example.com", plan="pro", **secrets))
+    relay.drain()
+    assert relay.contact("u1@example.com")["attributes"] == {"plan": "pro"}
+
+
+def test_a_replayed_identify_is_sent_even_when_unchanged(relay: Relay) -> None:
+    relay.send(identify("i", email="u1@example.com"))
+    relay.drain()
+    relay.stores.dead.bury(ref("i"), "test")  # final already: burying changes nothing
+    assert relay.state(ref("i")) == State.DELIVERED
+    relay.sandbox.state.configure({"fail_next": [401]})
+    relay.send(identify("j", email="u1@example.com", plan="x"))
+    relay.drain()
+    assert relay.state(ref("j")) == State.DEAD
+    relay.stores.dead.replay(ref("j"))
+    relay.drain()
+    assert relay.state(ref("j")) == State.DELIVERED
+    assert relay.contact("u1@example.com")["attributes"]["plan"] == "x"
+
+
+def test_delivery_start_of_an_unknown_ref_is_nothing_to_do(relay: Relay) -> None:
+    assert relay.stores.ledger.begin("k00000000:nope") == Start(kind="missing", state="")

@@ -1,0 +1,50 @@
+"""Promoter's request budget, shared by every worker: a rate (GCRA in Redis), an optional daily
+limit, and the global pause after a 429.
+
+Promoter limits per account, not per process, so ``PROMOTER_RATE_LIMIT`` is enforced in Redis where all
+workers see it; when Promoter answers 429 every worker must stop, not just the one that was told.
+Surveys and contact-defining identifies come first: low-priority updates keep half of the burst free
+for them, and with ``PROMOTER_DAILY_LIMIT`` they stop at ``1 - PROMOTER_DAILY_RESERVE`` of it, waiting
+for the next day's budget instead of eating the surveys' share.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import redis
+
+from worker import keys
+from worker.scripts import Lua
+
+HIGH, LOW = "high", "low"
+
+
+class Budget:
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        lua: Lua,
+        daily_limit: int | None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.client = client
+        self.lua = lua
+        self.daily_limit = daily_limit
+        self.clock = clock
+
+    def wait_seconds(self, priority: str = HIGH) -> tuple[float, str]:
+        """Take one request slot if free now (``(0, "")``); otherwise how long until one may be, and why."""
+        answer = self.lua.acquire(priority)
+        if answer == 0:
+            return 0.0, ""
+        return float(answer[0]) / 1000.0, str(answer[1])
+
+    def pause(self, seconds: float) -> None:
+        self.lua.pause(f"{(self.clock() + seconds) * 1000.0:.0f}")
+
+    def used_today(self) -> int:
+        day = int(self.clock() // 86400)
+        return int(self.client.get(keys.budget(str(day))) or 0)

@@ -1,0 +1,39 @@
+-- A contact update did not go through. ARGV[2] person, [3] holder ref, [4] revision sent,
+-- [5] how: 'transient' (lease released, the holder retries), 'uncertain' (it may still land:
+-- Promoter's copy is no longer trusted and nobody sends for ``[9]`` seconds, so a stalled request
+-- cannot land after a newer one), 'wait' (the holder keeps the lease for ``[9]`` seconds while it waits
+-- for budget), 'permanent' (Promoter refused it: the messages it carried become dead letters, and so
+-- does everything held for a person Promoter never accepted), [6] reason, [7] Promoter's answer,
+-- [8] unused, [9] seconds, [10..12] the call: endpoint, status, seconds.
+local holder, rev, how, reason, response = ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[6], ARGV[7]
+local seconds = tonumber(ARGV[9])
+observe(ARGV[10], ARGV[11], ARGV[12])
+local pid = live_person(ARGV[2])
+if not pid then return 0 end
+local person = key_person(pid)
+local mine = lease_holder(person) == holder
+if how == 'uncertain' then
+  redis.call('HSET', person, 'synced_fp', '')
+  if mine then redis.call('HSET', person, 'lease', holder .. '|' .. (NOW + seconds)) end
+  return 1
+end
+if how == 'wait' then
+  if mine then redis.call('HSET', person, 'lease', holder .. '|' .. (NOW + seconds)) end
+  return 1
+end
+if mine then redis.call('HDEL', person, 'lease') end
+if how ~= 'permanent' then return 1 end
+
+local waiting = key_person_waiting(pid)
+local refused = 'Promoter refused the contact update of ' .. holder .. ': ' .. reason
+for _, ref in ipairs(redis.call('ZRANGEBYSCORE', waiting, '-inf', rev)) do bury(ref, refused, response) end
+redis.call('ZREMRANGEBYSCORE', waiting, '-inf', rev)
+bury(holder, refused, response)
+if not is_synced(pid) then
+  local why = 'identify ' .. holder .. ' was refused by Promoter: ' .. reason
+  redis.call('HSET', person, 'refused', why)
+  for _, item in ipairs(take_held(redis.call('SMEMBERS', key_person_ids(pid)))) do
+    bury(item[2], why, response)
+  end
+end
+return 1
