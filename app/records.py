@@ -52,6 +52,9 @@ def integer(value: Any) -> int:
 
 
 def message(record: dict[str, Any]) -> dict[str, Any]:
+    # A fresh record leaves out what is at its default (see lua/ledger.accept.lua).
+    received = record.get("received")
+    record = {"attempts": 0, "detail": "", "since": received, "updated": received, **record}
     out: dict[str, Any] = {}
     for name, value in record.items():
         if name in _HIDDEN:

@@ -249,7 +249,6 @@ def to_event(message: dict[str, Any], source: str, received: datetime, corrected
         properties=message.get("properties") or {},
         previousId=message.get("previousId"),
         timestamp=iso(event_time(message, received, corrected)),
-        receivedAt=iso(received),
         campaignId=_campaign_override(message.get("integrations") or {}),
     )
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any, cast
 
 import redis
@@ -10,7 +9,7 @@ import redis
 from tests.conftest import SOURCE
 from worker import keys, taskmessages
 from worker.events import Event, make_ref
-from worker.ledger import Admission
+from worker.ledger import Admission, event_of
 from worker.settings import Settings, load
 from worker.states import State
 from worker.stores import Stores, build_stores
@@ -38,7 +37,6 @@ def make_event(
         "properties": {},
         "previousId": None,
         "timestamp": timestamp,
-        "receivedAt": timestamp,
         "campaignId": None,
     }
     event.update(fields)
@@ -88,8 +86,17 @@ def queued_refs(client: redis.Redis, *queues: str) -> list[str]:
 
 
 def queued_events(client: redis.Redis, *queues: str) -> list[dict[str, Any]]:
-    return [json.loads(client.get(keys.event(r)) or "null") for r in queued_refs(client, *queues)]
+    """The events of the queued refs, whole, as a worker loads them."""
+    out: list[dict[str, Any]] = []
+    for ref in queued_refs(client, *queues):
+        event = event_of(client, ref)
+        out.append(dict(event) if event is not None else {})
+    return out
 
 
 def status(client: redis.Redis, ref: str) -> dict[str, str]:
-    return text_map(client.hgetall(keys.message(ref)))
+    """A status record as the relay reads it: the fields a fresh record leaves out at their defaults."""
+    raw = text_map(client.hgetall(keys.message(ref)))
+    if not raw:
+        return {}
+    return {"ref": ref, "queue": "relay", "attempts": "0", "detail": "", "event": "", **raw}

@@ -47,7 +47,7 @@ def test_message_record() -> None:
     shown = records.message(record)
     assert shown == {
         "ref": ref("m1"), "source": SOURCE, "messageId": "m1", "type": "track", "user": "u:u1",
-        "state": "retrying", "attempts": 2, "received": "2027-01-15T08:00:00.000Z",
+        "state": "retrying", "detail": "", "attempts": 2, "received": "2027-01-15T08:00:00.000Z",
         "updated": "2027-01-15T08:00:01.250Z", "since": "2027-01-15T08:00:00.000Z",
         "survey": "inflight", "survey_deadline": "2027-01-15T08:00:30.500Z",
         "survey_started": "2027-01-15T08:00:00.500Z",

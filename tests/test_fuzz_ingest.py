@@ -26,6 +26,7 @@ from tests.conftest import SHARED_SECRET, SOURCE, WRITE_KEY, basic, settings_for
 from tests.factories import queued_refs, status
 from worker import keys
 from worker.events import WEBHOOK_SOURCE, split_ref
+from worker.ledger import event_of
 
 ENDPOINTS = ["/v1/identify", "/v1/track", "/v1/page", "/v1/batch", "/v1/t", "/segment"]
 TYPES = ["identify", "track", "page", "screen", "group", "alias"]
@@ -69,9 +70,8 @@ def check_queued(r: redis.Redis, source: str) -> None:
         assert split_ref(queued)[0] == source, queued
         record = status(r, queued)
         assert record.get("state") == "received", (queued, record)
-        stored = r.get(keys.event(queued))
-        assert stored is not None, queued
-        stored_event = json.loads(stored)
+        stored_event = event_of(r, queued)
+        assert stored_event is not None, queued
         assert stored_event["ref"] == queued
         assert stored_event["source"] == source
         assert stored_event["type"] == record["type"]

@@ -18,6 +18,7 @@ from typing import Any, cast
 import redis
 
 from worker import keys
+from worker.ledger import event_of
 from worker.scripts import Lua, encode
 
 BATCH = 500
@@ -58,8 +59,7 @@ class DeadLetters:
         return [self._public(json.loads(raw)) for raw in raws if raw]
 
     def _public(self, record: dict[str, Any]) -> dict[str, Any]:
-        raw = self.client.get(keys.event(record["id"]))
-        return {**record, "event": json.loads(raw) if raw else None}
+        return {**record, "event": event_of(self.client, record["id"])}
 
     def replay(self, ref: str) -> str:
         """``replayed``, or why not: ``missing``, ``surveyed`` (would survey twice), ``expired``."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime
-from typing import Any, Literal, NotRequired, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict, cast
 
 EventType = Literal["identify", "track", "page", "screen", "group", "alias"]
 
@@ -40,9 +40,26 @@ class Event(TypedDict):
     previousId: NotRequired[str | None]
     # When it happened: Segment's timestamp, else originalTimestamp, else when it was received.
     timestamp: str
-    receivedAt: str
     # integrations.Promoter.campaign, when the sender overrides the campaign for this message.
     campaignId: int | None
+
+
+# Said by the ref, or kept in the status record (type, event name): not stored twice.
+_DERIVED = ("ref", "messageId", "source", "type", "event")
+_EMPTY: dict[str, Any] = {"userId": None, "anonymousId": None, "previousId": None, "campaignId": None,
+                          "event": None, "traits": {}, "properties": {}}  # fmt: skip
+
+
+def stored(event: Event) -> dict[str, Any]:
+    """What Redis keeps of an event: no field the ref already says, none left at its default."""
+    return {k: v for k, v in event.items() if k not in _DERIVED and v != _EMPTY.get(k, ...)}
+
+
+def loaded(ref: str, data: dict[str, Any], kind: str, name: str | None) -> Event:
+    """The whole ``Event`` again from what ``stored`` kept and the status record's type and event name."""
+    source, message_id = split_ref(ref)
+    whole = {**_EMPTY, **data, "ref": ref, "messageId": message_id, "source": source, "type": kind}
+    return cast(Event, {**whole, "event": name or None})
 
 
 def track_work(name: str, survey_events: frozenset[str]) -> tuple[bool, bool]:

@@ -18,7 +18,7 @@ from typing import Any, cast
 import redis
 
 from worker import keys
-from worker.events import Event, identities, primary_identity
+from worker.events import Event, identities, loaded, primary_identity, stored
 from worker.scripts import Lua, encode
 from worker.states import State
 
@@ -78,7 +78,7 @@ class Ledger:
                 primary_identity(event),
                 encode(identities(event)) if contact else "",
                 event.get("event") or "",
-                "" if item.state is State.SKIPPED else encode(event),
+                "" if item.state is State.SKIPPED else encode(stored(event)),
                 encode(item.compare) if contact else "",
             ]
         answers: list[str] = self.lua.accept(*argv)
@@ -89,12 +89,12 @@ class Ledger:
         answer = self.lua.begin(ref)
         if answer[0] != "go":
             return Start(kind=answer[0], state=answer[1])
-        _, attempts, since, event, force, queue = answer
+        _, attempts, since, event, force, queue, kind, name = answer
         return Start(
             kind="go",
             attempts=int(attempts),
             since=float(since),
-            event=cast(Event, json.loads(event)),
+            event=loaded(ref, json.loads(event), kind, name),
             force=force == "1",
             queue=queue,
         )
@@ -106,7 +106,7 @@ class Ledger:
         record, log = pipe.execute()
         if not record:
             return None
-        result: dict[str, Any] = dict(record)
+        result: dict[str, Any] = {"ref": ref, **record}
         result["history"] = [json.loads(entry) for entry in log]
         return result
 
@@ -119,8 +119,16 @@ class Ledger:
         pipe = self.client.pipeline(transaction=False)
         for ref in refs:
             pipe.hgetall(keys.message(ref))
-        return [record for record in pipe.execute() if record]
+        return [{"ref": ref, **record} for ref, record in zip(refs, pipe.execute(), strict=True) if record]
 
     def event(self, ref: str) -> Event | None:
-        raw = self.client.get(keys.event(ref))
-        return cast(Event, json.loads(raw)) if raw else None
+        return event_of(self.client, ref)
+
+
+def event_of(client: redis.Redis, ref: str) -> Event | None:
+    """The stored event of ``ref``, whole (None once it is gone)."""
+    pipe = client.pipeline(transaction=False)
+    pipe.get(keys.event(ref))
+    pipe.hmget(keys.message(ref), "type", "event")
+    raw, (kind, name) = pipe.execute()
+    return loaded(ref, json.loads(raw), kind, name) if raw and kind else None

@@ -24,7 +24,7 @@ TASK_FOR_TYPE = {"identify": IDENTIFY_TASK, "track": TRACK_TASK, "alias": ALIAS_
 ORIGIN = "promoter-relay"
 
 # Slots, in the order ``string.format`` fills them (JSON strings arrive already encoded).
-_SLOTS = ("BODY", "TASK", "ID", "RETRIES", "ROOT", "ARGSREPR", "CORRELATION", "QUEUE", "TAG")
+_SLOTS = ("BODY", "TASK", "ID", "QUEUE")
 
 
 def _slot(name: str) -> str:
@@ -32,74 +32,42 @@ def _slot(name: str) -> str:
 
 
 def _skeleton() -> dict[str, Any]:
-    headers: dict[str, Any] = {
-        "lang": "py",
-        "task": _slot("TASK"),
-        "id": _slot("ID"),
-        "shadow": None,
-        "eta": None,
-        "expires": None,
-        "group": None,
-        "group_index": None,
-        "retries": _slot("RETRIES"),
-        "timelimit": [None, None],
-        "root_id": _slot("ROOT"),
-        "parent_id": None,
-        # Flower shows argsrepr: the message type and ref are what an operator searches for, and
-        # the event itself (emails, traits) has no business in a task list.
-        "argsrepr": _slot("ARGSREPR"),
-        "kwargsrepr": "{}",
-        "origin": ORIGIN,
-        "ignore_result": True,
-        "replaced_task_nesting": 0,
-        "stamped_headers": None,
-        "stamps": {},
-    }
+    """Only what the worker needs: Celery reads every other header and property with a default.
+
+    A queued message is most of what a backlog costs in Redis, so it carries nothing else: the task
+    name and id, the ref as its only argument (what Flower shows: never the event's content), and
+    kombu's delivery tag and routing.
+    """
     return {
         "body": _slot("BODY"),
-        "content-encoding": "utf-8",
+        # kombu reads a missing content-encoding as utf-8.
         "content-type": "application/json",
-        "headers": headers,
+        "headers": {"task": _slot("TASK"), "id": _slot("ID")},
         "properties": {
-            "correlation_id": _slot("CORRELATION"),
-            "reply_to": "",
-            "delivery_mode": 2,
+            "delivery_tag": _slot("ID"),
             "delivery_info": {"exchange": "", "routing_key": _slot("QUEUE")},
-            "priority": 0,
-            "body_encoding": None,
-            "delivery_tag": _slot("TAG"),
         },
     }
 
 
 def template() -> str:
-    """The envelope as a Lua ``string.format`` pattern: ``%s`` for string slots, ``%d`` for retries."""
+    """The envelope as a Lua ``string.format`` pattern, ``%s`` per slot in ``_SLOTS`` order (the id twice)."""
     text = json.dumps(_skeleton(), separators=(",", ":")).replace("%", "%%")
     for name in _SLOTS:
-        text = text.replace(json.dumps(_slot(name)), "%d" if name == "RETRIES" else "%s")
+        text = text.replace(json.dumps(_slot(name)), "%s")
     return text
 
 
 TEMPLATE = template()
-BODY_SUFFIX = ',{},{"callbacks":null,"errbacks":null,"chain":null,"chord":null}]'
+BODY_SUFFIX = ",{},{}]"
 
 
-def render(ref: str, kind: str, queue: str, task_id: str, retries: int = 0) -> str:
+def render(ref: str, kind: str, queue: str, task_id: str) -> str:
     """The same message in Python (tests, and the contract test against ``send_task``)."""
     body = "[" + json.dumps([ref]) + BODY_SUFFIX
-    task = TASK_FOR_TYPE[kind]
-    values: list[Any] = [
-        json.dumps(body),
-        json.dumps(task),
-        json.dumps(task_id),
-        retries,
-        json.dumps(task_id),
-        json.dumps(f"('{kind}', '{ref}')"),
-        json.dumps(task_id),
-        json.dumps(queue),
-        json.dumps(task_id),
-    ]
-    return TEMPLATE % tuple(values)
+    values = (json.dumps(body), json.dumps(TASK_FOR_TYPE[kind]), json.dumps(task_id), json.dumps(task_id),
+              json.dumps(queue))  # fmt: skip
+    return TEMPLATE % values
 
 
 def ref_of(message: str) -> str:

@@ -32,8 +32,10 @@ for base = 2, #ARGV, PER do
   else
     count('accepted:' .. kind)
     recent[#recent + 1] = ref
-    redis.call('HSET', key, 'ref', ref, 'type', kind, 'user', identity, 'event', name,
-      'received', NOW, 'since', NOW, 'attempts', 0)
+    -- Only what differs from a fresh record's defaults is written (attempts 0, no detail, since and
+    -- updated = received, queue = the high one): a backlog of queued messages stays small.
+    redis.call('HSET', key, 'type', kind, 'user', identity, 'received', NOW)
+    if name ~= '' then redis.call('HSET', key, 'event', name) end
     if state == 'skipped' then
       set_state(ref, 'skipped', detail)
       answers[#answers + 1] = '-'
@@ -53,11 +55,12 @@ for base = 2, #ARGV, PER do
           queue = QUEUE.low
         end
       end
-      redis.call('HSET', key, 'state', state, 'detail', detail, 'updated', NOW, 'queue', queue)
+      redis.call('HSET', key, 'state', state)
+      if queue ~= QUEUE.high then redis.call('HSET', key, 'queue', queue) end
       redis.call('EXPIRE', key, CONFIG.status_ttl)
       redis.call('SET', key_event(ref), event, 'EX', CONFIG.status_ttl)
       count('state:' .. state)
-      answers[#answers + 1] = enqueue(ref, kind, queue)
+      answers[#answers + 1] = enqueue(ref, kind, queue, true)
     end
   end
 end

@@ -80,17 +80,16 @@ local function set_state(ref, state, detail, replay)
 end
 
 -- The one enqueue: a Celery task message for the ref, pushed on its queue, tracked in pending.
-local function enqueue(ref, kind, queue)
-  local key = key_message(ref)
-  local n = redis.call('HINCRBY', key, 'queued', 1)
-  local id = ref .. '#' .. n
+-- The first task of a message has the ref as its id; later ones (release, retry, replay) ref#n.
+local function enqueue(ref, kind, queue, first)
+  local id = ref
+  if not first then id = ref .. '#' .. redis.call('HINCRBY', key_message(ref), 'requeued', 1) end
   local body = '[' .. cjson.encode({ref}) .. BODY_SUFFIX
-  local message = string.format(TASK_TEMPLATE, cjson.encode(body), cjson.encode(TASKS[kind]),
-    cjson.encode(id), n - 1, cjson.encode(id), cjson.encode("('" .. kind .. "', '" .. ref .. "')"),
-    cjson.encode(id), cjson.encode(queue), cjson.encode(id))
+  local task_id = cjson.encode(id)
+  local message = string.format(TASK_TEMPLATE, cjson.encode(body), cjson.encode(TASKS[kind]), task_id, task_id,
+    cjson.encode(queue))
   redis.call('LPUSH', queue, message)
   redis.call('ZADD', KEY.pending, NOW, ref)
-  redis.call('HSET', key, 'task', id)
   return id
 end
 
@@ -357,12 +356,11 @@ end
 
 -- What happens to other records when a message becomes final: the barrier it held is lifted (and
 -- whatever waited behind it released), and it leaves its person's waiting set.
-on_final = function(_, key, _)
+on_final = function(ref, key, _)
   local barrier = redis.call('HGET', key, 'barrier')
   local pid = redis.call('HGET', key, 'person')
   if barrier then
     redis.call('HDEL', key, 'barrier')
-    local ref = redis.call('HGET', key, 'ref')
     for _, identity in ipairs(cjson.decode(barrier)) do
       redis.call('ZREM', key_barrier(identity), ref)
       if not pid then pid = resolve(identity) end
