@@ -55,9 +55,11 @@ def within_replay_window(message: dict[str, Any], window_seconds: int, now: date
         )
 
 
-def admission_of(message: dict[str, Any], source: str, settings: Settings, *, webhook: bool) -> Admission:
+def admission_of(
+    message: dict[str, Any], source: str, settings: Settings, *, webhook: bool, now: datetime | None = None
+) -> Admission:
     """A validated message as it will be stored (raises ``ValidationError`` for a replay)."""
-    now = datetime.now(UTC)
+    now = now or datetime.now(UTC)
     within_replay_window(message, settings.status_ttl_seconds, now)
     event = to_event(message, source, now, corrected=not webhook)
     return admit(event, promoter_enabled(message.get("integrations") or {}), settings)

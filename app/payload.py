@@ -90,7 +90,8 @@ def parse_json(body: bytes) -> Any:
         raise PayloadError(400, {"_request": ["Body is empty."]})
     try:
         document = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
-        too_deep = _depth(document) > MAX_DEPTH
+        # Nesting needs one bracket per level: a body with few of them cannot be too deep.
+        too_deep = text.count("{") + text.count("[") > MAX_DEPTH and _depth(document) > MAX_DEPTH
     except RecursionError:
         too_deep = True
     except ValueError as error:

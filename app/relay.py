@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from flask import current_app
 
+from worker.events import source_of_key
 from worker.settings import Settings
 from worker.stores import Stores, build_stores
 
@@ -14,11 +15,14 @@ from worker.stores import Stores, build_stores
 class Relay:
     settings: Settings
     stores: Stores
+    # The source label of each configured write key, computed once (a SHA-256 per request is not free).
+    sources: dict[str, str]
 
 
 def connect(settings: Settings) -> Relay:
     # Short timeouts: Segment's webhook gives up after 5 s, and a 503 it can retry beats a hang.
-    return Relay(settings, build_stores(settings, timeout=2.0))
+    sources = {key: source_of_key(key) for key in settings.segment_write_keys}
+    return Relay(settings, build_stores(settings, timeout=2.0), sources)
 
 
 def relay() -> Relay:

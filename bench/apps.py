@@ -1,6 +1,8 @@
 """Bench-only comparison servers.
 
 * ``bare_app()``: the ceiling of the stack, a Flask endpoint that reads the body and answers 200.
+* ``durable_app()``: the honest reference for ingest: a Flask endpoint that parses the JSON body and
+  stores it with one ``LPUSH`` before answering 200 (durable, but no validation, dedup or status).
 * ``naive_app()``: what the relay avoids, a handler that calls Promoter inline (one contact upsert per
   request, synchronously) and answers only after Promoter did.
 * ``python -m bench.apps PORT LATENCY_MS``: the sandbox on werkzeug's threaded server, as the tests and
@@ -9,11 +11,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
 
 import flask
+import redis
 import requests
 from requests.adapters import HTTPAdapter
 
@@ -26,6 +30,20 @@ def bare_app() -> flask.Flask:
     @app.post("/v1/<kind>")
     def ingest(kind: str) -> flask.Response:  # noqa: ARG001 - Flask passes the path variable
         flask.request.get_data()
+        return flask.jsonify(success=True)
+
+    return app
+
+
+def durable_app() -> flask.Flask:
+    app = flask.Flask("bench-durable")
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    queue = os.environ.get("RELAY_QUEUE", "bench") + ".durable"
+
+    @app.post("/v1/<kind>")
+    def ingest(kind: str) -> flask.Response:  # noqa: ARG001 - Flask passes the path variable
+        document = json.loads(flask.request.get_data())
+        client.lpush(queue, json.dumps(document))
         return flask.jsonify(success=True)
 
     return app

@@ -65,23 +65,25 @@ class Ledger:
         """
         if not admissions:
             return []
-        argv: list[Any] = []
+        items: list[list[Any]] = []
         for item in admissions:
             event = item.event
             contact = item.route == "contact"
-            argv += [
-                event["ref"],
-                event["type"],
-                item.state.value,
-                item.detail,
-                item.route,
-                primary_identity(event),
-                encode(identities(event)) if contact else "",
-                event.get("event") or "",
-                "" if item.state is State.SKIPPED else encode(stored(event)),
-                encode(item.compare) if contact else "",
-            ]
-        answers: list[str] = self.lua.accept(*argv)
+            items.append(
+                [
+                    event["ref"],
+                    event["type"],
+                    item.state.value,
+                    item.detail,
+                    item.route,
+                    primary_identity(event),
+                    identities(event) if contact else [],
+                    event.get("event") or "",
+                    "" if item.state is State.SKIPPED else encode(stored(event)),
+                    item.compare if contact else {},
+                ]
+            )
+        answers: list[str] = self.lua.accept(encode(items))
         return answers
 
     def begin(self, ref: str) -> Start:

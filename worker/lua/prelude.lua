@@ -79,16 +79,24 @@ local function set_state(ref, state, detail, replay)
   return true
 end
 
+-- A JSON string literal; most refs need no escaping, and cjson.encode is the costly way.
+local function json_string(text)
+  if string.find(text, '[%c"\\/\128-\255]') then return cjson.encode(text) end
+  return '"' .. text .. '"'
+end
+
+-- The Celery task message of ``ref`` (see worker/taskmessages.py): task ``id`` for kind on queue.
+local function task_message(ref, kind, queue, id)
+  local task_id = json_string(id)
+  local body = '[[' .. json_string(ref) .. ']' .. BODY_SUFFIX
+  return string.format(TASK_TEMPLATE, cjson.encode(body), TASKS_JSON[kind], task_id, task_id, json_string(queue))
+end
+
 -- The one enqueue: a Celery task message for the ref, pushed on its queue, tracked in pending.
 -- The first task of a message has the ref as its id; later ones (release, retry, replay) ref#n.
-local function enqueue(ref, kind, queue, first)
-  local id = ref
-  if not first then id = ref .. '#' .. redis.call('HINCRBY', key_message(ref), 'requeued', 1) end
-  local body = '[' .. cjson.encode({ref}) .. BODY_SUFFIX
-  local task_id = cjson.encode(id)
-  local message = string.format(TASK_TEMPLATE, cjson.encode(body), cjson.encode(TASKS[kind]), task_id, task_id,
-    cjson.encode(queue))
-  redis.call('LPUSH', queue, message)
+local function enqueue(ref, kind, queue)
+  local id = ref .. '#' .. redis.call('HINCRBY', key_message(ref), 'requeued', 1)
+  redis.call('LPUSH', queue, task_message(ref, kind, queue, id))
   redis.call('ZADD', KEY.pending, NOW, ref)
   return id
 end
