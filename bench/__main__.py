@@ -1,4 +1,5 @@
-"""``python -m bench [--only ingest,decoupling,delivery,memory,calls] [--repeats 3] [--seconds 4]``."""
+"""``python -m bench [--only ingest,decoupling,delivery,memory,calls,backlog] [--repeats 3]
+[--seconds 4]``."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ SECTIONS = {
     "delivery": sections.delivery,
     "memory": sections.memory,
     "calls": promoter_calls.calls,
+    "backlog": promoter_calls.backlog,
 }
 RESULTS = ROOT / "bench" / "results.json"
 

@@ -146,6 +146,11 @@ def _calls_targets(sections: Sections, ratio: dict[str, float]) -> list[dict[str
         value = ratio["Promoter calls: relay / lower bound"]
         note = "relay calls / (contact states + surveys due)"
         found.append(_goal("Promoter calls <= 1.1 x lower bound", value, 1.1, value <= 1.1, note))
+    if "backlog" in sections:
+        m = medians(sections["backlog"][pc.ROW_NEW])
+        note = f"{m['surveyed']:.0f} of {m['count']:.0f} new users surveyed; PROMOTER_RATE_LIMIT=10"
+        value = m["p99_s"]
+        found.append(_goal("new user's survey p99 <= 10 s under backlog", value, 10.0, value <= 10.0, note))
     return found
 
 
@@ -294,10 +299,36 @@ def _calls_notes(shape: dict[str, float], relay: dict[str, float], states: dict[
     ]
 
 
+def _backlog_table(_: dict[str, Any], runs: dict[str, list[dict[str, Any]]]) -> list[str]:
+    rows = []
+    for name in (pc.ROW_NEW, pc.ROW_FIFO):
+        m = medians(runs[name])
+        count = f"{m['surveyed']:.0f}/{m['count']:.0f}" if "surveyed" in m else _fmt(m["count"])
+        rows.append([name, count, *(_fmt(m[k], 1) for k in ("p50_s", "p95_s", "p99_s", "max_s"))])
+    title = (
+        f"TIME TO FIRST SURVEY UNDER BACKLOG (PROMOTER_RATE_LIMIT={pc.REAL_RATE:.0f}; {pc.PERSONS:,} known "
+        f"persons, {pc.BACKLOG_UPDATES:,} trait updates queued; a new user every {pc.NEW_USER_EVERY_S} s "
+        f"for {pc.NEW_USERS_FOR_S:.0f} s)"
+    )
+    header = ["new user: ingest -> survey call", "surveyed", "p50 s", "p95 s", "p99 s", "max s"]
+    fifo, b = medians(runs[pc.ROW_FIFO]), medians(runs[pc.ROW_BACKLOG])
+    return [
+        _table(title, header, rows),
+        f"  computed FIFO: the whole backlog ({pc.BACKLOG_UPDATES:,} calls, one per update) ahead at the "
+        f"worker's restart, {pc.REAL_RATE:.0f} calls/s; median {_fmt(fifo['ahead_p50'])} calls ahead / "
+        f"{pc.REAL_RATE:.0f} per s",
+        f"  during the {b['seconds']:.0f} s: {_fmt(b['calls'])} Promoter calls ({b['calls_per_s']:.1f}/s), "
+        f"{_fmt(b['backlog_calls'])} of them backlog contact updates; relay.low held "
+        f"{_fmt(b['queued_low_before'])} before, {_fmt(b['queued_low_after'])} after "
+        f"({_fmt(b['retry_after'])} scheduled retries)",
+    ]
+
+
 SECTION_TABLES: dict[str, Any] = {
     "ingest": _ingest_table,
     "decoupling": _decoupling_table,
     "delivery": _delivery_tables,
     "memory": _memory_table,
     "calls": _calls_tables,
+    "backlog": _backlog_table,
 }
