@@ -304,7 +304,7 @@ def _backlog_table(_: dict[str, Any], runs: dict[str, list[dict[str, Any]]]) -> 
     for name in (pc.ROW_NEW, pc.ROW_FIFO):
         m = medians(runs[name])
         count = f"{m['surveyed']:.0f}/{m['count']:.0f}" if "surveyed" in m else _fmt(m["count"])
-        rows.append([name, count, *(_fmt(m[k], 1) for k in ("p50_s", "p95_s", "p99_s", "max_s"))])
+        rows.append([name, count, *(_fmt(m[k], 2) for k in ("p50_s", "p95_s", "p99_s", "max_s"))])
     title = (
         f"TIME TO FIRST SURVEY UNDER BACKLOG (PROMOTER_RATE_LIMIT={pc.REAL_RATE:.0f}; {pc.PERSONS:,} known "
         f"persons, {pc.BACKLOG_UPDATES:,} trait updates queued; a new user every {pc.NEW_USER_EVERY_S} s "
