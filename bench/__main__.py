@@ -1,4 +1,5 @@
-"""``python -m bench [--only ingest,decoupling,delivery,memory] [--repeats 3] [--seconds 4]``."""
+"""``python -m bench [--only ingest,decoupling,delivery,memory,calls,backlog] [--repeats 3]
+[--seconds 4]``."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Any
 
 import redis
 
-from bench import report, sections
+from bench import promoter_calls, report, sections
 from bench.infra import ROOT, Procs, median, redis_target
 from bench.load import Loader, ensure_wrk
 
@@ -24,6 +25,8 @@ SECTIONS = {
     "decoupling": sections.decoupling,
     "delivery": sections.delivery,
     "memory": sections.memory,
+    "calls": promoter_calls.calls,
+    "backlog": promoter_calls.backlog,
 }
 RESULTS = ROOT / "bench" / "results.json"
 

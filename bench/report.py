@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from bench import promoter_calls as pc
 from bench.infra import median
 from bench.sections import DELIVERY_CONCURRENCY, DELIVERY_LATENCY_MS, Runs
 
@@ -78,7 +79,21 @@ def ratios(sections: Sections) -> dict[str, list[float]]:
         out["relay task / no-op task, worker CPU per task"] = per_run(
             ours, noop, lambda r: float(r["worker_cpu_ms_per_task"])
         )
-    return out
+    return out | _calls_ratios(sections.get("calls", {}))
+
+
+def _calls(run: dict[str, Any]) -> float:
+    return float(run["calls"])
+
+
+def _calls_ratios(calls: Runs) -> dict[str, list[float]]:
+    if not calls:
+        return {}
+    relay = calls[pc.ROW_RELAY]
+    return {
+        "Promoter calls: relay / lower bound": per_run(relay, calls[pc.ROW_BOUND], _calls),
+        "Promoter calls: relay / forwarder": per_run(relay, calls[pc.ROW_FORWARDER], _calls),
+    }
 
 
 def _spread(runs: list[dict[str, Any]], key: Callable[[dict[str, Any]], float]) -> float:
@@ -122,7 +137,25 @@ def targets(sections: Sections, ratio_runs: dict[str, list[float]]) -> list[dict
                 value <= 1 + tolerance and errors == 0,
                 note,
             )
+    return found + _calls_targets(sections, ratio)
+
+
+def _calls_targets(sections: Sections, ratio: dict[str, float]) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    if "calls" in sections:
+        value = ratio["Promoter calls: relay / lower bound"]
+        note = "relay calls / (contact states + surveys due)"
+        found.append(_goal("Promoter calls <= 1.1 x lower bound", value, 1.1, value <= 1.1, note))
+    if "backlog" in sections:
+        m = medians(sections["backlog"][pc.ROW_NEW])
+        note = f"{m['surveyed']:.0f} of {m['count']:.0f} new users surveyed; PROMOTER_RATE_LIMIT=10"
+        value = m["p99_s"]
+        found.append(_goal("new user's survey p99 <= 10 s under backlog", value, 10.0, value <= 10.0, note))
     return found
+
+
+def _goal(name: str, value: float, goal: float, passed: bool, note: str) -> dict[str, Any]:
+    return {"target": name, "value": value, "goal": goal, "pass": passed, "note": note}
 
 
 def _fmt(value: Any, digits: int = 0) -> str:
@@ -229,9 +262,73 @@ def _memory_table(_: dict[str, Any], mem: dict[str, list[dict[str, Any]]]) -> li
     return [_table("REDIS MEMORY per item", ["item", "MEMORY USAGE B", "INFO delta B"], rows)]
 
 
+def _calls_tables(_: dict[str, Any], calls: dict[str, list[dict[str, Any]]]) -> list[str]:
+    shape = medians(calls[pc.ROW_MIX])
+    bound = medians(calls[pc.ROW_BOUND])["calls"]
+    rows = []
+    for name in (pc.ROW_FORWARDER, pc.ROW_RELAY, pc.ROW_BOUND):
+        m = medians(calls[name])
+        row = [name, _fmt(m["calls"]), _fmt(m["contacts"]), _fmt(m["surveys"]), _fmt(m["per_1000"], 1)]
+        rows.append([*row, _fmt(m["calls"] / bound, 2)])
+    header = ["Promoter calls", "calls", "contact upserts", "surveys", "per 1,000 events", "vs bound"]
+    title = (
+        f"PROMOTER CALLS (seeded mix: {shape['users']:,.0f} users, {shape['events']:,.0f} events; "
+        f"SURVEY_EVENTS=NPS Survey; sandbox 0 ms; PROMOTER_RATE_LIMIT={pc.CALLS_RATE_LIMIT:,.0f})"
+    )
+    saved = medians(calls[pc.ROW_SAVED])
+    saved_rows = [[reason, _fmt(n)] for reason, n in saved.items()] or [["(none)", "-"]]
+    return [
+        _table(title, header, rows),
+        "",
+        _table(
+            "relay: calls saved by reason (GET /admin/api/stats -> saved)", ["reason", "count"], saved_rows
+        ),
+        "",
+        *_calls_notes(shape, medians(calls[pc.ROW_RELAY]), medians(calls[pc.ROW_STATES])),
+    ]
+
+
+def _calls_notes(shape: dict[str, float], relay: dict[str, float], states: dict[str, float]) -> list[str]:
+    kinds = ", ".join(f"{_fmt(shape[k])} {k}" for k in ("identifies", "survey tracks", "order tracks"))
+    finals = ", ".join(f"{_fmt(n)} {state}" for state, n in states.items())
+    return [
+        f"  mix: {kinds}, {_fmt(shape['other tracks'])} other tracks (no call); sent as /v1/batch of 100 "
+        f"in {shape['send_s']:.0f} s, all final {shape['final_after_s']:.0f} s after the first batch",
+        f"  relay: messages {finals}; calls not answered 200: {_fmt(relay['not_200'])}; "
+        f"Promoter contacts without their last plan and order count: {_fmt(relay['contacts_wrong'])}",
+    ]
+
+
+def _backlog_table(_: dict[str, Any], runs: dict[str, list[dict[str, Any]]]) -> list[str]:
+    rows = []
+    for name in (pc.ROW_NEW, pc.ROW_FIFO):
+        m = medians(runs[name])
+        count = f"{m['surveyed']:.0f}/{m['count']:.0f}" if "surveyed" in m else _fmt(m["count"])
+        rows.append([name, count, *(_fmt(m[k], 2) for k in ("p50_s", "p95_s", "p99_s", "max_s"))])
+    title = (
+        f"TIME TO FIRST SURVEY UNDER BACKLOG (PROMOTER_RATE_LIMIT={pc.REAL_RATE:.0f}; {pc.PERSONS:,} known "
+        f"persons, {pc.BACKLOG_UPDATES:,} trait updates queued; a new user every {pc.NEW_USER_EVERY_S} s "
+        f"for {pc.NEW_USERS_FOR_S:.0f} s)"
+    )
+    header = ["new user: ingest -> survey call", "surveyed", "p50 s", "p95 s", "p99 s", "max s"]
+    fifo, b = medians(runs[pc.ROW_FIFO]), medians(runs[pc.ROW_BACKLOG])
+    return [
+        _table(title, header, rows),
+        f"  computed FIFO: the whole backlog ({pc.BACKLOG_UPDATES:,} calls, one per update) ahead at the "
+        f"worker's restart, {pc.REAL_RATE:.0f} calls/s; median {_fmt(fifo['ahead_p50'])} calls ahead / "
+        f"{pc.REAL_RATE:.0f} per s",
+        f"  during the {b['seconds']:.0f} s: {_fmt(b['calls'])} Promoter calls ({b['calls_per_s']:.1f}/s), "
+        f"{_fmt(b['backlog_calls'])} of them backlog contact updates; relay.low held "
+        f"{_fmt(b['queued_low_before'])} before, {_fmt(b['queued_low_after'])} after "
+        f"({_fmt(b['retry_after'])} scheduled retries)",
+    ]
+
+
 SECTION_TABLES: dict[str, Any] = {
     "ingest": _ingest_table,
     "decoupling": _decoupling_table,
     "delivery": _delivery_tables,
     "memory": _memory_table,
+    "calls": _calls_tables,
+    "backlog": _backlog_table,
 }
