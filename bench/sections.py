@@ -75,23 +75,27 @@ def _pool(x: dict[str, Any], y: dict[str, Any]) -> dict[str, Any]:
 
 
 def ingest(ctx: Ctx) -> Runs:
+    """The relay's ingest beside a durable minimal endpoint (parse the JSON body, one LPUSH: the honest
+    reference), both A-B-B-A; a bare Flask 200 for the ceiling of the stack; and the storage step alone."""
     env = base_env(ctx.redis_url, queue="bench-ingest")
     relay_proc, relay = ctx.procs.gunicorn("relay-api", "app:create_app()", env)
+    durable_proc, durable = ctx.procs.gunicorn("durable-flask", "bench.apps:durable_app()", env)
     bare_proc, bare = ctx.procs.gunicorn("bare-flask", "bench.apps:bare_app()", env)
-    for url in (relay, bare):  # warm-up: imports, connection pools, Lua script cache
+    for url in (relay, durable, bare):  # warm-up: imports, connection pools, Lua script cache
         ctx.loader.run(url, "single", 1, ctx.connections)
     runs: Runs = defaultdict(list)
     for _ in range(ctx.repeats):
         for mode, label in (("single", "single"), ("batch", "batch of 100")):
-            bare_run, relay_run = _abba(ctx, bare, relay, mode)
-            runs[f"bare Flask, {label}"].append(bare_run)
+            durable_run, relay_run = _abba(ctx, durable, relay, mode)
+            runs[f"durable Flask (parse + LPUSH), {label}"].append(durable_run)
             runs[f"relay, {label}"].append(relay_run)
-        ctx.client.delete("bench-ingest")
+            runs[f"bare Flask, {label}"].append(ctx.load(bare, mode))
+        ctx.client.delete("bench-ingest", "bench-ingest.low", "bench-ingest.durable")
         runs["Redis LPUSH x100 (1 conn)"].append(_storage(ctx, "lpush"))
         runs["Ledger.accept x100 (1 conn)"].append(_storage(ctx, "accept100"))
         runs["Ledger.accept x1 (1 conn)"].append(_storage(ctx, "accept1"))
-    ctx.procs.stop(relay_proc)
-    ctx.procs.stop(bare_proc)
+    for proc in (relay_proc, durable_proc, bare_proc):
+        ctx.procs.stop(proc)
     return runs
 
 
@@ -204,7 +208,10 @@ def _drain(
             pss = proc.pss_bytes()
     c1, t1, cpu1, (rcpu1, cmds1) = done(), time.monotonic(), proc.cpu_seconds(), _redis_counters(client)
     tasks = max(1, c1 - c0)
+    round_trips, in_scripts = _commands_per_task(client, done)
     return {
+        "round_trips_per_task": round_trips,
+        "script_cmds_per_task": in_scripts,
         "tasks_per_s": (c1 - c0) / (t1 - t0),
         "tasks": c1 - c0,
         "seconds": t1 - t0,
@@ -215,6 +222,24 @@ def _drain(
         "worker_pss_mib": (pss or proc.pss_bytes()) / 2**20,
         "processes": len(proc.group()),
     }
+
+
+def _commands_per_task(
+    client: redis.Redis, done: Callable[[], int], seconds: float = 1.5
+) -> tuple[float, float]:
+    """Redis commands per task, split by MONITOR into those a process sent (round trips: the task's
+    scripts and Celery's own commands) and those run inside Lua scripts. Sampled after the CPU window:
+    MONITOR slows Redis down."""
+    counts = {"client": 0, "lua": 0}
+    first = done()
+    deadline = time.monotonic() + seconds
+    with client.monitor() as monitor:  # type: ignore[no-untyped-call]
+        for command in monitor.listen():
+            counts["lua" if command.get("client_type") == "lua" else "client"] += 1
+            if time.monotonic() > deadline:
+                break
+    tasks = max(1, done() - first)
+    return counts["client"] / tasks, counts["lua"] / tasks
 
 
 def pools() -> list[str]:

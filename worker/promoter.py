@@ -21,14 +21,13 @@ import json
 import logging
 import re
 import time
+import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-import requests
 import urllib3
-from requests.adapters import HTTPAdapter
 
 USER_AGENT = "promoter-relay/0.2"
 CONNECT_TIMEOUT = 5.0
@@ -181,24 +180,32 @@ def classify(
     return PermanentError(message, status, body)
 
 
-def _never_sent(error: Exception) -> bool:
-    """Connection refused, DNS failure or connect timeout: the request never left this host."""
-    if isinstance(error, requests.ConnectTimeout):
-        return True
-    pending: list[object] = [error]
-    seen: set[int] = set()
-    while pending:
-        cause = pending.pop()
-        if not isinstance(cause, BaseException) or id(cause) in seen:
-            continue
-        seen.add(id(cause))
-        if isinstance(cause, urllib3.exceptions.NewConnectionError | urllib3.exceptions.NameResolutionError):
-            return True
-        pending += [cause.__cause__, cause.__context__, getattr(cause, "reason", None), *cause.args]
-    return False
+# Failures before the request left this host (refused, DNS, connect timeout, TLS handshake, proxy):
+# certainly not done. Anything after (read timeout, connection lost mid-answer): maybe done.
+_NEVER_SENT = (
+    urllib3.exceptions.NewConnectionError,
+    urllib3.exceptions.ConnectTimeoutError,
+    urllib3.exceptions.SSLError,
+    urllib3.exceptions.ProxyError,
+)
+_MAYBE_DONE = (
+    urllib3.exceptions.ReadTimeoutError,
+    urllib3.exceptions.ProtocolError,
+    urllib3.exceptions.DecodeError,
+)
 
 
-class DeadlineExceeded(requests.Timeout):
+def _pool(base_url: str, connections: int = 100) -> urllib3.PoolManager:
+    """One pool per process (Celery threads share it); HTTP(S)_PROXY and NO_PROXY from the environment
+    are honoured, read once. No retries and no redirects at this level: retries are the task's."""
+    url = urllib3.util.parse_url(base_url)
+    proxy = urllib.request.getproxies_environment().get(url.scheme or "https")
+    if proxy and not urllib.request.proxy_bypass(url.host or ""):
+        return urllib3.ProxyManager(proxy, maxsize=connections, retries=False)
+    return urllib3.PoolManager(maxsize=connections, retries=False)
+
+
+class DeadlineExceeded(Exception):
     """The whole call took longer than its deadline (the answer was still arriving)."""
 
 
@@ -209,17 +216,15 @@ class Reply:
 
 
 class PromoterClient:
-    """One pooled HTTP session per process; a call either returns a ``Reply`` or raises."""
+    """One connection pool per process; a call either returns a ``Reply`` or raises.
 
-    def __init__(
-        self,
-        base_url: str,
-        api_key: str,
-        timeout: float = 10.0,
-        session: requests.Session | None = None,
-    ) -> None:
-        # A header value with whitespace or control characters makes requests raise an error that
-        # quotes the whole header, key included; refuse it here, without echoing it.
+    It speaks to urllib3 directly (the transport ``requests`` uses): ``requests``' per-call machinery
+    (environment and netrc lookups, hooks, cookies) cost more CPU than the call itself.
+    """
+
+    def __init__(self, base_url: str, api_key: str, timeout: float = 10.0) -> None:
+        # A header value with whitespace or control characters would be refused by the HTTP layer in
+        # an error that quotes the whole header, key included; refuse it here, without echoing it.
         if any(char.isspace() or not char.isprintable() for char in api_key):
             raise ValueError("PROMOTER_API_KEY contains whitespace or control characters")
         self.base_url = base_url.rstrip("/")
@@ -231,13 +236,8 @@ class PromoterClient:
             "Accept": "application/json",
             "User-Agent": USER_AGENT,
         }
-        if session is None:
-            session = requests.Session()
-            # Celery threads/greenlets share it; retries stay ours (max_retries=0).
-            adapter = HTTPAdapter(pool_connections=4, pool_maxsize=100, max_retries=0)
-            session.mount("http://", adapter)
-            session.mount("https://", adapter)
-        self._session = session
+        self._timeouts = urllib3.Timeout(connect=min(timeout, CONNECT_TIMEOUT), read=timeout)
+        self._pool = _pool(self.base_url)
 
     def __repr__(self) -> str:
         return f"PromoterClient(base_url={self._redact(self.base_url)!r}, timeout={self.timeout!r})"
@@ -268,89 +268,89 @@ class PromoterClient:
     ) -> Reply:
         started = time.perf_counter()
         try:
-            response = self._session.request(
+            response = self._pool.request(
                 method,
                 self.base_url + path,
-                json=body,
+                body=None if body is None else json.dumps(body, separators=(",", ":")).encode(),
                 headers=self._headers,
-                timeout=(min(self.timeout, CONNECT_TIMEOUT), self.timeout),
-                allow_redirects=False,
-                stream=True,
+                timeout=self._timeouts,
+                retries=False,
+                redirect=False,
+                preload_content=False,
             )
-            with response:
-                text = self._redact(self._read(response, started + self.deadline))
-        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
-            call = Call(endpoint, "error", time.perf_counter() - started)
-            kind = "timed out" if isinstance(exc, requests.Timeout) else "connection failed"
-            detail = self._redact(str(exc))[:300]
-            message = f"{kind} calling {endpoint} ({type(exc).__name__}): {detail}"
-            error: PromoterError
-            if _never_sent(exc):
-                error = TransientError(message)
-            else:
-                cause = (
-                    "deadline"
-                    if isinstance(exc, DeadlineExceeded)
-                    else ("timeout" if isinstance(exc, requests.Timeout) else "connection lost")
-                )
-                error = UncertainError(message, cause=cause)  # fmt: skip
-            error.call = call
-            raise error from None
-        except requests.RequestException as exc:
+            try:
+                text = self._redact(_read(response, started + self.deadline))
+            except BaseException:
+                response.close()  # a half-read answer: this connection must not be reused
+                raise
+            finally:
+                response.release_conn()
+        except (*_NEVER_SENT, *_MAYBE_DONE, DeadlineExceeded) as exc:
+            raise self._failed(endpoint, exc, started) from None
+        except urllib3.exceptions.HTTPError as exc:
             error = PermanentError(f"cannot call {endpoint}: {type(exc).__name__}")
             error.call = Call(endpoint, "error", time.perf_counter() - started)
             raise error from None
-        call = Call(endpoint, str(response.status_code), time.perf_counter() - started)
-        problem = classify(response.status_code, response.headers, text, acts_once=acts_once)
+        call = Call(endpoint, str(response.status), time.perf_counter() - started)
+        problem = classify(response.status, response.headers, text, acts_once=acts_once)
         if problem is not None:
             problem.call = call
             raise problem
-        if not text.strip():
-            return Reply({}, call)
-        try:
-            payload = json.loads(text)
-        except ValueError:
-            payload = None
-        if not isinstance(payload, dict):
-            # Maybe Promoter answering oddly (then the call took effect), maybe a proxy or captive
-            # portal in between (then it did not): either way, not known.
-            error = UncertainError(
-                f"HTTP {response.status_code} from {endpoint} without a JSON object: {_summary(text)}",
-                response.status_code,
-                text,
-                cause="unreadable answer",
-            )
-            error.call = call
-            raise error
-        return Reply(payload, call)
+        return Reply(_payload(endpoint, response.status, text, call), call)
 
-    @staticmethod
-    def _read(response: requests.Response, deadline: float) -> str:
-        """The body, given up on at ``deadline``. ``read1`` returns whatever has arrived (each wait
-        bounded by the read timeout), so a body dripping in byte by byte cannot hold the call past its
-        deadline, Content-Length or not."""
-        chunks: list[bytes] = []
-        size = 0
-        while size <= MAX_ANSWER:
-            if time.perf_counter() > deadline:
-                raise DeadlineExceeded("the answer was still arriving at the call's deadline")
-            chunk = _read1(response)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-        return b"".join(chunks).decode(response.encoding or "utf-8", errors="replace")
+    def _failed(self, endpoint: str, exc: Exception, started: float) -> PromoterError:
+        """A call that got no answer: certainly not done (never sent), or maybe done."""
+        # urllib3's NewConnectionError is a ConnectTimeoutError too: a refused connection did not time out.
+        refused = isinstance(exc, urllib3.exceptions.NewConnectionError)
+        timed_out = not refused and isinstance(exc, urllib3.exceptions.TimeoutError | DeadlineExceeded)
+        kind = "timed out" if timed_out else "connection failed"
+        message = f"{kind} calling {endpoint} ({type(exc).__name__}): {self._redact(str(exc))[:300]}"
+        error: PromoterError
+        if isinstance(exc, _NEVER_SENT):
+            error = TransientError(message)
+        else:
+            cause = "timeout" if timed_out else "connection lost"
+            error = UncertainError(message, cause="deadline" if isinstance(exc, DeadlineExceeded) else cause)
+        error.call = Call(endpoint, "error", time.perf_counter() - started)
+        return error
+
+
+def _payload(endpoint: str, status: int, text: str, call: Call) -> dict[str, Any]:
+    """The JSON object of a 2xx answer ({} when empty); anything else is an answer of unknown meaning."""
+    if not text.strip():
+        return {}
+    try:
+        payload = json.loads(text)
+    except ValueError:
+        payload = None
+    if not isinstance(payload, dict):
+        # Maybe Promoter answering oddly (then the call took effect), maybe a proxy or captive
+        # portal in between (then it did not): either way, not known.
+        error = UncertainError(
+            f"HTTP {status} from {endpoint} without a JSON object: {_summary(text)}", status, text,
+            cause="unreadable answer",
+        )  # fmt: skip
+        error.call = call
+        raise error
+    return payload
+
+
+def _read(response: urllib3.BaseHTTPResponse, deadline: float) -> str:
+    """The body, given up on at ``deadline``. ``read1`` returns whatever has arrived (each wait bounded
+    by the read timeout), so a body dripping in byte by byte cannot hold the call past its deadline,
+    Content-Length or not."""
+    chunks: list[bytes] = []
+    size = 0
+    while size <= MAX_ANSWER:
+        if time.perf_counter() > deadline:
+            raise DeadlineExceeded("the answer was still arriving at the call's deadline")
+        chunk = response.read1(8192)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    charset = response.headers.get("Content-Type", "").partition("charset=")[2].split(";")[0].strip()
+    return b"".join(chunks).decode(charset or "utf-8", errors="replace")
 
 
 MAX_ANSWER = 1024 * 1024
-
-
-def _read1(response: requests.Response) -> bytes:
-    """One read of the raw answer, urllib3's errors turned into the requests errors ``_call`` sorts."""
-    try:
-        chunk: bytes = response.raw.read1(8192, decode_content=True)
-    except urllib3.exceptions.ReadTimeoutError:
-        raise requests.ReadTimeout("read timed out while the answer was arriving") from None
-    except (urllib3.exceptions.ProtocolError, urllib3.exceptions.DecodeError) as exc:
-        raise requests.exceptions.ChunkedEncodingError(f"answer broken off: {type(exc).__name__}") from None
-    return chunk
