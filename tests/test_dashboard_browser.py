@@ -333,3 +333,34 @@ def test_dashboard_shows_the_evidence_of_a_worker_stopped_mid_call(
     )
     expect(page.locator("#detail-evidence-box")).to_contain_text("can survey the person twice")
     expect(page.locator("#unknown-warning")).to_contain_text("1 of these are surveys of unknown outcome")
+
+
+def test_a_late_refusal_of_an_old_token_does_not_log_out_the_new_one(live_url: str, page: Page) -> None:
+    """A refused token's answers can arrive after the right token was entered (seen in CI: the
+    dashboard hid itself again and the next click timed out); only the token in use may log out."""
+    from playwright.sync_api import Route, expect
+
+    late: list[Route] = []
+
+    def hold_wrong(route: Route) -> None:
+        wrong = route.request.headers.get("authorization") == "Bearer wrong-token"
+        if wrong and "/api/dead-letters" in route.request.url:
+            late.append(route)
+        else:
+            route.continue_()
+
+    page.route("**/admin/api/**", hold_wrong)
+    page.goto(f"{live_url}/admin/")
+    page.fill("#token", "wrong-token")
+    page.click("#login button")
+    expect(page.locator("#error")).to_contain_text("Token refused (401)")
+    page.fill("#token", ADMIN_TOKEN)
+    page.click("#login button")
+    expect(page.locator("#updated")).to_contain_text("updated")
+    assert len(late) == 1
+
+    late[0].fulfill(status=401, content_type="application/json", body="{}")
+    page.evaluate("() => new Promise(done => setTimeout(done, 300))")
+    expect(page.locator("#main")).to_be_visible()
+    expect(page.locator("#login")).to_be_hidden()
+    expect(page.locator("#error")).to_have_text("")
