@@ -4,13 +4,13 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PORT ?= 8000
+comma := ,
 # The browser extra (Playwright, for the dashboard test) only where a Chromium is there to drive.
 EXTRAS := dev,test,lint,bench$(if $(shell command -v chromium 2>/dev/null),$(comma)browser)
-comma := ,
 
 .PHONY: install run test lint bench chaos clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[$(EXTRAS)]'
