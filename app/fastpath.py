@@ -11,19 +11,16 @@ two never disagree and that the fast path never accepts what the schema refuses.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from marshmallow import Schema, ValidationError
 
-from app.schemas import MESSAGE_TYPES, TYPE_RULES, campaign_override
+from app.schemas import MAX_ID, MESSAGE_ID, MESSAGE_TYPES, TYPE_RULES, campaign_override
 
 _IDS = ("userId", "anonymousId", "previousId")
 _MAPS = ("context", "integrations", "traits", "properties")
 _TIMES = ("timestamp", "originalTimestamp", "sentAt", "receivedAt")
 _STRINGS = ("event", "writeKey")
-_BAD_MESSAGE_ID = re.compile(r"[|\x00-\x1f]")
-MAX_ID = 512
 
 
 def fast_load(raw: Any, default_type: str | None, schema: Schema) -> dict[str, Any] | None:
@@ -47,7 +44,7 @@ def fast_load(raw: Any, default_type: str | None, schema: Schema) -> dict[str, A
 def _ids(raw: dict[str, Any], out: dict[str, Any]) -> bool:
     message_id = raw.get("messageId")
     if message_id is not None and (
-        type(message_id) is not str or len(message_id) > MAX_ID or _BAD_MESSAGE_ID.search(message_id)
+        type(message_id) is not str or len(message_id) > MAX_ID or not MESSAGE_ID.match(message_id)
     ):
         return False
     out["messageId"] = message_id

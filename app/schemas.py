@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,6 +28,10 @@ from worker.events import Event, make_ref
 MESSAGE_TYPES = ("identify", "track", "page", "screen", "group", "alias")
 SHORT_TYPES = {"i": "identify", "t": "track", "p": "page", "s": "screen", "g": "group", "a": "alias"}
 PROMOTER_KEYS = ("Promoter", "Promoter.io")
+MAX_ID = 512
+# ``|`` joins a ref to other fields where both are stored (held items, orders). ``\Z``, not ``$``,
+# which would let one trailing newline through.
+MESSAGE_ID = re.compile(r"[^|\x00-\x1f]*\Z")
 _email = validate.Email(error="Not a valid email address.")
 
 
@@ -39,7 +44,7 @@ class Identifier(fields.Field[str]):
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             raise self.make_error("invalid")
         text = str(value).strip()
-        if not text or len(text) > 512:
+        if not text or len(text) > MAX_ID:
             raise self.make_error("invalid")
         return text
 
@@ -77,8 +82,8 @@ class MessageSchema(Schema):
         load_default=None,
         allow_none=True,
         validate=[
-            validate.Length(0, 512),
-            validate.Regexp(r"^[^|\x00-\x1f]*$", error="May not contain '|' or control characters."),
+            validate.Length(0, MAX_ID),
+            validate.Regexp(MESSAGE_ID, error="May not contain '|' or control characters."),
         ],
     )
     userId = Identifier(load_default=None, allow_none=True)

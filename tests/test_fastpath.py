@@ -24,7 +24,7 @@ TIMESTAMPS = st.sampled_from(
         "2024-13-01T00:00:00Z",
     ]
 )
-TEXT = st.text(max_size=20) | st.sampled_from(["", " ", " u1 ", "a|b", "x\x01", "é", "u" * 513])
+TEXT = st.text(max_size=20) | st.sampled_from(["", " ", " u1 ", "a|b", "x\x01", "x\n", "é", "u" * 513])
 SCALARS = st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats(allow_nan=False) | TEXT
 JSONISH = st.recursive(
     SCALARS,

@@ -281,6 +281,19 @@ REJECTIONS: list[Any] = [
         {"batch": ["At most 2500 events per batch."]},
         id="batch-too-many-events",
     ),
+    *(
+        pytest.param(
+            "/v1/track",
+            {"userId": "u1", "event": "NPS", "messageId": message_id},
+            {"messageId": ["May not contain '|' or control characters."]},
+            id=name,
+        )
+        for name, message_id in [
+            ("message-id-with-pipe", "a|b"),
+            ("message-id-with-control", "a\x01b"),
+            ("message-id-ending-in-newline", "abc\n"),  # a bare ``$`` lets one trailing newline through
+        ]
+    ),
 ]
 
 
