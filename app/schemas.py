@@ -213,7 +213,8 @@ def derived_message_id(raw: dict[str, Any]) -> str:
 def event_time(message: dict[str, Any], received: datetime, corrected: bool) -> str:
     """When it happened. ``timestamp``, else ``originalTimestamp``, else when it was received; for
     messages straight from a client (``corrected``), shifted by the client's clock error the way Segment
-    does it: received - (sentAt - timestamp). Never later than when it was received."""
+    does it: received - (sentAt - timestamp), unless that leaves the calendar. Never later than when it
+    was received."""
     received_text = iso(received)
     stamp = message.get("timestamp") or message.get("originalTimestamp")
     if not stamp:
@@ -222,7 +223,10 @@ def event_time(message: dict[str, Any], received: datetime, corrected: bool) -> 
         return received_text
     sent = message.get("sentAt")
     if corrected and sent:
-        return iso(min(received - (_parse(sent) - _parse(stamp)), received))
+        try:
+            return iso(min(received - (_parse(sent) - _parse(stamp)), received))
+        except OverflowError:
+            pass  # a skew that leaves the calendar cannot be applied: the timestamp as sent
     # The schema wrote both in one spelling (UTC, milliseconds, Z): they compare as text.
     return min(str(stamp), received_text)
 

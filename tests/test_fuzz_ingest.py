@@ -366,3 +366,10 @@ def test_strings_with_lone_surrogates_never_5xx(
 def test_any_iso_timestamp_never_5xx(client: FlaskClient, stamp: str, field: str) -> None:
     message = {"userId": "fuzz-ts", "event": "NPS", field: stamp}
     check(client.post("/v1/track", data=json.dumps(message), headers=basic()))
+
+
+@FUZZ
+@given(stamp=timestamps((1, 9999)), sent=timestamps((1, 9999)))
+def test_any_clock_skew_never_5xx(client: FlaskClient, stamp: str, sent: str) -> None:
+    message = {"userId": "fuzz-skew", "event": "NPS", "timestamp": stamp, "sentAt": sent}
+    check(client.post("/v1/track", data=json.dumps(message), headers=basic()))

@@ -1176,6 +1176,41 @@ def test_sent_at_corrects_the_event_time_by_the_client_clock_skew(
     assert abs(seconds_before_received(redis_client, event) - skew) < 0.5
 
 
+YEAR_1 = "0001-01-01T00:00:00.000Z"
+YEAR_9999 = "9999-12-31T00:00:00.000Z"
+
+
+@pytest.mark.parametrize("path", ["/v1/track", "/v1/batch"])
+@pytest.mark.parametrize(
+    ("timestamp", "sent_at", "expected"),
+    [
+        pytest.param(YEAR_1, YEAR_9999, YEAR_1, id="year-1"),
+        pytest.param(YEAR_9999, YEAR_1, None, id="year-9999"),
+    ],
+)
+def test_a_clock_correction_beyond_the_calendar_keeps_the_timestamp_as_sent(
+    client: FlaskClient,
+    redis_client: redis.Redis,
+    path: str,
+    timestamp: str,
+    sent_at: str,
+    expected: str | None,
+) -> None:
+    """A skew of ten thousand years cannot be applied (it was a 500, and a batch lost its good items):
+    the timestamp is kept as sent, never later than when it was received."""
+    message = track("skew-3", timestamp=timestamp, sentAt=sent_at)
+    body = {"batch": [{"type": "track", **message}, {"type": "track", **track("skew-4")}]}
+    response = post(client, path, body if path == "/v1/batch" else message)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    events = {event["ref"]: event for event in queued_events(redis_client)}
+    assert len(events) == (2 if path == "/v1/batch" else 1)
+    event = events[ref(message["messageId"])]
+    if expected is None:
+        assert 0 <= seconds_before_received(redis_client, event) < 0.5
+    else:
+        assert event["timestamp"] == expected
+
+
 @pytest.mark.parametrize(
     "extra",
     [
