@@ -14,7 +14,7 @@ import redis
 from tests.conftest import ref
 from tests.factories import make_event
 from tests.harness import Relay, make_relay
-from worker import delivery
+from worker import delivery, taskmessages
 from worker.events import identities, version
 from worker.ledger import Start
 from worker.mapping import contact_fields
@@ -91,6 +91,33 @@ def test_slow_trait_update_does_not_write_back_the_email_it_read(relay: Relay) -
     relay.drain()
     assert [s["contact"]["email"] for s in relay.surveys()] == ["b@example.com"]
     assert relay.contact("b@example.com")["attributes"]["plan"] == "pro"
+
+
+def test_a_track_run_again_after_its_survey_was_settled_still_becomes_final(relay: Relay) -> None:
+    """A survey track whose order update rides along with another message's call, run a second time
+    (broker redelivery, or the reconciler) after its survey was sent: it must not owe the survey again,
+    or the update's landing can never make it final."""
+    relay.send(identify("i0", email="u1@example.com", plan="free", at="2026-11-29T10:00:00.000Z"))
+    relay.drain()
+    slow = identify("i1", email="u1@example.com", plan="pro", at="2026-11-29T10:01:00.000Z")
+    relay.send(slow)
+    relay.redis.delete("relay", "relay.low")
+    stores = relay.stores
+    assert stores.ledger.begin(slow["ref"]).kind == "go"
+    fields = contact_fields(slow["traits"])
+    plan = stores.people.contact_plan(slow["ref"], identities(slow), fields, version(slow), "low")
+    assert plan.sync is not None, "i1 holds the person's contact update"
+    nps = order("t", "o1", 10)
+    relay.send(nps)
+    relay.drain()
+    assert len(relay.surveys()) == 1
+    assert relay.state(ref("t")) == State.RECEIVED, "its order update rides along with i1's"
+    relay.redis.lpush("relay", taskmessages.render(ref("t"), "track", "relay", ref("t") + "#again"))
+    relay.drain()
+    delivery.sync_contact(plan.sync, slow["ref"], "low", relay.runtime)
+    assert relay.state(ref("i1")) == State.DELIVERED
+    assert relay.state(ref("t")) == State.DELIVERED
+    assert len(relay.surveys()) == 1
 
 
 def test_trait_update_before_the_first_email_is_held_then_merged(relay: Relay) -> None:

@@ -35,7 +35,8 @@ if not barriers_clear(redis.call('SMEMBERS', key_person_ids(pid))) then
   return cjson.encode({action = 'held'})
 end
 redis.call('HSET', key, 'person', pid)
-if survey then redis.call('HSET', key, 'survey_need', '1') end
+-- The survey is owed until it is settled; a second run of a settled message owes nothing again.
+if survey and redis.call('HEXISTS', key, 'survey_state') == 0 then redis.call('HSET', key, 'survey_need', '1') end
 
 local plan = {action = 'go', pid = pid}
 if order ~= '' and not redis.call('HGET', key, 'sync_detail') then

@@ -522,9 +522,8 @@ end
 
 local function survey_claim(ref, pid, campaign, lease_seconds)
   local key = key_message(ref)
-  redis.call('HSET', key, 'survey_need', '1')
   local guard = redis.call('HGET', key, 'survey') or ''
-  if guard == 'sent' then return {survey = 'sent'} end
+  if guard == 'sent' or redis.call('HEXISTS', key, 'survey_state') == 1 then return {survey = 'sent'} end
   local deadline = string.match(guard, '^inflight:(.*)$')
   if deadline then
     if tonumber(deadline) > NOW then return {survey = 'busy', wait_ms = (tonumber(deadline) - NOW) * 1000} end
