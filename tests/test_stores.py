@@ -47,6 +47,32 @@ def hold_track(
     assert plan.action == "held"
 
 
+# ----------------------------------------------------------------------------------- stored events
+
+
+def test_a_message_that_waits_keeps_its_event_as_long_as_its_record(stores: Stores) -> None:
+    """Each retry or wait renews the record's TTL; the event must be renewed with it, or a message
+    that waits long (a daily budget spent, a long retry window) outlives what it has to deliver."""
+    accept(stores, make_event("w1"))
+    stores.redis.expire(keys.event(ref("w1")), 5)  # most of its first TTL has passed
+    assert stores.ledger.begin(ref("w1")).kind == "go"
+    assert stores.schedule.later(ref("w1"), 60, "waiting: budget", attempts_delta=-1)
+    record_ttl = stores.redis.ttl(keys.message(ref("w1")))
+    assert record_ttl > 5
+    assert stores.redis.ttl(keys.event(ref("w1"))) == record_ttl
+
+
+def test_a_message_whose_event_is_gone_becomes_a_dead_letter_not_a_silent_loop(stores: Stores) -> None:
+    accept(stores, make_event("w2"))
+    stores.redis.delete(keys.event(ref("w2")))
+    start = stores.ledger.begin(ref("w2"))
+    assert (start.kind, start.state) == ("missing", State.DEAD)
+    assert state(stores, "w2") == State.DEAD
+    [letter] = stores.dead.list()
+    assert "stored event expired" in letter["reason"]
+    assert stores.redis.zscore(keys.PENDING, ref("w2")) is None, "the reconciler does not requeue it"
+
+
 # ------------------------------------------------------------------------------------- final states
 
 

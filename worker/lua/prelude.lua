@@ -70,10 +70,11 @@ local function set_state(ref, state, detail, replay)
   note(ref, state, detail)
   count('state:' .. state)
   if state == 'held' or FINAL[state] then redis.call('ZREM', KEY.pending, ref) end
-  if state == 'dead' or state == 'held' then
-    redis.call('EXPIRE', key_event(ref), ttl)
-  elseif FINAL[state] then
+  -- The event lives as long as the record while it may still be delivered (or replayed).
+  if FINAL[state] and state ~= 'dead' then
     redis.call('DEL', key_event(ref))
+  else
+    redis.call('EXPIRE', key_event(ref), ttl)
   end
   if FINAL[state] then on_final(ref, key, state) end
   return true
