@@ -179,9 +179,9 @@ _REPLAY_REFUSED = {
 
 @bp.post("/api/dead-letters/<path:message_id>/replay")
 def replay_one(message_id: str) -> tuple[Response, int]:
-    found = find_message(message_id)
-    ref = found[0] if found else message_id
-    outcome = relay().stores.dead.replay(ref)
+    dead = relay().stores.dead
+    ref = dead.resolve(message_id)
+    outcome = dead.replay(ref)
     if outcome != "replayed":
         status, text = _REPLAY_REFUSED[outcome]
         return jsonify(replayed=0, error=text.format(ref=ref), reason=outcome), status
@@ -198,9 +198,9 @@ def replay_all() -> Response:
 
 @bp.post("/api/dead-letters/<path:message_id>/discard")
 def discard_one(message_id: str) -> tuple[Response, int]:
-    found = find_message(message_id)
-    ref = found[0] if found else message_id
-    if not relay().stores.dead.discard([ref]):
+    dead = relay().stores.dead
+    ref = dead.resolve(message_id)
+    if not dead.discard([ref]):
         return jsonify(discarded=0, error=f"No dead letter {ref!r}."), 404
     return jsonify(discarded=1), 200
 
@@ -220,8 +220,7 @@ def discard_many() -> tuple[Response, int]:
     refs = body.get("refs")
     if not isinstance(refs, list) or not all(isinstance(r, str) for r in refs):
         return jsonify(error='Expected {"refs": [...]} or {"all": true}.'), 400
-    resolved = [found[0] if (found := find_message(r)) else r for r in refs]
-    return jsonify(discarded=dead.discard(resolved)), 200
+    return jsonify(discarded=dead.discard([dead.resolve(r) for r in refs])), 200
 
 
 def openapi_document() -> dict[str, Any]:

@@ -171,7 +171,7 @@ def dead_replay(refs: tuple[str, ...], replay_all: bool) -> None:
         return
     failed = False
     for ref in refs:
-        outcome = stores.dead.replay(_resolve(stores, ref))
+        outcome = stores.dead.replay(stores.dead.resolve(ref))
         failed |= outcome != "replayed"
         click.echo(f"{ref}: {_REPLAY_TEXT.get(outcome, outcome)}")
     if failed:
@@ -201,24 +201,11 @@ def dead_discard(refs: tuple[str, ...], discard_all: bool, older_than: str | Non
         seconds = _duration(older_than) if older_than else None
         click.echo(f"discarded {stores.dead.discard_all(seconds)} dead letter(s)")
         return
-    missing = [ref for ref in refs if not stores.dead.discard([_resolve(stores, ref)])]
+    missing = [ref for ref in refs if not stores.dead.discard([stores.dead.resolve(ref)])]
     click.echo(f"discarded {len(refs) - len(missing)} dead letter(s)")
     if missing:
         click.echo(f"no such dead letter: {', '.join(missing)}")
         sys.exit(1)
-
-
-def _resolve(stores: Any, text: str) -> str:
-    """A ref as given, or the ref of a dead letter whose messageId is ``text``."""
-    from worker import keys
-    from worker.events import split_ref
-
-    if split_ref(text)[0]:
-        return text
-    for ref in stores.redis.zrange(keys.DEAD_INDEX, 0, -1):
-        if split_ref(ref)[1] == text:
-            return str(ref)
-    return text
 
 
 def _duration(text: str) -> float:

@@ -24,6 +24,7 @@ from tests.conftest import ADMIN_TOKEN, ROOT, SOURCE, basic, ref, settings_for
 from tests.factories import accept, make_event, queued_refs, stores_for
 from tests.harness import Clock, Relay, make_relay
 from worker import keys
+from worker.events import WEBHOOK_SOURCE, make_ref
 from worker.promoter import Call
 from worker.settings import load
 from worker.stores import Stores, build_stores
@@ -453,6 +454,23 @@ def test_replay_one_queues_it_again(client: FlaskClient, stores: Stores, redis_c
     assert again["reason"] == "missing"
     assert again["replayed"] == 0
     assert api(client, "stats")["replayed"] == 1
+
+
+def test_a_bare_message_id_names_the_dead_letter_even_when_another_source_has_that_id(
+    client: FlaskClient, stores: Stores, redis_client: redis.Redis
+) -> None:
+    """The same messageId from the webhook (delivered) and from a write key (dead): replay and discard
+    by the bare id act on the dead letter, as the CLI does."""
+    accept(stores, make_event("twin", source=WEBHOOK_SOURCE))
+    redis_client.hset(keys.message(make_ref(WEBHOOK_SOURCE, "twin")), "state", "delivered")
+    dead_track(stores, "twin")
+    assert api(client, "dead-letters/twin/replay", "POST") == {"replayed": 1}
+    assert redis_client.hget(keys.message(ref("twin")), "state") == "received"
+    dead_track(stores, "twin-2")
+    accept(stores, make_event("twin-2", source=WEBHOOK_SOURCE))
+    assert api(client, "dead-letters/twin-2/discard", "POST") == {"discarded": 1}
+    assert api(client, "dead-letters/discard", "POST", json={"refs": ["twin-2"]}) == {"discarded": 0}
+    assert stores.dead.count() == 0
 
 
 def test_replay_of_an_unknown_ref_is_404(client: FlaskClient) -> None:

@@ -18,6 +18,7 @@ from typing import Any, cast
 import redis
 
 from worker import keys
+from worker.events import split_ref
 from worker.ledger import event_of
 from worker.scripts import Lua, encode
 
@@ -50,6 +51,17 @@ class DeadLetters:
     def get(self, ref: str) -> dict[str, Any] | None:
         raw = self.client.hget(keys.DEAD, ref)
         return self._public(json.loads(raw)) if raw else None
+
+    def resolve(self, text: str) -> str:
+        """A ref as given, or the ref of the dead letter whose messageId is ``text`` (any source, also
+        a write key since removed); ``text`` itself when there is none. An operator's lookup: it
+        reads the index, which ``DEAD_LETTER_MAX`` bounds."""
+        if split_ref(text)[0]:
+            return text
+        for ref in cast(list[str], self.client.zrange(keys.DEAD_INDEX, 0, -1)):
+            if split_ref(ref)[1] == text:
+                return ref
+        return text
 
     def list(self, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
         refs = cast(list[str], self.client.zrevrange(keys.DEAD_INDEX, offset, offset + limit - 1))
