@@ -17,7 +17,9 @@ from tests.conftest import ref
 from tests.factories import make_event
 from tests.harness import Relay, make_relay
 from worker import keys
+from worker.promoter import classify
 from worker.states import State
+from worker.tasks import Attempt
 
 
 def identify(message_id: str, user: str = "u1", **traits: Any) -> Any:
@@ -121,3 +123,23 @@ def test_a_survey_promoter_refuses_is_a_dead_letter_and_the_contact_stays_known(
     relay.drain()
     assert relay.state(ref("nps-2")) == State.DELIVERED, "the next survey goes out, not held"
     assert [s["contact"]["email"] for s in relay.surveys()] == ["u1@example.com"]
+
+
+def test_an_ineligible_answer_to_a_contact_update_is_promoters_refusal_not_an_internal_error(
+    relay: Relay,
+) -> None:
+    """ "Not eligible" is a survey outcome; should Promoter ever answer it to a contact update, the
+    message is a dead letter with Promoter's answer like any other refusal."""
+    body = '{"non_field_errors": ["Contact is not eligible for survey."]}'
+    relay.send(identify("i", email="u1@example.com"))
+    relay.redis.delete("relay", "relay.low")
+    start = relay.stores.ledger.begin(ref("i"))
+    error = classify(400, {}, body)
+    assert error is not None
+    state = Attempt(ref("i"), start, relay.runtime, {}).failed(error)
+    assert state == State.DEAD
+    reason = dead_reason(relay, "i")
+    assert reason.startswith("Promoter rejected it: HTTP 400"), reason
+    letter = relay.stores.dead.get(ref("i"))
+    assert letter is not None
+    assert letter["last_response"] == body

@@ -99,12 +99,13 @@ class ThrottledError(TransientError):
         self.retry_after = retry_after
 
 
-class IneligibleError(PromoterError):
-    """Promoter chose not to survey this contact (surveyed recently, unsubscribed...): a final outcome."""
-
-
 class PermanentError(PromoterError):
     """The request, our configuration or the answer is wrong: repeating it cannot help."""
+
+
+class IneligibleError(PermanentError):
+    """Promoter chose not to survey this contact (surveyed recently, unsubscribed...): a final outcome
+    of a survey; to any other call, a refusal like the rest."""
 
 
 def _header(headers: Mapping[str, str], name: str) -> str:
