@@ -8,7 +8,6 @@ by ``/admin/api/openapi.json``.
 
 from __future__ import annotations
 
-import json
 from importlib import resources
 from typing import Any
 
@@ -221,8 +220,3 @@ def discard_many() -> tuple[Response, int]:
     if not isinstance(refs, list) or not all(isinstance(r, str) for r in refs):
         return jsonify(error='Expected {"refs": [...]} or {"all": true}.'), 400
     return jsonify(discarded=dead.discard([dead.resolve(r) for r in refs])), 200
-
-
-def openapi_document() -> dict[str, Any]:
-    document: dict[str, Any] = json.loads(resources.files("app").joinpath("openapi.json").read_text("utf-8"))
-    return document

@@ -55,9 +55,9 @@ _CODES = {
 
 @dataclass
 class Sorted:
-    """A request's messages: admitted (with their index in the request) and refused with field errors."""
+    """A request's messages: admitted, and refused with field errors."""
 
-    admitted: list[tuple[int, Admission]] = field(default_factory=list)
+    admitted: list[Admission] = field(default_factory=list)
     refused: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -231,14 +231,13 @@ def _batch(
     return jsonify(success=True, **counts), 200
 
 
-def _accept(admitted: list[tuple[int, Admission]]) -> list[str]:
+def _accept(admissions: list[Admission]) -> list[str]:
     """Store and queue (one Lua step), then log it.
 
     A single message gets one INFO line with its ref and task id. A batch gets one INFO line naming
     every message it queued (a message's first task id is its ref, so the refs name both), and a line
     per message at DEBUG: writing a log line costs about as much CPU as validating the message.
     """
-    admissions = [admission for _, admission in admitted]
     tasks = relay().stores.ledger.accept(admissions)
     if len(admissions) == 1:
         _log_one(log.info, admissions[0], tasks[0])
@@ -293,7 +292,7 @@ def _sort(
         item = _merge(raw, shared)
         try:
             message = _load(item, kind, check_size=check_sizes and kind is None)
-            result.admitted.append((index, admission_of(message, source, settings, webhook=webhook, now=now)))
+            result.admitted.append(admission_of(message, source, settings, webhook=webhook, now=now))
         except ValidationError as error:
             result.refused.append({"index": index, "errors": _errors(error)})
             log.info(

@@ -43,8 +43,8 @@ class RelayCollector(Collector):
             "Events received by ingest, by type and result",
             labels=["type", "result"],
         )
-        for result, group in (("accepted", "accepted"), ("duplicate", "duplicate"), ("rejected", "rejected")):
-            for kind, count in sorted(snap[group].items()):
+        for result in ("accepted", "duplicate", "rejected"):
+            for kind, count in sorted(snap[result].items()):
                 received.add_metric([kind, result], count)
         yield received
         yield _counter(

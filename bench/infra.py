@@ -224,7 +224,6 @@ def purge(client: redis.Redis, *queues: str) -> None:
 
     names = [*queues, *(f"{queue}.control" for queue in queues), *KOMBU_KEYS]
     names += [f"{queue}.low" for queue in queues]
-    names += [keys.SCHEDULE, keys.PAUSE, keys.RATE]
-    # relay:pending, where the worker has it, would re-queue purged messages after the visibility timeout.
-    pending = getattr(keys, "PENDING", None)
-    client.delete(*names, *([pending] if pending else []))
+    # relay:pending would re-queue purged messages after the visibility timeout.
+    names += [keys.SCHEDULE, keys.PAUSE, keys.RATE, keys.PENDING]
+    client.delete(*names)

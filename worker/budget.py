@@ -18,8 +18,6 @@ import redis
 from worker import keys
 from worker.scripts import Lua
 
-HIGH, LOW = "high", "low"
-
 
 class Budget:
     def __init__(
@@ -27,15 +25,13 @@ class Budget:
         client: redis.Redis,
         *,
         lua: Lua,
-        daily_limit: int | None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.client = client
         self.lua = lua
-        self.daily_limit = daily_limit
         self.clock = clock
 
-    def wait_seconds(self, priority: str = HIGH) -> tuple[float, str]:
+    def wait_seconds(self, priority: str = "high") -> tuple[float, str]:
         """Take one request slot if free now (``(0, "")``); otherwise how long until one may be, and why."""
         answer = self.lua.acquire(priority)
         if answer == 0:

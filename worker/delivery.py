@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -95,7 +95,6 @@ class Outcome:
 
     state: str
     detail: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _iso(epoch: float) -> str:

@@ -21,7 +21,6 @@ import redis
 from worker import keys
 from worker.scripts import Lua
 
-NEVER_IDENTIFIED = "never identified"
 BATCH = 200
 
 

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
-CONTEXT_FIELDS = ("message_id", "task_id", "event_type")
+CONTEXT_FIELDS = ("message_id", "task_id")
 _CELERY_PER_TASK = ("celery.app.trace", "celery.worker.strategy", "celery.beat")
 
 

@@ -23,7 +23,7 @@ import redis
 
 from worker import keys
 from worker.mapping import Order
-from worker.promoter import Call
+from worker.promoter import NO_CALL, Call
 from worker.scripts import Lua, encode
 
 
@@ -202,9 +202,7 @@ class People:
     ) -> None:
         """``transient``, ``uncertain`` (quarantine ``seconds``), ``wait`` (keep the lease ``seconds``)
         or ``permanent`` (the messages it carried, and a never-known person's holds, die)."""
-        self.lua.failed(
-            plan.pid, holder, plan.rev, how, reason, response, "", seconds, *(call or Call("", "", 0)).args()
-        )
+        self.lua.failed(plan.pid, holder, plan.rev, how, reason, response, seconds, *(call or NO_CALL).args())
 
     def resume(self, plan: SyncPlan, holder: str, priority: str) -> SyncPlan | None:
         """After a wait for budget: the newest state to send (None if the lease went to another)."""
@@ -217,7 +215,7 @@ class People:
     def settle_survey(
         self, ref: str, outcome: str, detail: str, email: str, campaign: int, call: Call | None = None
     ) -> None:
-        self.lua.settle_survey(ref, outcome, detail, email, campaign, *(call or Call("", "", 0)).args())
+        self.lua.settle_survey(ref, outcome, detail, email, campaign, *(call or NO_CALL).args())
 
     def person_of(self, identity: str) -> dict[str, Any] | None:
         """A person as the admin API shows it: contact as merged, as Promoter has it, orders."""

@@ -68,7 +68,6 @@ def constants(settings: Settings) -> str:
         "local FINAL = {" + ", ".join(f"{state} = true" for state in sorted(FINAL)) + "}",
         f"local KEY = {_lua(_GLOBAL_KEYS)}",
         f"local QUEUE = {_lua({'high': settings.queue_name, 'low': settings.low_queue})}",
-        f"local TASKS = {_lua(taskmessages.TASK_FOR_TYPE)}",
         "local TASKS_JSON = "
         + _lua({kind: json.dumps(name) for kind, name in taskmessages.TASK_FOR_TYPE.items()}),
         f"local TASK_TEMPLATE = {_lua(taskmessages.TEMPLATE)}",

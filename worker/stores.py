@@ -36,7 +36,6 @@ def redis_client(settings: Settings, *, timeout: float) -> redis.Redis:
 
 @dataclass(frozen=True)
 class Stores:
-    settings: Settings
     redis: redis.Redis
     ledger: Ledger
     people: People
@@ -60,7 +59,6 @@ def build_stores(
         return Lua(client, owner, settings, clock)
 
     return Stores(
-        settings=settings,
         redis=client,
         ledger=Ledger(client, lua=lua("ledger")),
         people=People(client, lua=lua("people"), lease_seconds=settings.survey_lease_seconds),
@@ -80,7 +78,7 @@ def build_stores(
             cap=settings.dead_letter_max,
             clock=clock,
         ),
-        budget=Budget(client, lua=lua("budget"), daily_limit=settings.promoter_daily_limit, clock=clock),
+        budget=Budget(client, lua=lua("budget"), clock=clock),
         reconciler=Reconciler(
             client,
             lua=lua("reconcile"),

@@ -21,7 +21,6 @@ IDENTIFY_TASK = "relay.identify"
 TRACK_TASK = "relay.track"
 ALIAS_TASK = "relay.alias"
 TASK_FOR_TYPE = {"identify": IDENTIFY_TASK, "track": TRACK_TASK, "alias": ALIAS_TASK}
-ORIGIN = "promoter-relay"
 
 # Slots, in the order ``string.format`` fills them (JSON strings arrive already encoded).
 _SLOTS = ("BODY", "TASK", "ID", "QUEUE")

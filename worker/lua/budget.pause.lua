@@ -3,6 +3,5 @@ local current = tonumber(redis.call('GET', KEY.pause) or '0')
 local until_ms = tonumber(ARGV[2])
 if until_ms > current then
   redis.call('SET', KEY.pause, until_ms, 'PX', math.ceil(until_ms - NOW * 1000) + 1000)
-  count('paused')
 end
 return 1

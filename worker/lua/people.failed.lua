@@ -1,13 +1,13 @@
 -- A contact update did not go through. ARGV[2] person, [3] holder ref, [4] revision sent,
 -- [5] how: 'transient' (lease released, the holder retries), 'uncertain' (it may still land:
--- Promoter's copy is no longer trusted and nobody sends for ``[9]`` seconds, so a stalled request
--- cannot land after a newer one), 'wait' (the holder keeps the lease for ``[9]`` seconds while it waits
+-- Promoter's copy is no longer trusted and nobody sends for ``[8]`` seconds, so a stalled request
+-- cannot land after a newer one), 'wait' (the holder keeps the lease for ``[8]`` seconds while it waits
 -- for budget), 'permanent' (Promoter refused it: the messages it carried become dead letters, and so
 -- does everything held for a person Promoter never accepted), [6] reason, [7] Promoter's answer,
--- [8] unused, [9] seconds, [10..12] the call: endpoint, status, seconds.
+-- [8] seconds, [9..11] the call: endpoint, status, seconds.
 local holder, rev, how, reason, response = ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[6], ARGV[7]
-local seconds = tonumber(ARGV[9])
-observe(ARGV[10], ARGV[11], ARGV[12])
+local seconds = tonumber(ARGV[8])
+observe(ARGV[9], ARGV[10], ARGV[11])
 local pid = live_person(ARGV[2])
 if not pid then return 0 end
 local person = key_person(pid)
