@@ -10,7 +10,7 @@ from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
 from worker import logs
-from worker.settings import SettingsError, load, production_problems
+from worker.settings import load, load_for_service
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
@@ -23,11 +23,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     overrides = dict(test_config or {})
     testing = bool(overrides.pop("TESTING", False))
     app.config.update(TESTING=testing, MAX_CONTENT_LENGTH=None, JSON_SORT_KEYS=False)
-    settings = load(os.environ, **overrides)
+    settings = (load if testing else load_for_service)(os.environ, **overrides)
     if not testing:
         logs.configure(settings.log_format, settings.log_level)
-        if problems := production_problems(settings):
-            raise SettingsError("refusing to start with unsafe settings: " + "; ".join(problems))
     app.extensions["relay"] = connect(settings)
     if settings.segment_signature_only_batches_unsafe:
         app.logger.warning(

@@ -17,8 +17,7 @@ from flask import Blueprint, Response, jsonify, render_template, request
 from app import records
 from app.auth import bearer_matches
 from app.relay import relay
-from worker import keys
-from worker.events import WEBHOOK_SOURCE, anonymous_identity, source_of_key, split_ref, user_identity
+from worker.events import WEBHOOK_SOURCE, anonymous_identity, split_ref, user_identity
 from worker.scripts import RECENT_LIMIT
 from worker.stats import snapshot
 
@@ -58,7 +57,7 @@ def candidate_refs(text: str) -> list[str]:
     source, _ = split_ref(text)
     if source:
         return [text]
-    sources = [WEBHOOK_SOURCE, *(source_of_key(key) for key in relay().settings.segment_write_keys)]
+    sources = [WEBHOOK_SOURCE, *relay().sources.values()]
     return [f"{name}:{text}" for name in sources]
 
 
@@ -141,7 +140,8 @@ def user(user_id: str) -> Response:
     stores = relay().stores
     person = records.person(stores.people.person_of(identity))
     items = stores.holds.held_messages(identity)
-    held = [records.held(item, found) for item, found in zip(items, _status_records(items), strict=True)]
+    found = stores.ledger.records([item["ref"] for item in items])
+    held = [records.held(item, record) for item, record in zip(items, found, strict=True)]
     return jsonify(
         identity=identity,
         known=bool(person and person["known_to_promoter"]),
@@ -149,14 +149,6 @@ def user(user_id: str) -> Response:
         held=held,
         held_count=stores.holds.held_count(identity),
     )
-
-
-def _status_records(items: list[dict[str, str]]) -> list[dict[str, Any]]:
-    pipe = relay().stores.redis.pipeline(transaction=False)
-    for item in items:
-        pipe.hgetall(keys.message(item["ref"]))
-    found: list[dict[str, Any]] = pipe.execute() if items else []
-    return found
 
 
 @bp.get("/api/dead-letters")

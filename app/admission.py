@@ -16,7 +16,7 @@ from marshmallow import ValidationError
 
 from app.schemas import promoter_enabled, to_event
 from worker import mapping
-from worker.events import DELIVERED_TYPES, Event, track_work
+from worker.events import DELIVERED_TYPES, Event, parse_iso, track_work
 from worker.ledger import Admission
 from worker.settings import Settings
 from worker.states import State
@@ -48,7 +48,7 @@ def within_replay_window(message: dict[str, Any], window_seconds: int, now: date
     received = message.get("receivedAt")
     if not received:
         return
-    if now - datetime.fromisoformat(received.replace("Z", "+00:00")) > timedelta(seconds=window_seconds):
+    if now - parse_iso(received) > timedelta(seconds=window_seconds):
         hours = window_seconds // 3600
         raise ValidationError(
             {"receivedAt": [f"Older than the {hours} h replay window; refused as a replay."]}

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from worker.events import split_ref
+from worker.events import iso, parse_iso, split_ref
 
 _TIMES = ("received", "updated", "since", "at", "survey_unknown_at", "survey_started", "held_at")
 _NUMBERS = ("attempts",)
@@ -23,7 +23,7 @@ def when(value: Any) -> str | None:
     if value in (None, "") or isinstance(value, bool):
         return None
     moment = _from_epoch(value) or _from_iso(value)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z") if moment else None
+    return iso(moment) if moment else None
 
 
 def _from_epoch(value: Any) -> datetime | None:
@@ -37,7 +37,7 @@ def _from_iso(value: Any) -> datetime | None:
     if not isinstance(value, str):
         return None
     try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        moment = parse_iso(value)
     except ValueError:
         return None
     return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)

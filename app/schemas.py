@@ -23,7 +23,7 @@ from marshmallow import (
     validates_schema,
 )
 
-from worker.events import Event, make_ref
+from worker.events import Event, iso, make_ref, parse_iso
 
 MESSAGE_TYPES = ("identify", "track", "page", "screen", "group", "alias")
 SHORT_TYPES = {"i": "identify", "t": "track", "p": "page", "s": "screen", "g": "group", "a": "alias"}
@@ -224,20 +224,11 @@ def event_time(message: dict[str, Any], received: datetime, corrected: bool) -> 
     sent = message.get("sentAt")
     if corrected and sent:
         try:
-            return iso(min(received - (_parse(sent) - _parse(stamp)), received))
+            return iso(min(received - (parse_iso(sent) - parse_iso(stamp)), received))
         except OverflowError:
             pass  # a skew that leaves the calendar cannot be applied: the timestamp as sent
     # The schema wrote both in one spelling (UTC, milliseconds, Z): they compare as text.
     return min(str(stamp), received_text)
-
-
-def _parse(stamp: str) -> datetime:
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-
-
-def iso(moment: datetime) -> str:
-    """One spelling for every timestamp the relay writes: UTC, milliseconds, ``Z``."""
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def to_event(message: dict[str, Any], source: str, received: datetime, corrected: bool) -> Event:

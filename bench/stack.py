@@ -15,15 +15,17 @@ import requests
 
 from bench.infra import PY, Proc, Procs, base_env, configure_sandbox
 from bench.load import auth_header
+from worker import events
+from worker.states import FINAL, State
 
 ADMIN_TOKEN = "bench-admin-token-0123456789abcdef"  # noqa: S105 - a throwaway token of the bench's own relay
 WORKER_THREADS = 32  # docker-compose.yml's worker
-FINAL_STATES = ("delivered", "ineligible", "skipped", "dead")
+FINAL_STATES = tuple(state.value for state in State if state in FINAL)
 JSON = dict[str, Any]
 
 
 def iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return events.iso(datetime.fromtimestamp(epoch, UTC))
 
 
 def outstanding(stats: JSON) -> int:

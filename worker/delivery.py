@@ -23,10 +23,11 @@ from typing import Any
 
 from worker import mapping
 from worker.events import (
-    ORDER_EVENTS,
     Event,
     anonymous_identity,
     identities,
+    iso,
+    track_work,
     user_identity,
     version,
 )
@@ -95,10 +96,6 @@ class Outcome:
 
     state: str
     detail: str = ""
-
-
-def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def priority(start: Start, rt: Runtime) -> str:
@@ -187,13 +184,11 @@ def _wait_for_budget(plan: SyncPlan, ref: str, level: str, rt: Runtime) -> SyncP
 
 
 def track(event: Event, start: Start, rt: Runtime) -> Outcome:
-    name = event.get("event") or ""
-    properties = event.get("properties") or {}
+    survey, is_order = track_work(event.get("event") or "", rt.settings.survey_events)
     order = None
-    if name in ORDER_EVENTS:
-        found = mapping.order_of(properties, event["messageId"], event["timestamp"])
+    if is_order:
+        found = mapping.order_of(event.get("properties") or {}, event["messageId"], event["timestamp"])
         order = (found, int(version(event).split("|", 1)[0]))
-    survey = rt.settings.is_survey_event(name)
     campaign = event.get("campaignId") or rt.settings.promoter_campaign_id
     if survey and campaign is None:
         raise ConfigurationError("no campaign: set PROMOTER_CAMPAIGN_ID or integrations.Promoter.campaign")
@@ -243,7 +238,7 @@ def _settled_claim(
     if claim.outcome == "unknown":
         evidence: dict[str, Any] = {"attempts": start.attempts, "noticed_by": WORKER}
         if claim.started:
-            evidence["call_started"] = _iso(claim.started)
+            evidence["call_started"] = iso(datetime.fromtimestamp(claim.started, UTC))
         raise OutcomeUnknown(claim.cause, evidence)
     return claim
 
@@ -256,7 +251,7 @@ def _call_survey(event: Event, start: Start, claim: SurveyClaim, campaign: int, 
         event.get("properties") or {},
         event.get("event") or "",
     )
-    started = _iso(rt.clock())
+    started = iso(datetime.fromtimestamp(rt.clock(), UTC))
     try:
         reply = rt.promoter.survey(body)
     except IneligibleError as error:

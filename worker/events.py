@@ -14,7 +14,7 @@ reorderings of ``SEGMENT_WRITE_KEYS``, and not the key itself.
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal, NotRequired, TypedDict, cast
 
 EventType = Literal["identify", "track", "page", "screen", "group", "alias"]
@@ -111,7 +111,17 @@ def primary_identity(event: Event) -> str:
     return identities(event)[0]
 
 
+def iso(moment: datetime) -> str:
+    """One spelling for every timestamp the relay writes: UTC, milliseconds, ``Z``."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_iso(text: str) -> datetime:
+    """An ISO-8601 time as Segment and the relay write it (``Z`` or an offset)."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
 def version(event: Event) -> str:
     """Orders every write to a person: event time in ms, then the ref, so replays and ties agree."""
-    moment = datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00"))
+    moment = parse_iso(event["timestamp"])
     return f"{max(0, int(moment.timestamp() * 1000)):015d}|{event['ref']}"

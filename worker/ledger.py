@@ -118,10 +118,18 @@ class Ledger:
 
     def recent(self, limit: int) -> list[dict[str, str]]:
         refs = cast(list[str], self.client.lrange(keys.RECENT, 0, limit - 1))
+        found = self.records(refs)
+        return [{"ref": ref, **record} for ref, record in zip(refs, found, strict=True) if record]
+
+    def records(self, refs: list[str]) -> list[dict[str, str]]:
+        """The status records of ``refs`` in one round trip, ``{}`` for those that are gone."""
+        if not refs:
+            return []
         pipe = self.client.pipeline(transaction=False)
         for ref in refs:
             pipe.hgetall(keys.message(ref))
-        return [{"ref": ref, **record} for ref, record in zip(refs, pipe.execute(), strict=True) if record]
+        found: list[dict[str, str]] = pipe.execute()
+        return found
 
     def event(self, ref: str) -> Event | None:
         return event_of(self.client, ref)

@@ -66,9 +66,6 @@ class Settings:
     queue_name: str = "relay"
     environment: str = "production"
 
-    def is_survey_event(self, event: str) -> bool:
-        return not self.survey_events or event in self.survey_events
-
     @property
     def low_queue(self) -> str:
         return f"{self.queue_name}.low"
@@ -289,9 +286,9 @@ def production_problems(settings: Settings) -> list[str]:
     return problems
 
 
-def load_for_service(environ: Mapping[str, str] | None = None) -> Settings:
+def load_for_service(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
     """``load`` plus the production checks, for the API, worker and beat entry points."""
-    settings = load(environ)
+    settings = load(environ, **overrides)
     problems = production_problems(settings)
     if problems:
         raise SettingsError(

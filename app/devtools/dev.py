@@ -21,7 +21,7 @@ from typing import Any
 import click
 
 from app.devtools.processes import Children, EmbeddedRedis, free_port, port_in_use, wait_for_port
-from worker.settings import SettingsError, load, production_problems
+from worker.settings import SettingsError, load_for_service
 
 DEV_WRITE_KEY = "dev-write-key"
 DEV_ADMIN_TOKEN = "dev-admin-token"  # noqa: S105 - printed on purpose, dev only
@@ -104,11 +104,9 @@ def _check(env: dict[str, str]) -> None:
     env.setdefault("SEGMENT_WRITE_KEYS", DEV_WRITE_KEY)
     env.setdefault("ADMIN_TOKEN", DEV_ADMIN_TOKEN)
     try:
-        settings = load(env)
+        load_for_service(env)
     except SettingsError as error:
         raise click.ClickException(str(error)) from None
-    if problems := production_problems(settings):
-        raise click.ClickException("; ".join(problems))
 
 
 def _start_relay(children: Children, env: dict[str, str], port: int, workers: int, data_dir: Path) -> None:
