@@ -127,7 +127,7 @@ def message(message_id: str) -> Response | tuple[Response, int]:
     dead = stores.dead.get(ref)
     return jsonify(
         message=records.message(record),
-        event=stores.ledger.event(ref),
+        event=dead["event"] if dead else stores.ledger.event(ref),
         dead_letter=records.dead_letter(dead) if dead else None,
     )
 

@@ -19,6 +19,7 @@ from marshmallow import ValidationError
 
 from app.admission import admission_of
 from app.auth import header_write_key, key_matches, signature_matches
+from app.fastpath import load_message
 from app.payload import (
     MAX_BATCH_EVENTS,
     MAX_EVENT_BYTES,
@@ -29,7 +30,7 @@ from app.payload import (
     read_body,
 )
 from app.relay import relay
-from app.schemas import MESSAGE_TYPES, SHORT_TYPES, load_message
+from app.schemas import MESSAGE_TYPES, SHORT_TYPES
 from worker import keys
 from worker.events import WEBHOOK_SOURCE
 from worker.ledger import Admission
@@ -192,7 +193,7 @@ def _single(
     # A body within the per-event limit cannot hold a bigger event: no need to measure it.
     if body_bytes > MAX_EVENT_BYTES and isinstance(document, dict) and event_size(document) > MAX_EVENT_BYTES:
         raise PayloadError(413, {"_request": [f"Event exceeds {MAX_EVENT_BYTES} bytes."]})
-    sorted_ = _sort([document], kind, {}, source, webhook=webhook)
+    sorted_ = _sort([document], kind, {}, source, webhook=webhook, check_sizes=False)
     if sorted_.refused:
         _count_rejected([{"type": kind} if kind else document], sorted_)
         return failure(400, sorted_.refused[0]["errors"])
@@ -266,7 +267,7 @@ def _log_one(write: Any, admission: Admission, task: str) -> None:
 
 def _merge(item: Any, shared: dict[str, Any]) -> Any:
     """Batch-level context/integrations apply to every item; the item's own values win."""
-    if not isinstance(item, dict):
+    if not shared or not isinstance(item, dict):
         return item
     merged = dict(item)
     for name, value in shared.items():

@@ -257,22 +257,6 @@ def to_event(message: dict[str, Any], source: str, received: datetime, corrected
 _schema = MessageSchema()
 
 
-def load_message(raw: Any, default_type: str | None = None) -> dict[str, Any]:
-    """Validate one raw message; raises ``ValidationError`` with field-level messages.
-
-    Plain messages take ``fastpath`` (the same result, proven by tests); the schema has the last word
-    on everything else, and writes every error."""
-    from app.fastpath import fast_load
-
-    result = fast_load(raw, default_type, _schema)
-    if result is None:
-        result = schema_load(raw, default_type)
-    if not result.get("messageId"):
-        # Typed as the endpoint types it: the same message sent alone or in a batch is one message.
-        result["messageId"] = derived_message_id({**raw, "type": result["type"]})
-    return result
-
-
 def schema_load(raw: Any, default_type: str | None = None) -> dict[str, Any]:
     """marshmallow alone (the schema of record)."""
     if not isinstance(raw, dict):

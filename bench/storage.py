@@ -20,7 +20,7 @@ from typing import Any
 import redis
 
 from app.admission import admission_of
-from app.schemas import load_message
+from app.fastpath import load_message
 from worker import taskmessages
 from worker.events import Event, make_ref, source_of_key
 from worker.ledger import Admission

@@ -19,7 +19,7 @@ import redis
 
 from worker import keys
 from worker.events import split_ref
-from worker.ledger import event_of
+from worker.ledger import event_of, events_of
 from worker.scripts import Lua, encode
 
 BATCH = 500
@@ -67,8 +67,9 @@ class DeadLetters:
         refs = cast(list[str], self.client.zrevrange(keys.DEAD_INDEX, offset, offset + limit - 1))
         if not refs:
             return []
-        raws = self.client.hmget(keys.DEAD, refs)
-        return [self._public(json.loads(raw)) for raw in raws if raw]
+        records = [json.loads(raw) for raw in self.client.hmget(keys.DEAD, refs) if raw]
+        found = events_of(self.client, [record["id"] for record in records])
+        return [{**record, "event": event} for record, event in zip(records, found, strict=True)]
 
     def _public(self, record: dict[str, Any]) -> dict[str, Any]:
         return {**record, "event": event_of(self.client, record["id"])}

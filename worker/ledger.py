@@ -137,8 +137,18 @@ class Ledger:
 
 def event_of(client: redis.Redis, ref: str) -> Event | None:
     """The stored event of ``ref``, whole (None once it is gone)."""
+    (event,) = events_of(client, [ref])
+    return event
+
+
+def events_of(client: redis.Redis, refs: list[str]) -> list[Event | None]:
+    """The stored events of ``refs`` in one round trip."""
     pipe = client.pipeline(transaction=False)
-    pipe.get(keys.event(ref))
-    pipe.hmget(keys.message(ref), "type", "event")
-    raw, (kind, name) = pipe.execute()
-    return loaded(ref, json.loads(raw), kind, name) if raw and kind else None
+    for ref in refs:
+        pipe.get(keys.event(ref))
+        pipe.hmget(keys.message(ref), "type", "event")
+    answers = pipe.execute() if refs else []
+    found: list[Event | None] = []
+    for ref, raw, (kind, name) in zip(refs, answers[::2], answers[1::2], strict=True):
+        found.append(loaded(ref, json.loads(raw), kind, name) if raw and kind else None)
+    return found

@@ -12,22 +12,16 @@ local pid = live_person(ARGV[2])
 if not pid then return 0 end
 local person = key_person(pid)
 local mine = lease_holder(person) == holder
-if how == 'uncertain' then
-  redis.call('HSET', person, 'synced_fp', '')
-  if mine then redis.call('HSET', person, 'lease', holder .. '|' .. (NOW + seconds)) end
-  return 1
-end
-if how == 'wait' then
-  if mine then redis.call('HSET', person, 'lease', holder .. '|' .. (NOW + seconds)) end
+if how == 'uncertain' or how == 'wait' then
+  if how == 'uncertain' then redis.call('HSET', person, 'synced_fp', '') end
+  if mine then take_lease(person, holder, seconds) end
   return 1
 end
 if mine then redis.call('HDEL', person, 'lease') end
 if how ~= 'permanent' then return 1 end
 
-local waiting = key_person_waiting(pid)
 local refused = 'Promoter refused the contact update of ' .. holder .. ': ' .. reason
-for _, ref in ipairs(redis.call('ZRANGEBYSCORE', waiting, '-inf', rev)) do bury(ref, refused, response) end
-redis.call('ZREMRANGEBYSCORE', waiting, '-inf', rev)
+settle_waiting(pid, rev, function(ref) bury(ref, refused, response) end)
 bury(holder, refused, response)
 if not is_synced(pid) then
   local why = 'identify ' .. holder .. ' was refused by Promoter: ' .. reason

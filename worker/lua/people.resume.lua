@@ -7,6 +7,6 @@ if not pid then return cjson.encode({action = 'lost'}) end
 local person = key_person(pid)
 local current = lease_holder(person)
 if current and current ~= holder then return cjson.encode({action = 'lost', holder = current}) end
-redis.call('HSET', person, 'lease', holder .. '|' .. (NOW + lease_seconds))
+take_lease(person, holder, lease_seconds)
 local flat, fp = desired(pid)
 return cjson.encode(sync_plan(pid, tonumber(redis.call('HGET', person, 'rev')), fp, flat, priority))

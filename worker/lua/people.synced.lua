@@ -17,9 +17,8 @@ if rev >= tonumber(redis.call('HGET', person, 'synced_rev') or '-1') then
     's:first_name', ARGV[7], 's:last_name', ARGV[8], 'contact_id', ARGV[9])
   redis.call('HDEL', person, 'refused')
 end
-local waiting = key_person_waiting(pid)
-for _, ref in ipairs(redis.call('ZRANGEBYSCORE', waiting, '-inf', rev)) do finish_sync(ref, holder) end
-redis.call('ZREMRANGEBYSCORE', waiting, '-inf', rev)
+local function carried(ref) finish_sync(ref, holder) end
+settle_waiting(pid, rev, carried)
 finish_sync(holder, holder)
 release_person(pid, 'contact known to Promoter')
 touch_person(pid)
@@ -29,11 +28,10 @@ local current = tonumber(redis.call('HGET', person, 'rev'))
 if mine and current > rev then
   local flat, newest = desired(pid)
   if newest ~= fp then
-    redis.call('HSET', person, 'lease', holder .. '|' .. (NOW + lease_seconds))
+    take_lease(person, holder, lease_seconds)
     return cjson.encode(sync_plan(pid, current, newest, flat, priority))
   end
-  for _, ref in ipairs(redis.call('ZRANGEBYSCORE', waiting, '-inf', current)) do finish_sync(ref, holder) end
-  redis.call('ZREMRANGEBYSCORE', waiting, '-inf', current)
+  settle_waiting(pid, current, carried)
 end
 if mine then redis.call('HDEL', person, 'lease') end
 return cjson.encode({action = 'done'})

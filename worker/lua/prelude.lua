@@ -344,9 +344,7 @@ local function release_person(pid, reason)
   local identities = redis.call('SMEMBERS', key_person_ids(pid))
   local ready = {}
   for _, identity in ipairs(identities) do
-    if redis.call('EXISTS', key_held(identity)) == 1 and barriers_clear({identity}) then
-      ready[#ready + 1] = identity
-    end
+    if redis.call('EXISTS', key_held(identity)) == 1 then ready[#ready + 1] = identity end
   end
   if #ready == 0 or not barriers_clear(identities) then return 0 end
   local released = 0
@@ -466,12 +464,25 @@ end
 
 -- Contact updates --------------------------------------------------------------------------------
 
+-- The lease on a person's contact update: '<holder ref>|<deadline>'; only its holder sends.
 local function lease_holder(person)
   local lease = redis.call('HGET', person, 'lease')
   if not lease then return nil end
   local holder, deadline = string.match(lease, '^(.*)|([^|]*)$')
   if tonumber(deadline) <= NOW then return nil end
   return holder
+end
+
+local function take_lease(person, holder, seconds)
+  redis.call('HSET', person, 'lease', holder .. '|' .. (NOW + seconds))
+end
+
+-- Every message waiting for a contact update up to revision ``rev``: ``settle(ref)`` each, then
+-- they stop waiting.
+local function settle_waiting(pid, rev, settle)
+  local waiting = key_person_waiting(pid)
+  for _, ref in ipairs(redis.call('ZRANGEBYSCORE', waiting, '-inf', rev)) do settle(ref) end
+  redis.call('ZREMRANGEBYSCORE', waiting, '-inf', rev)
 end
 
 -- The plan of a sync: what to send, at which revision, and whether a budget slot was granted.
@@ -512,7 +523,7 @@ local function plan_sync(pid, ref, identity, priority, lease_seconds, force, unc
     set_state(ref, 'received', 'waiting for the contact update carried by ' .. holder)
     return {action = 'coalesced', holder = holder}
   end
-  redis.call('HSET', person, 'lease', ref .. '|' .. (NOW + lease_seconds))
+  take_lease(person, ref, lease_seconds)
   return sync_plan(pid, rev, fp, flat, priority)
 end
 
