@@ -17,6 +17,7 @@ import redis
 import requests
 
 from app.devtools.processes import EmbeddedRedis, free_port
+from app.devtools.sandbox import SandboxControl
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -174,8 +175,9 @@ class Procs:
 
 
 def configure_sandbox(url: str, **fields: Any) -> None:
-    requests.post(f"{url}/_sandbox/config", json=fields, timeout=10).raise_for_status()
-    requests.delete(f"{url}/_sandbox/calls", timeout=10).raise_for_status()
+    control = SandboxControl(url)
+    control.configure(**fields)
+    control.reset()
 
 
 def base_env(redis_url: str, sandbox_url: str = "http://127.0.0.1:9", queue: str = "bench") -> dict[str, str]:

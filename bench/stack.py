@@ -13,6 +13,7 @@ from typing import Any
 
 import requests
 
+from app.devtools.sandbox import SandboxControl
 from bench.infra import PY, Proc, Procs, base_env, configure_sandbox
 from bench.load import auth_header
 from worker import events
@@ -117,16 +118,10 @@ class Stack:
         return stats
 
     def calls(self) -> list[JSON]:
-        answer = requests.get(f"{self.sandbox}/_sandbox/calls", timeout=60)
-        answer.raise_for_status()
-        calls: list[JSON] = answer.json()["calls"]
-        return calls
+        return SandboxControl(self.sandbox, timeout=60).calls()
 
     def contacts(self) -> list[JSON]:
-        answer = requests.get(f"{self.sandbox}/_sandbox/contacts", timeout=60)
-        answer.raise_for_status()
-        contacts: list[JSON] = answer.json()["contacts"]
-        return contacts
+        return SandboxControl(self.sandbox, timeout=60).contacts()
 
     def reset_calls(self) -> None:
         configure_sandbox(self.sandbox, latency_ms=0.0)

@@ -524,11 +524,14 @@ def serve(host: str, port: int, state: SandboxState) -> None:
 class SandboxControl:
     """Drives a sandbox over HTTP, so tests work the same whether it runs in-process or in another process."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, timeout: float = 10.0) -> None:
         self.url = url.rstrip("/")
+        self.timeout = timeout
 
     def _call(self, method: str, route: str, **kwargs: Any) -> JSON:
-        response = requests.request(method, f"{self.url}{CONTROL_PREFIX}{route}", timeout=10, **kwargs)
+        response = requests.request(
+            method, f"{self.url}{CONTROL_PREFIX}{route}", timeout=self.timeout, **kwargs
+        )
         response.raise_for_status()
         payload: JSON = response.json()
         return payload
