@@ -15,15 +15,17 @@ from typing import Any, cast
 
 import redis
 
+from app.admission import admit
 from app.devtools.processes import free_port
 from bench import noop_app
 from bench.infra import PY, ROOT, Proc, Procs, base_env, configure_sandbox, purge, wait_http
 from bench.load import Loader
 from bench.storage import SETTINGS, sample_events
 from worker import keys, taskmessages
-from worker.events import Event, identities
+from worker.events import Event, identities, version
 from worker.ledger import Admission
-from worker.states import State
+from worker.mapping import contact_body, contact_fields
+from worker.promoter import NO_CALL
 from worker.stores import Stores, build_stores
 
 Runs = dict[str, list[dict[str, Any]]]
@@ -153,13 +155,8 @@ def _stores(client: redis.Redis, queue: str) -> Stores:
 
 
 def _admissions(events: list[Event]) -> list[Admission]:
-    """As ingest admits them: identifies with an email on the contact route, tracks on the high queue."""
-    return [
-        Admission(e, route="contact", compare={"email": e["traits"]["email"]})
-        if e["type"] == "identify"
-        else Admission(e)
-        for e in events
-    ]
+    """As ingest admits them (``app.admission.admit``)."""
+    return [admit(event, True, SETTINGS) for event in events]
 
 
 def _preload(client: redis.Redis, queue: str, pairs: int, task: str | None = None) -> int:
@@ -319,6 +316,21 @@ def _message_keys(event: Event) -> list[str]:
     return [keys.message(event["ref"]), keys.history(event["ref"]), keys.event(event["ref"])]
 
 
+def _person_keys(pid: str, event: Event) -> list[str]:
+    return [keys.person(pid), keys.person_ids(pid), *(keys.identity(i) for i in identities(event))]
+
+
+def _deliver_identify(stores: Stores, event: Event) -> str:
+    """An identify delivered as a worker does it (plan, Promoter accepts, settle); its person's id."""
+    stores.ledger.begin(event["ref"])
+    fields = contact_fields(event["traits"])
+    plan = stores.people.contact_plan(event["ref"], identities(event), fields, version(event), "high")
+    assert plan.sync is not None, plan
+    body = contact_body(plan.sync.fields, ())
+    assert stores.people.synced(plan.sync, event["ref"], body, "1", NO_CALL, "high") is None
+    return plan.sync.pid
+
+
 def memory(ctx: Ctx, count: int = 4000) -> Runs:
     """Redis bytes per item, through the relay's own code paths, ``count`` distinct users (the worst case).
 
@@ -352,18 +364,12 @@ def memory(ctx: Ctx, count: int = 4000) -> Runs:
 
         accept(identifies)
         client.delete(queue)
-        pipe = client.pipeline(transaction=False)
-        for event in identifies:  # what a delivered identify's record keeps for STATUS_TTL_SECONDS
-            pipe.hset(
-                keys.message(event["ref"]), mapping={"state": State.DELIVERED, "detail": "contact upserted"}
-            )
-            pipe.rpush(keys.history(event["ref"]), json.dumps({"at": time.time(), "state": "delivered",
-                                                                 "detail": "contact upserted"}))  # fmt: skip
-            pipe.delete(keys.event(event["ref"]))
-            pipe.zrem(keys.PENDING, event["ref"])
-        pipe.execute()
+        pids = [_deliver_identify(stores, event) for event in identifies]
         m3 = _used_memory(client)
         done_usage = _usage(client, done)
+        person_usage = _usage(
+            client, [k for p, e in zip(pids, identifies, strict=True) for k in _person_keys(p, e)]
+        )
 
         runs["accepted event, queued (status record + event + task message)"].append(
             {"info_bytes": (m1 - m0) / count, "usage_bytes": queued_usage / count}
@@ -371,8 +377,8 @@ def memory(ctx: Ctx, count: int = 4000) -> Runs:
         runs["held track (status record + event + held item)"].append(
             {"info_bytes": (m2 - m0) / count, "usage_bytes": held_usage / count}
         )
-        runs["delivered message (status record kept STATUS_TTL_SECONDS)"].append(
-            {"info_bytes": (m3 - m2) / count, "usage_bytes": done_usage / count}
+        runs["delivered identify (status record kept STATUS_TTL_SECONDS) and its new person"].append(
+            {"info_bytes": (m3 - m2) / count, "usage_bytes": (done_usage + person_usage) / count}
         )
         client.flushdb()
     return runs
