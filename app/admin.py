@@ -98,7 +98,8 @@ def recent_messages() -> Response:
 
 
 def _recent() -> list[dict[str, Any]]:
-    """The most recent status records, each once (a replayed message is pushed on the list again)."""
+    """The most recent status records, each once (a message accepted again after its status record
+    expired is on the list twice)."""
     seen: set[str] = set()
     unique = []
     for record in relay().stores.ledger.recent(RECENT_LIMIT):

@@ -113,8 +113,9 @@ class Attempt:
             return self.bury(
                 f"retry window of {self.rt.settings.retry_window_seconds}s exhausted; last: {reason}"
             )
-        self.rt.stores.schedule.later(self.ref, min(delay, window_end - now), reason)
-        log.info("retrying in %.1fs: %s", delay, reason, extra=self.context)
+        wait = min(delay, window_end - now)
+        self.rt.stores.schedule.later(self.ref, wait, reason)
+        log.info("retrying in %.1fs: %s", wait, reason, extra=self.context)
         return "retrying"
 
     def bury(self, reason: str, response: str = "", evidence: dict[str, Any] | None = None) -> str:
