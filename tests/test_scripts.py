@@ -54,3 +54,32 @@ def test_a_script_reports_its_own_errors_with_its_name(redis_client: redis.Redis
     script = scripts.Script(redis_client, "ledger.begin", Settings(), lambda: 1.0)
     assert script.name == "ledger.begin"
     assert script("no-such-ref") == ["missing", ""]
+
+
+def _defined(text: str) -> set[str]:
+    """Names defined at the top level of a Lua text (functions, tables, constants)."""
+    pattern = r"^(?:local function (\w+)|local (\w+)|(\w+) = function)"
+    return {next(group for group in match if group) for match in re.findall(pattern, text, re.M)}
+
+
+@pytest.mark.parametrize("name", scripts.names())
+def test_a_script_carries_every_prelude_definition_it_reaches(name: str) -> None:
+    whole = scripts.constants(Settings()) + (scripts.LUA_DIR / "prelude.lua").read_text()
+    prelude_names = _defined(whole)
+    rendered = scripts.render(name, Settings())
+    carried = _defined(rendered)
+    code = "\n".join(line.split("--", 1)[0] for line in rendered.splitlines())
+    used = {word for word in re.findall(r"[A-Za-z_]\w*", code) if word in prelude_names}
+    assert used <= carried, f"{name} uses {sorted(used - carried)} without defining them"
+
+
+def test_a_short_script_leaves_out_what_it_never_calls() -> None:
+    whole = len(scripts.constants(Settings()) + (scripts.LUA_DIR / "prelude.lua").read_text())
+    pause = scripts.render("budget.pause", Settings())
+    assert len(pause) < whole / 3
+    assert "local function release_person" not in pause
+    # Reached only through bury -> set_state -> on_final: the forward declaration and its body both come.
+    begin = scripts.render("ledger.begin", Settings())
+    assert "local on_final" in begin
+    assert "on_final = function" in begin
+    assert "local function release_person" in begin

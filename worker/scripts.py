@@ -1,4 +1,5 @@
-"""Loading the Lua scripts: ``worker/lua/<owner>.<name>.lua``, each wrapped with the shared prelude.
+"""Loading the Lua scripts: ``worker/lua/<owner>.<name>.lua``, each wrapped with the part of the
+shared prelude it uses.
 
 Constants the scripts need (states, key formats, TTLs, queue names, the task message template, the
 budget) are generated here from ``State``, ``keys``, ``taskmessages`` and ``Settings``, so a key format
@@ -9,6 +10,7 @@ prelude's functions, and returns through a wrapper that writes the counters it g
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Sequence
 from functools import cache
 from pathlib import Path
@@ -72,7 +74,8 @@ def constants(settings: Settings) -> str:
         + _lua({kind: json.dumps(name) for kind, name in taskmessages.TASK_FOR_TYPE.items()}),
         f"local TASK_TEMPLATE = {_lua(taskmessages.TEMPLATE)}",
         f"local BODY_SUFFIX = {_lua(taskmessages.BODY_SUFFIX)}",
-        f"local HISTORY_LIMIT, RECENT_LIMIT = {HISTORY_LIMIT}, {RECENT_LIMIT}",
+        f"local HISTORY_LIMIT = {HISTORY_LIMIT}",
+        f"local RECENT_LIMIT = {RECENT_LIMIT}",
         f"local LATENCY_BUCKETS = {_lua(list(LATENCY_BUCKETS))}",
         f"local CONTACT_LISTS = {_lua(','.join(map(str, settings.promoter_contact_list_ids)))}",
         "local CONFIG = "
@@ -114,14 +117,57 @@ def _source(name: str) -> str:
 
 
 def render(name: str, settings: Settings) -> str:
-    """The full text of script ``name`` as Redis runs it."""
-    return (
-        constants(settings)
-        + _source("prelude")
-        + "\nlocal function main()\n"
-        + _source(name)
-        + "\nend\nlocal result = main()\nflush_counts()\nreturn result\n"
-    )
+    """The full text of script ``name`` as Redis runs it: the constants and prelude functions it uses
+    (directly or through each other), then its body.
+
+    Redis runs the whole text on every call, so each prelude function a script carries but never
+    calls is a closure built and collected per call: about a quarter of a short script's time
+    (``ledger.begin``: 18.7 µs with the whole prelude, 13.6 µs with its part).
+    """
+    body = f"\nlocal function main()\n{_source(name)}\nend\n{_WRAPPER_END}"
+    definitions = _definitions(constants(settings) + _source("prelude"))
+    wanted = _used_by(body, definitions)
+    return "".join(text for defined, text in definitions if defined in wanted) + body
+
+
+_WRAPPER_END = "local result = main()\nflush_counts()\nreturn result\n"
+
+# A top-level definition: ``local function f(``, ``local X =`` / ``local x`` (forward declaration), or
+# ``x = function(`` (the body of a forward-declared function).
+_DEFINITION = re.compile(r"(?:local\s+function\s+(\w+)|local\s+(\w+)|(\w+)\s*=\s*function\b)")
+_NAME = re.compile(r"[A-Za-z_]\w*")
+
+
+def _definitions(text: str) -> list[tuple[str, str]]:
+    """The top-level definitions of a Lua text, in order, each with the comment lines just above it."""
+    found: list[tuple[str, str]] = []
+    pending = ""
+    for line in text.splitlines(keepends=True):
+        match = _DEFINITION.match(line)
+        if match:
+            found.append((next(group for group in match.groups() if group), pending + line))
+            pending = ""
+        elif line.startswith("--") or not found:
+            pending += line
+        else:
+            found[-1] = (found[-1][0], found[-1][1] + line)
+    return found
+
+
+def _used_by(body: str, definitions: list[tuple[str, str]]) -> set[str]:
+    """Names of the definitions ``body`` reaches. Any word counts as a use (comments included), so a
+    doubt adds a definition, never drops one."""
+    texts: dict[str, str] = {}
+    for defined, text in definitions:
+        texts[defined] = texts.get(defined, "") + text
+    wanted: set[str] = set()
+    todo = [body]
+    while todo:
+        for word in set(_NAME.findall(todo.pop())):
+            if word in texts and word not in wanted:
+                wanted.add(word)
+                todo.append(texts[word])
+    return wanted
 
 
 def names() -> list[str]:

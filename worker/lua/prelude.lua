@@ -1,5 +1,6 @@
--- Shared by every script (worker/scripts.py puts the generated constants above this file and the
--- script's own body below it). Convention: ARGV[1] is always the caller's clock, in seconds (NOW).
+-- Shared by every script (worker/scripts.py puts the generated constants, then the definitions of this
+-- file that the script reaches, above the script's own body).
+-- Convention: ARGV[1] is always the caller's clock, in seconds (NOW).
 --
 -- Person hash fields: f:<name> value and v:<name> version of each contact field set by identifies
 -- (name = email | first_name | last_name | a:<attribute>), o:<attribute> for order attributes
