@@ -250,6 +250,19 @@ def test_upsert_and_survey_post_json_with_token(client: PromoterClient, promoter
     assert contact.call.args() == ["contacts", "201", f"{contact.call.seconds:.6f}"]
 
 
+def test_calls_go_through_the_proxy_the_environment_names(
+    promoter: FakePromoter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("HTTP_PROXY", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("http_proxy", promoter.url.removesuffix("/api/"))
+    client = PromoterClient("http://promoter.invalid/api", API_KEY, timeout=0.5)
+    assert client.upsert_contact({"email": "a@b.co"}).call.status == "200"
+    (request,) = promoter.requests
+    assert request["path"] == "http://promoter.invalid/api/contacts/"
+    assert request["headers"]["Authorization"] == f"Token {API_KEY}"
+
+
 def test_an_empty_success_body_is_an_empty_reply(client: PromoterClient, promoter: FakePromoter) -> None:
     promoter.answer(Answer(204, ""), Answer(200, "  "), Answer(200, "{}"))
     for status in ("204", "200", "200"):

@@ -196,14 +196,23 @@ _MAYBE_DONE = (
 )
 
 
-def _pool(base_url: str, connections: int = 100) -> urllib3.PoolManager:
-    """One pool per process (Celery threads share it); HTTP(S)_PROXY and NO_PROXY from the environment
-    are honoured, read once. No retries and no redirects at this level: retries are the task's."""
+Pool = urllib3.PoolManager | urllib3.HTTPConnectionPool
+
+
+def _pool(base_url: str, connections: int = 100) -> tuple[Pool, str]:
+    """One pool per process (Celery threads share it), and what a call's path is appended to.
+
+    HTTP(S)_PROXY and NO_PROXY from the environment are honoured, read once; through a proxy, calls
+    name the whole URL. Otherwise the pool is bound to Promoter's host and calls name only the path,
+    so no URL is parsed and no pool looked up per call. No retries and no redirects at this level:
+    retries are the task's.
+    """
     url = urllib3.util.parse_url(base_url)
     proxy = urllib.request.getproxies_environment().get(url.scheme or "https")
     if proxy and not urllib.request.proxy_bypass(url.host or ""):
-        return urllib3.ProxyManager(proxy, maxsize=connections, retries=False)
-    return urllib3.PoolManager(maxsize=connections, retries=False)
+        return urllib3.ProxyManager(proxy, maxsize=connections, retries=False), base_url
+    pool = urllib3.connectionpool.connection_from_url(base_url, maxsize=connections, retries=False)
+    return pool, (url.path or "").rstrip("/")
 
 
 class DeadlineExceeded(Exception):
@@ -238,7 +247,7 @@ class PromoterClient:
             "User-Agent": USER_AGENT,
         }
         self._timeouts = urllib3.Timeout(connect=min(timeout, CONNECT_TIMEOUT), read=timeout)
-        self._pool = _pool(self.base_url)
+        self._pool, self._prefix = _pool(self.base_url)
 
     def __repr__(self) -> str:
         return f"PromoterClient(base_url={self._redact(self.base_url)!r}, timeout={self.timeout!r})"
@@ -269,9 +278,9 @@ class PromoterClient:
     ) -> Reply:
         started = time.perf_counter()
         try:
-            response = self._pool.request(
+            response = self._pool.urlopen(
                 method,
-                self.base_url + path,
+                self._prefix + path,
                 body=None if body is None else json.dumps(body, separators=(",", ":")).encode(),
                 headers=self._headers,
                 timeout=self._timeouts,
