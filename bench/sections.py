@@ -34,6 +34,7 @@ DELIVERY_CONCURRENCY = 100
 DELIVERY_LATENCY_MS = 50.0
 SLOW_LATENCY_MS = 2000.0
 DECOUPLE_WORKER_THREADS = 32  # docker-compose.yml's worker
+FLOOR_ROW = "floor task (1 Promoter call + 1 Redis write), threads x8, 0 ms"
 
 
 @dataclass
@@ -271,12 +272,12 @@ def delivery(ctx: Ctx) -> Runs:
     def delivered() -> int:
         return int(cast(str | None, ctx.client.hget(keys.STATS, "state:delivered")) or 0)
 
-    def run(name: str, pool: str, concurrency: int, latency_ms: float, noop: bool = False) -> None:
+    def run(name: str, pool: str, concurrency: int, latency_ms: float, reference: str | None = None) -> None:
         configure_sandbox(sandbox, latency_ms=latency_ms)
-        target = noop_app.QUEUE if noop else queue
+        target = noop_app.QUEUE if reference else queue
         purge(ctx.client, target)
-        total = _preload(ctx.client, target, 3000, noop_app.TASK if noop else None)
-        if noop:
+        total = _preload(ctx.client, target, 3000, reference)
+        if reference:
             proc = ctx.procs.celery("noop-worker", "bench.noop_app", pool, concurrency, noop_env)
             result = _drain(ctx.client, proc, lambda: total - int(ctx.client.llen(target)), total)
         else:
@@ -295,7 +296,8 @@ def delivery(ctx: Ctx) -> Runs:
                 DELIVERY_LATENCY_MS,
             )
         # Per-task overhead: Promoter answering at once, so the task path itself is what is timed.
-        run("no-op task, threads x8, 0 ms", "threads", 8, 0.0, noop=True)
+        run("no-op task, threads x8, 0 ms", "threads", 8, 0.0, noop_app.TASK)
+        run(FLOOR_ROW, "threads", 8, 0.0, noop_app.FLOOR_TASK)
         run("relay task, threads x8, 0 ms", "threads", 8, 0.0)
     ctx.procs.stop(sandbox_proc)
     return runs
