@@ -3,6 +3,9 @@
 * ``bare_app()``: the ceiling of the stack, a Flask endpoint that reads the body and answers 200.
 * ``durable_app()``: the honest reference for ingest: a Flask endpoint that parses the JSON body and
   stores it with one ``LPUSH`` before answering 200 (durable, but no validation, dedup or status).
+* ``deduplicating_app()``: the durable endpoint plus the least of the relay's guarantees, that a
+  message sent twice is queued once: one script per request sets a marker per messageId and pushes
+  only the new messages (no validation, status, routing or counters).
 * ``naive_app()``: what the relay avoids, a handler that calls Promoter inline (one contact upsert per
   request, synchronously) and answers only after Promoter did.
 * ``python -m bench.apps PORT LATENCY_MS``: the sandbox on werkzeug's threaded server, as the tests and
@@ -44,6 +47,34 @@ def durable_app() -> flask.Flask:
     def ingest(kind: str) -> flask.Response:  # noqa: ARG001 - Flask passes the path variable
         document = json.loads(flask.request.get_data())
         client.lpush(queue, json.dumps(document))
+        return flask.jsonify(success=True)
+
+    return app
+
+
+# KEYS: one marker per message; ARGV[1]: the queue, ARGV[2..]: the messages. Returns how many were new.
+_DEDUP_PUSH = """
+local new = {}
+for i, marker in ipairs(KEYS) do
+  if redis.call('SET', marker, '1', 'NX', 'EX', 900) then new[#new + 1] = ARGV[i + 1] end
+end
+if #new > 0 then redis.call('LPUSH', ARGV[1], unpack(new)) end
+return #new
+"""
+
+
+def deduplicating_app() -> flask.Flask:
+    app = flask.Flask("bench-dedup")
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    queue = os.environ.get("RELAY_QUEUE", "bench") + ".dedup"
+    push = client.register_script(_DEDUP_PUSH)
+
+    @app.post("/v1/<kind>")
+    def ingest(kind: str) -> flask.Response:
+        document = json.loads(flask.request.get_data())
+        messages = document["batch"] if kind == "batch" else [document]
+        markers = [f"{queue}:seen:{message['messageId']}" for message in messages]
+        push(keys=markers, args=[queue, *(json.dumps(message) for message in messages)])
         return flask.jsonify(success=True)
 
     return app

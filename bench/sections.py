@@ -34,6 +34,7 @@ DELIVERY_CONCURRENCY = 100
 DELIVERY_LATENCY_MS = 50.0
 SLOW_LATENCY_MS = 2000.0
 DECOUPLE_WORKER_THREADS = 32  # docker-compose.yml's worker
+DEDUP_ROW = "durable + dedup Flask (one script: marker per messageId, LPUSH)"
 FLOOR_ROW = "floor task (1 Promoter call + 1 Redis write), threads x8, 0 ms"
 
 
@@ -59,12 +60,13 @@ def _storage(ctx: Ctx, mode: str) -> dict[str, Any]:
     return result
 
 
-def _abba(ctx: Ctx, a: str, b: str, mode: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A, B, B, A in halves of the run time, so a drift of the machine's speed hits both sides alike.
-    Rates are pooled over both halves; latency percentiles are the mean of the two halves'."""
+def _interleaved(ctx: Ctx, urls: list[str], mode: str) -> list[dict[str, Any]]:
+    """A, B, C, C, B, A in halves of the run time, so a drift of the machine's speed hits every side
+    alike. Rates are pooled over both halves; latency percentiles are the mean of the two halves'."""
     half = max(1.0, ctx.seconds / 2)
-    a1, b1, b2, a2 = (ctx.loader.run(url, mode, half, ctx.connections) for url in (a, b, b, a))
-    return _pool(a1, a2), _pool(b1, b2)
+    first = [ctx.loader.run(url, mode, half, ctx.connections) for url in urls]
+    second = [ctx.loader.run(url, mode, half, ctx.connections) for url in reversed(urls)]
+    return [_pool(x, y) for x, y in zip(first, reversed(second), strict=True)]
 
 
 def _pool(x: dict[str, Any], y: dict[str, Any]) -> dict[str, Any]:
@@ -79,25 +81,28 @@ def _pool(x: dict[str, Any], y: dict[str, Any]) -> dict[str, Any]:
 
 def ingest(ctx: Ctx) -> Runs:
     """The relay's ingest beside a durable minimal endpoint (parse the JSON body, one LPUSH: the honest
-    reference), both A-B-B-A; a bare Flask 200 for the ceiling of the stack; and the storage step alone."""
+    reference) and that endpoint with deduplication, interleaved; a bare Flask 200 for the ceiling of
+    the stack; and the storage step alone."""
     env = base_env(ctx.redis_url, queue="bench-ingest")
     relay_proc, relay = ctx.procs.gunicorn("relay-api", "app:create_app()", env)
     durable_proc, durable = ctx.procs.gunicorn("durable-flask", "bench.apps:durable_app()", env)
+    dedup_proc, dedup = ctx.procs.gunicorn("dedup-flask", "bench.apps:deduplicating_app()", env)
     bare_proc, bare = ctx.procs.gunicorn("bare-flask", "bench.apps:bare_app()", env)
-    for url in (relay, durable, bare):  # warm-up: imports, connection pools, Lua script cache
+    for url in (relay, durable, dedup, bare):  # warm-up: imports, connection pools, Lua script cache
         ctx.loader.run(url, "single", 1, ctx.connections)
     runs: Runs = defaultdict(list)
     for _ in range(ctx.repeats):
         for mode, label in (("single", "single"), ("batch", "batch of 100")):
-            durable_run, relay_run = _abba(ctx, durable, relay, mode)
+            durable_run, dedup_run, relay_run = _interleaved(ctx, [durable, dedup, relay], mode)
             runs[f"durable Flask (parse + LPUSH), {label}"].append(durable_run)
+            runs[f"{DEDUP_ROW}, {label}"].append(dedup_run)
             runs[f"relay, {label}"].append(relay_run)
             runs[f"bare Flask, {label}"].append(ctx.load(bare, mode))
-        ctx.client.delete("bench-ingest", "bench-ingest.low", "bench-ingest.durable")
+        ctx.client.delete("bench-ingest", "bench-ingest.low", "bench-ingest.durable", "bench-ingest.dedup")
         runs["Redis LPUSH x100 (1 conn)"].append(_storage(ctx, "lpush"))
         runs["Ledger.accept x100 (1 conn)"].append(_storage(ctx, "accept100"))
         runs["Ledger.accept x1 (1 conn)"].append(_storage(ctx, "accept1"))
-    for proc in (relay_proc, durable_proc, bare_proc):
+    for proc in (relay_proc, durable_proc, dedup_proc, bare_proc):
         ctx.procs.stop(proc)
     return runs
 
