@@ -21,8 +21,9 @@ def basic_username(request: Request) -> str | None:
     if scheme.lower() != "basic" or not value:
         return None
     try:
-        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+        # A header value is latin-1 text; b64decode refuses anything but ASCII with a bare ValueError.
+        decoded = base64.b64decode(value.strip().encode("ascii"), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeError):
         return None
     return decoded.partition(":")[0] or None
 

@@ -675,6 +675,13 @@ def test_unsupported_content_encoding_is_415(client: FlaskClient, redis_client: 
             "Missing write key (HTTP Basic username or writeKey).",
             id="garbled-basic",
         ),
+        # Header values arrive as latin-1 text: base64 of anything but ASCII is a ValueError of its own.
+        pytest.param(
+            {"Authorization": "Basic \u00e9"},
+            None,
+            "Missing write key (HTTP Basic username or writeKey).",
+            id="non-ascii-basic",
+        ),
         pytest.param({"X-Write-Key": "wrong-key"}, None, "Invalid write key.", id="wrong-x-write-key"),
         # A header credential is the one checked: a valid key in the body does not rescue a wrong one.
         pytest.param(

@@ -172,6 +172,14 @@ def test_wrong_or_missing_signature_is_401(
     assert_nothing_stored(redis_client)
 
 
+def test_a_non_ascii_basic_header_is_no_credential_not_a_500(
+    signed: FlaskClient, redis_client: redis.Redis
+) -> None:
+    response = hook(signed, SINGLE, sign(SINGLE), Authorization="Basic dGVzdDo\u00ff")
+    assert response.status_code == 200, response.get_json()
+    assert queued_refs(redis_client) == [hook_ref("wh-single")]
+
+
 def test_write_key_does_not_replace_the_signature(signed: FlaskClient, redis_client: redis.Redis) -> None:
     body = SINGLE[:-1] + ',"writeKey":"' + WRITE_KEY + '"}'
     response = hook(signed, body, None, **basic())
