@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import redis
 
 from tests.conftest import ref
 from tests.factories import make_event
 from tests.harness import Relay, make_relay
-from worker import delivery, taskmessages
+from worker import delivery, keys, taskmessages
 from worker.events import identities, version
 from worker.ledger import Start
 from worker.mapping import contact_fields
@@ -292,3 +293,53 @@ def test_a_replayed_identify_is_sent_even_when_unchanged(relay: Relay) -> None:
 
 def test_delivery_start_of_an_unknown_ref_is_nothing_to_do(relay: Relay) -> None:
     assert relay.stores.ledger.begin("k00000000:nope") == Start(kind="missing", state="")
+
+
+def _new_email_accepted_meanwhile(relay: Relay) -> None:
+    relay.send(identify("id-new", email="new@example.com", at="2026-11-29T11:30:00.000Z"))
+
+
+def test_an_order_survey_waits_for_an_email_change_accepted_during_its_own_contact_update(
+    relay: Relay, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    relay.send(identify("id-old", email="old@example.com"))
+    relay.drain()
+    # Every track is a survey event by default: this one updates the contact (its order), then surveys.
+    relay.send(order("order", "o1", 10))
+    real = relay.runtime.promoter.upsert_contact
+    calls: list[Any] = []
+
+    def upsert_while_ingest_accepts_a_new_email(body: Any) -> Any:
+        if not calls:
+            _new_email_accepted_meanwhile(relay)
+        calls.append(body)
+        return real(body)
+
+    monkeypatch.setattr(relay.runtime.promoter, "upsert_contact", upsert_while_ingest_accepts_a_new_email)
+    relay.step()
+    assert relay.state(ref("order")) == "held"
+    monkeypatch.undo()
+    relay.drain()
+    assert [s["contact"]["email"] for s in relay.surveys()] == ["new@example.com"]
+    assert relay.state(ref("order")) == "delivered"
+
+
+def test_a_survey_waiting_for_budget_waits_for_an_email_change_accepted_meanwhile(
+    relay: Relay, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    relay.send(identify("id-old", email="old@example.com"))
+    relay.drain()
+    relay.send(track("nps"))
+    # The shared budget is taken for half a second beyond its burst: the claim says "wait" (< 2 s).
+    relay.redis.set(keys.RATE, relay.clock.now * 1000 + 1500)
+
+    def sleep(_: float) -> None:
+        _new_email_accepted_meanwhile(relay)
+        relay.redis.delete(keys.RATE)
+
+    monkeypatch.setattr("worker.delivery.time.sleep", sleep)
+    relay.step()
+    monkeypatch.undo()
+    relay.drain()
+    assert [s["contact"]["email"] for s in relay.surveys()] == ["new@example.com"]
+    assert relay.state(ref("nps")) == "delivered"

@@ -213,6 +213,8 @@ def survey_person(
     event: Event, start: Start, claim: SurveyClaim, campaign: int, pid: str, rt: Runtime
 ) -> Outcome:
     claim = _settled_claim(event["ref"], start, claim, campaign, pid, rt)
+    if claim.outcome == "held":
+        return Outcome("held", "waiting for a newer identify of this person to be delivered")
     if claim.outcome == "sent":
         return Outcome("delivered", "survey already sent")
     if claim.outcome == "cooldown":

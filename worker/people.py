@@ -42,7 +42,8 @@ class SyncPlan:
 @dataclass(frozen=True)
 class SurveyClaim:
     """``go`` (call now; ``resend`` after an unknown outcome), ``sent``, ``unknown``, ``busy``
-    (another worker is calling), ``wait`` (no budget yet) or ``cooldown`` (surveyed recently)."""
+    (another worker is calling), ``wait`` (no budget yet), ``cooldown`` (surveyed recently) or
+    ``held`` (an identify that may change the contact is on its way: the message waits for it)."""
 
     outcome: str
     email: str = ""

@@ -549,6 +549,13 @@ local function survey_claim(ref, pid, campaign, lease_seconds)
     local why = redis.call('HMGET', key, 'survey_unknown', 'survey_started')
     return {survey = 'unknown', cause = why[1] or '?', started = tonumber(why[2] or '0')}
   end
+  -- Checked again right before the call, not only when the track reached its person: an identify
+  -- that changes the email may have been accepted while this message made its own contact update
+  -- or waited for a budget slot.
+  if not barriers_clear(redis.call('SMEMBERS', key_person_ids(pid))) then
+    hold(ref, redis.call('HGET', key, 'user'), 'waiting for a newer identify of this person to be delivered')
+    return {survey = 'held'}
+  end
   local contact = redis.call('HMGET', key_person(pid), 's:email', 's:first_name', 's:last_name')
   if CONFIG.survey_cooldown > 0 and not resend then
     local last = redis.call('GET', key_surveyed(string.lower(contact[1]) .. '|' .. campaign))
