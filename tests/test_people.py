@@ -343,3 +343,61 @@ def test_a_survey_waiting_for_budget_waits_for_an_email_change_accepted_meanwhil
     relay.drain()
     assert [s["contact"]["email"] for s in relay.surveys()] == ["new@example.com"]
     assert relay.state(ref("nps")) == "delivered"
+
+
+def _anonymous_person_with_a_call_in_flight_when_merged(
+    relay: Relay, monkeypatch: pytest.MonkeyPatch, answer_first: list[int]
+) -> None:
+    """u1 is known (one@). Visitor x has a person of its own, updated until its revisions pass u1's;
+    while x's third update is at Promoter, u1 signs in on that device with a new email (a merge),
+    which is delivered before x's call returns (with ``answer_first`` as the sandbox's answer)."""
+    relay.send(identify("p1", email="one@example.com", at="2026-11-29T09:00:00.000Z"))
+    relay.drain()
+    for n, plan in enumerate(["a", "b", "c"]):
+        at = f"2026-11-29T10:0{n}:00.000Z"
+        relay.send(make_event(f"x{n}", "identify", None, anonymous="x", timestamp=at,
+                              traits={"email": "anon@example.com", "plan": plan}))  # fmt: skip
+        if n < 2:
+            relay.drain()
+    real = relay.runtime.promoter.upsert_contact
+
+    def merged_meanwhile(body: Any) -> Any:
+        if body["email"] == "anon@example.com" and not relay.state(ref("merge")):
+            merge = make_event("merge", "identify", "u1", anonymous="x", timestamp="2026-11-29T11:00:00.000Z",
+                               traits={"email": "new@example.com"})  # fmt: skip
+            relay.send(merge)
+            relay.drain()
+            assert relay.state(ref("merge")) == "delivered"
+            relay.sandbox.state.configure({"fail_next": answer_first})
+        return real(body)
+
+    monkeypatch.setattr(relay.runtime.promoter, "upsert_contact", merged_meanwhile)
+    relay.drain()
+    monkeypatch.undo()
+
+
+def test_a_call_of_a_person_merged_away_meanwhile_leaves_the_survivors_contact_alone(
+    relay: Relay, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _anonymous_person_with_a_call_in_flight_when_merged(relay, monkeypatch, [])
+    assert relay.state(ref("x2")) == "delivered"
+    relay.send(track("nps"))
+    relay.drain()
+    assert [s["contact"]["email"] for s in relay.surveys()] == ["new@example.com"]
+
+
+def test_a_refused_call_of_a_person_merged_away_meanwhile_leaves_the_survivor_alone(
+    relay: Relay, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _anonymous_person_with_a_call_in_flight_when_merged(relay, monkeypatch, [400])
+    # The merge's update carried x2's change (plan c) before x2's own call was refused.
+    assert relay.state(ref("x2")) == "delivered"
+    assert relay.state(ref("merge")) == "delivered"
+    person = relay.stores.people.person_of("u:u1")
+    assert person is not None
+    assert person["refused"] is None
+    assert person["at_promoter"]["email"] == "new@example.com"
+    relay.send(track("nps"))
+    relay.drain()
+    assert relay.state(ref("nps")) == "delivered"
+    assert [s["contact"]["email"] for s in relay.surveys()] == ["new@example.com"]

@@ -10,6 +10,13 @@ local seconds = tonumber(ARGV[8])
 observe(ARGV[9], ARGV[10], ARGV[11])
 local pid = live_person(ARGV[2])
 if not pid then return 0 end
+local refused = 'Promoter refused the contact update of ' .. holder .. ': ' .. reason
+if pid ~= ARGV[2] then
+  -- Merged into another person during the call: the survivor's revisions, waiting messages and
+  -- holds are not this call's to settle; only its holder's own outcome is.
+  if how == 'permanent' then bury(holder, refused, response) end
+  return 1
+end
 local person = key_person(pid)
 local mine = lease_holder(person) == holder
 if how == 'uncertain' or how == 'wait' then
@@ -20,7 +27,6 @@ end
 if mine then redis.call('HDEL', person, 'lease') end
 if how ~= 'permanent' then return 1 end
 
-local refused = 'Promoter refused the contact update of ' .. holder .. ': ' .. reason
 settle_waiting(pid, rev, function(ref) bury(ref, refused, response) end)
 bury(holder, refused, response)
 if not is_synced(pid) then
