@@ -84,11 +84,13 @@ def test_coalesced_identifies_make_one_call_with_the_newest_values(
     relay.drain()  # takes the only slot of this second
     relay.send(identify("first", **TRAITS))
     relay.drain()
-    assert relay.state(ref("first")) == State.RETRYING, "waits for budget, keeping the person's lease"
+    assert relay.state(ref("first")) == State.RETRYING, "waits for budget"
     relay.send(identify("second", at="2026-11-29T10:01:00.000Z", plan="team"))
     relay.send(identify("third", at="2026-11-29T10:02:00.000Z", seats=12))
     relay.drain()
-    assert relay.state(ref("second")) == relay.state(ref("third")) == State.RECEIVED
+    # No call was made, so nobody keeps the person's lease: each waits for budget, and the first
+    # call made carries the other two.
+    assert relay.state(ref("second")) == relay.state(ref("third")) == State.RETRYING
     relay.later(5)
     mine = [u for u in relay.upserts() if u["email"] == "ada@example.com"]
     assert len(mine) == 1, mine
@@ -142,3 +144,25 @@ def test_near_the_daily_limit_low_priority_updates_wait_for_tomorrow(
     assert relay.stores.budget.used_today() == 4
     relay.later(86400)
     assert [relay.state(ref(f"t{i}")) for i in range(3)] == [State.DELIVERED] * 3
+
+
+def test_an_update_waiting_for_tomorrows_budget_does_not_hold_back_an_email_change_or_a_survey(
+    redis_client: redis.Redis, sandbox: SandboxServer
+) -> None:
+    relay = make_relay(redis_client, sandbox, promoter_daily_limit=10, promoter_daily_reserve=0.2)
+    relay.send(identify("first", email="old@example.com"))
+    relay.drain()
+    relay.redis.set(keys.budget(str(int(relay.clock.now // 86400))), 8)  # low updates stop at 8 of 10
+    relay.send(identify("traits", "2026-11-29T10:01:00.000Z", plan="pro"), route="low")
+    relay.drain()
+    assert relay.state(ref("traits")) == State.RETRYING
+    relay.send(identify("newmail", "2026-11-29T10:02:00.000Z", email="new@example.com"))
+    relay.send(make_event("nps", "track", "u1", timestamp="2026-11-29T10:03:00.000Z"))
+    relay.drain()
+    assert relay.state(ref("newmail")) == State.DELIVERED
+    # The email change carried the waiting trait update along: one call for both, from the reserve.
+    assert relay.state(ref("traits")) == State.DELIVERED
+    assert relay.upserts()[-1]["attributes"]["plan"] == "pro"
+    assert relay.state(ref("nps")) == State.DELIVERED
+    assert [s["contact"]["email"] for s in relay.surveys()] == ["new@example.com"]
+    assert relay.stores.budget.used_today() == 10

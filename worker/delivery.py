@@ -165,14 +165,13 @@ def sync_contact(plan: SyncPlan, ref: str, level: str, rt: Runtime) -> Outcome:
 
 def _wait_for_budget(plan: SyncPlan, ref: str, level: str, rt: Runtime) -> SyncPlan | None:
     """Sleep briefly for a budget slot, each time taking the newest state (updates that arrived while
-    this message waited ride along); a longer wait is handed back, the person's lease kept meanwhile."""
+    this message waited ride along); a longer wait is handed back and the person's lease let go, so
+    that a more urgent update of this person may go meanwhile (and carry this one)."""
     waited = 0.0
     current: SyncPlan | None = plan
     while current is not None and current.wait_seconds > 0:
         if waited + current.wait_seconds > MAX_INLINE_WAIT_SECONDS:
-            rt.stores.people.failed(
-                current, ref, "wait", seconds=current.wait_seconds + rt.stores.people.lease_seconds
-            )
+            rt.stores.people.failed(current, ref, "wait")
             raise Wait(current.wait_seconds, current.why)
         time.sleep(current.wait_seconds)
         waited += current.wait_seconds

@@ -201,8 +201,8 @@ class People:
         seconds: float = 0.0,
         call: Call | None = None,
     ) -> None:
-        """``transient``, ``uncertain`` (quarantine ``seconds``), ``wait`` (keep the lease ``seconds``)
-        or ``permanent`` (the messages it carried, and a never-known person's holds, die)."""
+        """``transient``, ``uncertain`` (quarantine ``seconds``), ``wait`` (no call made; the lease is
+        let go) or ``permanent`` (the messages it carried, and a never-known person's holds, die)."""
         self.lua.failed(plan.pid, holder, plan.rev, how, reason, response, seconds, *(call or NO_CALL).args())
 
     def resume(self, plan: SyncPlan, holder: str, priority: str) -> SyncPlan | None:

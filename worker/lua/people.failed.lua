@@ -1,8 +1,10 @@
 -- A contact update did not go through. ARGV[2] person, [3] holder ref, [4] revision sent,
 -- [5] how: 'transient' (lease released, the holder retries), 'uncertain' (it may still land:
 -- Promoter's copy is no longer trusted and nobody sends for ``[8]`` seconds, so a stalled request
--- cannot land after a newer one), 'wait' (the holder keeps the lease for ``[8]`` seconds while it waits
--- for budget), 'permanent' (Promoter refused it: the messages it carried become dead letters, and so
+-- cannot land after a newer one), 'wait' (no call was made: the holder waits for budget elsewhere and
+-- lets go of the lease, so a more urgent update of this person can go meanwhile and carry it along;
+-- keeping it would let a low-priority update waiting for tomorrow's budget block the person's
+-- surveys and email changes), 'permanent' (Promoter refused it: the messages it carried become dead letters, and so
 -- does everything held for a person Promoter never accepted), [6] reason, [7] Promoter's answer,
 -- [8] seconds, [9..11] the call: endpoint, status, seconds.
 local holder, rev, how, reason, response = ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[6], ARGV[7]
@@ -19,8 +21,8 @@ if pid ~= ARGV[2] then
 end
 local person = key_person(pid)
 local mine = lease_holder(person) == holder
-if how == 'uncertain' or how == 'wait' then
-  if how == 'uncertain' then redis.call('HSET', person, 'synced_fp', '') end
+if how == 'uncertain' then
+  redis.call('HSET', person, 'synced_fp', '')
   if mine then take_lease(person, holder, seconds) end
   return 1
 end
