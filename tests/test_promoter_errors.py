@@ -28,6 +28,7 @@ from worker.promoter import (
     TransientError,
     UncertainError,
     classify,
+    transport_problem,
 )
 
 API_KEY = "sk-test-0123456789abcdef"
@@ -250,17 +251,56 @@ def test_upsert_and_survey_post_json_with_token(client: PromoterClient, promoter
     assert contact.call.args() == ["contacts", "201", f"{contact.call.seconds:.6f}"]
 
 
+def _no_proxy_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    for scheme in ("http", "https", "all", "no"):
+        monkeypatch.delenv(f"{scheme}_proxy", raising=False)
+        monkeypatch.delenv(f"{scheme.upper()}_PROXY", raising=False)
+
+
+@pytest.mark.parametrize(
+    ("proxy", "authorization"),
+    [
+        pytest.param("http://{address}", None, id="plain"),
+        pytest.param("{address}", None, id="without-a-scheme"),
+        pytest.param("http://relay:p%40ss@{address}", "Basic cmVsYXk6cEBzcw==", id="with-credentials"),
+    ],
+)
 def test_calls_go_through_the_proxy_the_environment_names(
-    promoter: FakePromoter, monkeypatch: pytest.MonkeyPatch
+    promoter: FakePromoter, monkeypatch: pytest.MonkeyPatch, proxy: str, authorization: str | None
 ) -> None:
-    for name in ("HTTP_PROXY", "NO_PROXY", "no_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("http_proxy", promoter.url.removesuffix("/api/"))
+    _no_proxy_settings(monkeypatch)
+    address = promoter.url.removeprefix("http://").removesuffix("/api/")
+    monkeypatch.setenv("http_proxy", proxy.format(address=address))
     client = PromoterClient("http://promoter.invalid/api", API_KEY, timeout=0.5)
     assert client.upsert_contact({"email": "a@b.co"}).call.status == "200"
     (request,) = promoter.requests
     assert request["path"] == "http://promoter.invalid/api/contacts/"
     assert request["headers"]["Authorization"] == f"Token {API_KEY}"
+    sent = {name.lower(): value for name, value in request["headers"].items()}
+    assert sent.get("proxy-authorization") == authorization
+
+
+@pytest.mark.parametrize("no_proxy", ["127.0.0.1", "127.0.0.0/8", "localhost,127.0.0.0/8"])
+def test_no_proxy_is_read_as_requests_reads_it(
+    promoter: FakePromoter, monkeypatch: pytest.MonkeyPatch, no_proxy: str
+) -> None:
+    _no_proxy_settings(monkeypatch)
+    monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{dead_port()}")
+    monkeypatch.setenv("no_proxy", no_proxy)
+    client = PromoterClient(promoter.url, API_KEY, timeout=0.5)
+    assert client.upsert_contact({"email": "a@b.co"}).call.status == "200"
+    assert [request["path"] for request in promoter.requests] == ["/api/contacts/"]
+
+
+def test_an_unusable_proxy_is_named_at_start_without_its_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    _no_proxy_settings(monkeypatch)
+    monkeypatch.setenv("https_proxy", "socks9://relay:s3cret@127.0.0.1:9")
+    problem = transport_problem("https://app.promoter.io/api")
+    assert problem is not None
+    assert "proxy" in problem
+    assert "s3cret" not in problem
+    monkeypatch.setenv("no_proxy", "app.promoter.io")
+    assert transport_problem("https://app.promoter.io/api") is None
 
 
 def test_an_empty_success_body_is_an_empty_reply(client: PromoterClient, promoter: FakePromoter) -> None:

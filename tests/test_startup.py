@@ -131,3 +131,21 @@ def test_credentials_with_spaces_fail_at_start_up_without_echoing(name: str) -> 
     with pytest.raises(ValueError, match=name) as error:
         load({name: "abc def-secret"})
     assert "def-secret" not in str(error.value)
+
+
+def test_a_worker_with_an_unusable_proxy_stops_at_start_without_echoing_its_credentials(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for scheme in ("http", "https", "all", "no"):
+        monkeypatch.delenv(f"{scheme}_proxy", raising=False)
+        monkeypatch.delenv(f"{scheme.upper()}_PROXY", raising=False)
+    result = run(
+        [str(BIN / "celery"), "-A", "worker", "worker"],
+        HTTPS_PROXY="socks9://relay:s3cret@127.0.0.1:9",
+        RELAY_ENV="development",
+        REDIS_URL="redis://127.0.0.1:1/0",
+    )
+    assert result.returncode == 2, result.stderr[-500:]
+    assert "the proxy for PROMOTER_API_URL is not usable" in result.stderr
+    assert "s3cret" not in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr

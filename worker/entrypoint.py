@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 
 from worker.celery_app import RelayCelery, create_celery
+from worker.promoter import transport_problem
 from worker.settings import SettingsError, load_for_service
 
 
@@ -19,6 +20,10 @@ def _build() -> RelayCelery:
     except SettingsError as error:
         print(f"promoter-relay: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    problem = transport_problem(settings.promoter_api_url)
+    if problem:
+        print(f"promoter-relay: {problem}", file=sys.stderr)
+        raise SystemExit(2)
     return create_celery(settings)
 
 

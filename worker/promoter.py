@@ -21,13 +21,13 @@ import json
 import logging
 import re
 import time
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 import urllib3
+from requests.utils import get_auth_from_url, get_environ_proxies, select_proxy
 
 USER_AGENT = "promoter-relay/0.2"
 CONNECT_TIMEOUT = 5.0
@@ -202,17 +202,31 @@ Pool = urllib3.PoolManager | urllib3.HTTPConnectionPool
 def _pool(base_url: str, connections: int = 100) -> tuple[Pool, str]:
     """One pool per process (Celery threads share it), and what a call's path is appended to.
 
-    HTTP(S)_PROXY and NO_PROXY from the environment are honoured, read once; through a proxy, calls
-    name the whole URL. Otherwise the pool is bound to Promoter's host and calls name only the path,
-    so no URL is parsed and no pool looked up per call. No retries and no redirects at this level:
-    retries are the task's.
+    The proxy is chosen from HTTP(S)_PROXY / NO_PROXY as ``requests`` chooses it (CIDR and
+    ``host:port`` entries in NO_PROXY, a proxy given without a scheme, credentials in its URL), read
+    once; through a proxy, calls name the whole URL. Otherwise the pool is bound to Promoter's host
+    and calls name only the path, so no URL is parsed and no pool looked up per call. No retries and
+    no redirects at this level: retries are the task's. Raises ``ValueError`` for an unusable proxy.
     """
-    url = urllib3.util.parse_url(base_url)
-    proxy = urllib.request.getproxies_environment().get(url.scheme or "https")
-    if proxy and not urllib.request.proxy_bypass(url.host or ""):
-        return urllib3.ProxyManager(proxy, maxsize=connections, retries=False), base_url
+    proxy = select_proxy(base_url, get_environ_proxies(base_url))
+    if proxy:
+        proxy = proxy if "://" in proxy else f"http://{proxy}"
+        user, password = get_auth_from_url(proxy)
+        headers = urllib3.util.make_headers(proxy_basic_auth=f"{user}:{password}") if user else None
+        manager = urllib3.ProxyManager(proxy, maxsize=connections, retries=False, proxy_headers=headers)
+        return manager, base_url
     pool = urllib3.connectionpool.connection_from_url(base_url, maxsize=connections, retries=False)
-    return pool, (url.path or "").rstrip("/")
+    return pool, (urllib3.util.parse_url(base_url).path or "").rstrip("/")
+
+
+def transport_problem(base_url: str) -> str | None:
+    """Why calls to ``base_url`` cannot be made as configured (an unusable proxy), checked when a
+    worker starts: the pool is otherwise built by the first task, which would fail every task."""
+    try:
+        _pool(base_url, 1)
+    except ValueError as error:
+        return f"the proxy for PROMOTER_API_URL is not usable ({type(error).__name__}); check HTTP(S)_PROXY"
+    return None
 
 
 class DeadlineExceeded(Exception):
