@@ -231,12 +231,25 @@ def event_time(message: dict[str, Any], received: datetime, corrected: bool) -> 
     return min(str(stamp), received_text)
 
 
+def _context_traits(message: dict[str, Any]) -> dict[str, Any]:
+    """What the sender knew of the user when it sent a track. Only informational: an email in it that
+    is not text is left out rather than refusing the track (Segment never sends a 4xx again)."""
+    traits = (message.get("context") or {}).get("traits") or {}
+    if not isinstance(traits, dict):
+        return {}
+    try:
+        _find_email(traits)
+    except ValidationError:
+        return {k: v for k, v in traits.items() if k not in ("email", "Email", "EMAIL")}
+    return traits
+
+
 def to_event(message: dict[str, Any], source: str, received: datetime, corrected: bool) -> Event:
     """Reduce a validated message to the worker's ``Event`` contract."""
     kind = message["type"]
     traits = message.get("traits") or {}
     if kind == "track" and not traits:
-        traits = (message.get("context") or {}).get("traits") or {}
+        traits = _context_traits(message)
     message_id = message["messageId"]
     return Event(
         ref=make_ref(source, message_id),

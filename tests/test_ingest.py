@@ -397,6 +397,16 @@ def test_get_on_an_ingest_route_is_405_json(client: FlaskClient) -> None:
     assert response.get_json()["success"] is False
 
 
+def test_a_track_whose_context_traits_hold_an_unreadable_email_is_accepted(
+    client: FlaskClient, redis_client: redis.Redis
+) -> None:
+    message = track(context={"traits": {"email": 42, "plan": "pro"}})
+    response = post(client, "/v1/track", message)
+    assert response.status_code == 200, response.get_json()
+    [event] = queued_events(redis_client)
+    assert event["traits"] == {"plan": "pro"}
+
+
 # --------------------------------------------------------------------------- identify, alias: new rules
 
 
