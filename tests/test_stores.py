@@ -329,3 +329,24 @@ def test_reconciler_requeues_only_what_left_every_queue(redis_client: redis.Redi
     history = stores.ledger.status(ref("q1"))
     assert history is not None
     assert history["history"][-1]["detail"] == "re-queued: its task message was lost"
+
+
+def test_a_finished_message_s_copy_at_a_queue_s_head_does_not_stop_the_reconciler(
+    redis_client: redis.Redis, clock: Clock
+) -> None:
+    stores = stores_with(redis_client, clock)
+    reconciler = stores.reconciler
+    accept(stores, make_event("lost"))
+    clock.advance(1)
+    accept(stores, make_event("done", kind="identify"), route="low")
+    accept(stores, make_event("waiting", kind="identify"), route="low")
+    # "done" finished while a second copy of its task message stayed at the low queue's head (the
+    # high queue's traffic keeps it from being consumed); "lost" was taken off the high queue by a
+    # worker killed mid-BRPOP.
+    redis_client.zrem(keys.PENDING, ref("done"))
+    redis_client.hset(keys.message(ref("done")), "state", "delivered")
+    redis_client.delete("relay")
+    clock.advance(reconciler.grace + 1)
+    assert reconciler.requeue_stale() == 1
+    assert queued_refs(redis_client, "relay") == [ref("lost")]
+    assert reconciler.requeue_stale() == 0, "'waiting' is still in its queue"

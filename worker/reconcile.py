@@ -6,7 +6,7 @@ not. The relay does not depend on that window being empty: ``relay:pending`` kno
 should be moving, and since when. One is *stale* when it has been neither queued, started nor
 scheduled for longer than the visibility timeout plus a margin (by then kombu would have restored it
 if it could), and it has left the queues: each queue is FIFO, so anything enqueued before the
-message now at a queue's head has been taken off it. Stale messages are queued again; delivery is
+pending message nearest a queue's head has been taken off it. Stale messages are queued again; delivery is
 idempotent on the ref, so a false alarm costs one no-op task. This also restarts a message that
 waited for another message's contact update when that message's worker died.
 """
@@ -23,6 +23,8 @@ from worker import keys, taskmessages
 from worker.scripts import Lua
 
 MARGIN_SECONDS = 30.0
+# How far from a queue's head to look for a message still pending.
+HEAD_SCAN = 100
 
 
 class Reconciler:
@@ -46,20 +48,29 @@ class Reconciler:
         cutoff = now - self.grace
         pipe = self.client.pipeline(transaction=False)
         for queue in self.queues:
-            pipe.lindex(queue, -1)
-        for head in pipe.execute():
-            if not head:
+            pipe.lrange(queue, -HEAD_SCAN, -1)
+        for heads in pipe.execute():
+            queued_at = self._oldest_pending(cast(list[str], heads))
+            if queued_at is None:
+                if heads:
+                    return None
                 continue
+            cutoff = min(cutoff, queued_at - 0.001)
+        return cutoff
+
+    def _oldest_pending(self, heads: list[str]) -> float | None:
+        """When the message nearest a queue's head that is still pending was queued. Copies of
+        finished messages (no pending entry) are passed over: one can sit at the head of a queue that
+        other queues' traffic keeps from moving, and must not stop the reconciler meanwhile."""
+        for raw in reversed(heads):
             try:
-                ref = taskmessages.ref_of(cast(str, head))
+                ref = taskmessages.ref_of(raw)
             except (ValueError, KeyError, IndexError, TypeError):
                 return None
             queued_at = self.client.zscore(keys.PENDING, ref)
-            # A head without a pending entry is a leftover copy of a finished message: it says nothing.
-            if queued_at is None:
-                return None
-            cutoff = min(cutoff, float(queued_at) - 0.001)
-        return cutoff
+            if queued_at is not None:
+                return float(queued_at)
+        return None
 
     def requeue_stale(self, limit: int = 500) -> int:
         cutoff = self.cutoff(self.clock())
