@@ -401,3 +401,24 @@ def test_a_refused_call_of_a_person_merged_away_meanwhile_leaves_the_survivor_al
     relay.drain()
     assert relay.state(ref("nps")) == "delivered"
     assert [s["contact"]["email"] for s in relay.surveys()] == ["new@example.com"]
+
+
+@pytest.mark.parametrize("how", ["uncertain", "transient", "permanent"])
+def test_a_failed_update_of_a_person_whose_record_expired_meanwhile_leaves_no_key_behind(
+    relay: Relay, how: str
+) -> None:
+    message = identify("gone", email="gone@example.com")
+    relay.send(message)
+    relay.redis.delete("relay", "relay.low")
+    relay.stores.ledger.begin(message["ref"])
+    fields = contact_fields(message["traits"])
+    plan = relay.stores.people.contact_plan(
+        message["ref"], identities(message), fields, version(message), "high"
+    )
+    assert plan.sync is not None
+    person = keys.person(plan.sync.pid)
+    relay.redis.delete(person)  # its TTL ran out while the call was in flight
+    relay.stores.people.failed(plan.sync, message["ref"], how, reason="refused", seconds=30)
+    assert not relay.redis.exists(person)
+    if how == "permanent":
+        assert relay.state(ref("gone")) == State.DEAD

@@ -13,13 +13,14 @@ observe(ARGV[9], ARGV[10], ARGV[11])
 local pid = live_person(ARGV[2])
 if not pid then return 0 end
 local refused = 'Promoter refused the contact update of ' .. holder .. ': ' .. reason
-if pid ~= ARGV[2] then
-  -- Merged into another person during the call: the survivor's revisions, waiting messages and
-  -- holds are not this call's to settle; only its holder's own outcome is.
+local person = key_person(pid)
+if pid ~= ARGV[2] or redis.call('EXISTS', person) == 0 then
+  -- Merged into another person during the call (the survivor's revisions, waiting messages and
+  -- holds are not this call's to settle), or its record expired (no key to recreate): only the
+  -- holder's own outcome is.
   if how == 'permanent' then bury(holder, refused, response) end
   return 1
 end
-local person = key_person(pid)
 local mine = lease_holder(person) == holder
 if how == 'uncertain' then
   redis.call('HSET', person, 'synced_fp', '')
