@@ -45,15 +45,21 @@ def read_body(request: Request) -> bytes:
 
 
 def _gunzip(raw: bytes) -> bytes:
-    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-    try:
-        body = inflater.decompress(raw, MAX_REQUEST_BYTES + 1)
-    except zlib.error:
-        raise PayloadError(400, {"_request": ["Body is not valid gzip."]}) from None
-    if len(body) > MAX_REQUEST_BYTES or inflater.unconsumed_tail:
-        raise PayloadError(413, {"_request": [f"Decompressed body exceeds {MAX_REQUEST_BYTES} bytes."]})
-    if not inflater.eof:
-        raise PayloadError(400, {"_request": ["Body is not valid gzip."]})
+    """Every member of a gzip body (gzip allows several, one after another), within the size limit;
+    bytes after the last member that are not gzip are refused rather than silently dropped."""
+    body = b""
+    rest = raw
+    while rest:
+        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        try:
+            body += inflater.decompress(rest, MAX_REQUEST_BYTES + 1 - len(body))
+        except zlib.error:
+            raise PayloadError(400, {"_request": ["Body is not valid gzip."]}) from None
+        if len(body) > MAX_REQUEST_BYTES or inflater.unconsumed_tail:
+            raise PayloadError(413, {"_request": [f"Decompressed body exceeds {MAX_REQUEST_BYTES} bytes."]})
+        if not inflater.eof:
+            raise PayloadError(400, {"_request": ["Body is not valid gzip."]})
+        rest = inflater.unused_data
     return body
 
 

@@ -617,6 +617,15 @@ def test_gzip_body_is_accepted(client: FlaskClient, redis_client: redis.Redis) -
     assert queued_ids(redis_client) == [message["messageId"]]
 
 
+def test_a_gzip_body_of_several_members_is_read_whole(client: FlaskClient, redis_client: redis.Redis) -> None:
+    message = track("gz-members")
+    text = json.dumps(message).encode()
+    data = gzip.compress(text[:20]) + gzip.compress(text[20:])
+    response = post(client, "/v1/track", data=data, headers={"Content-Encoding": "gzip"})
+    assert response.status_code == 200, response.get_json()
+    assert queued_ids(redis_client) == [message["messageId"]]
+
+
 def test_gzip_bomb_is_413(client: FlaskClient, redis_client: redis.Redis) -> None:
     inflated = b'{"batch": [' + b" " * (2 * 1024 * 1024) + b"]}"
     bomb = gzip.compress(inflated, compresslevel=9)
@@ -640,6 +649,8 @@ _GZIPPED_TRACK = gzip.compress(json.dumps({"userId": "gz-2", "event": "NPS", "me
         pytest.param(b"\x1f\x8b\x08\x00garbage", id="gzip-header-cut-short"),
         pytest.param(_GZIPPED_TRACK[:-8], id="gzip-without-crc-trailer"),
         pytest.param(_GZIPPED_TRACK[:-8] + b"\0" * 8, id="gzip-with-wrong-crc"),
+        # Not dropped in silence: the sender would take the 200 for all it sent.
+        pytest.param(_GZIPPED_TRACK + b"trailing bytes", id="gzip-with-trailing-bytes"),
     ],
 )
 def test_invalid_gzip_is_400(client: FlaskClient, redis_client: redis.Redis, data: bytes) -> None:
