@@ -165,6 +165,7 @@ def dead_letters() -> Response:
 _REPLAY_REFUSED = {
     "missing": (404, "No dead letter {ref!r}."),
     "surveyed": (409, "The survey of {ref!r} is known to have been sent; replaying would survey twice."),
+    "calling": (409, "A survey call of {ref!r} is still being made; replay it once that call has ended."),
     "expired": (410, "The event of {ref!r} has expired; it cannot be replayed."),
 }
 

@@ -182,6 +182,7 @@ _REPLAY_TEXT = {
     "replayed": "replayed",
     "missing": "no such dead letter",
     "surveyed": "not replayed: its survey is known to have been sent (a replay would survey twice)",
+    "calling": "not replayed: a survey call of it is still being made (try again once it has ended)",
     "expired": "not replayed: its event has expired",
 }
 

@@ -492,6 +492,21 @@ def test_replay_is_refused_when_the_survey_was_sent(
     assert redis_client.hget(keys.message(message_ref), "state") == "dead"
 
 
+def test_replay_is_refused_while_its_survey_call_is_being_made(
+    client: FlaskClient, stores: Stores, redis_client: redis.Redis, openapi: Conformance
+) -> None:
+    """Buried while its own survey call was in flight (the contact update it rode along with was
+    refused): a replay now would clear the guard and could send a second survey."""
+    message_ref = dead_track(stores, "c1")
+    redis_client.hset(keys.message(message_ref), "survey", f"inflight:{time.time() + 60:.3f}")
+    refused = api(client, "dead-letters/c1/replay", "POST", status=409)
+    assert refused["reason"] == "calling"
+    openapi.check(refused, "/admin/api/dead-letters/{message_id}/replay", "post", 409)
+    assert queued_refs(redis_client) == []
+    redis_client.hset(keys.message(message_ref), "survey", f"inflight:{time.time() - 1:.3f}")
+    assert api(client, "dead-letters/c1/replay", "POST") == {"replayed": 1}, "its call has ended"
+
+
 def test_replay_is_refused_when_the_event_expired(
     client: FlaskClient, stores: Stores, redis_client: redis.Redis
 ) -> None:

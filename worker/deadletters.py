@@ -75,7 +75,8 @@ class DeadLetters:
         return {**record, "event": event_of(self.client, record["id"])}
 
     def replay(self, ref: str) -> str:
-        """``replayed``, or why not: ``missing``, ``surveyed`` (would survey twice), ``expired``."""
+        """``replayed``, or why not: ``missing``, ``surveyed`` (would survey twice), ``calling`` (its
+        survey call is still being made), ``expired``."""
         answer: str = self.lua.replay(ref)
         return answer
 

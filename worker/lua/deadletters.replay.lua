@@ -1,10 +1,14 @@
 -- Queue a dead letter again, with a fresh retry window. ARGV[2] ref.
 -- Returns 'replayed', or why not: 'missing' (no such dead letter), 'surveyed' (its survey is known
--- to have been sent: a replay would survey the person twice), 'expired' (its event is gone).
+-- to have been sent: a replay would survey the person twice), 'calling' (a survey call of it is
+-- still being made: whether it reached Promoter is not known yet), 'expired' (its event is gone).
 local ref = ARGV[2]
 local key = key_message(ref)
 if redis.call('HEXISTS', KEY.dead, ref) == 0 then return 'missing' end
-if redis.call('HGET', key, 'survey') == 'sent' then return 'surveyed' end
+local guard = redis.call('HGET', key, 'survey') or ''
+if guard == 'sent' then return 'surveyed' end
+local deadline = string.match(guard, '^inflight:(.*)$')
+if deadline and tonumber(deadline) > NOW then return 'calling' end
 if redis.call('EXISTS', key_event(ref)) == 0 then return 'expired' end
 redis.call('HDEL', KEY.dead, ref)
 redis.call('ZREM', KEY.dead_index, ref)
