@@ -146,8 +146,12 @@ TYPE_RULES: dict[str, Any] = {
 }
 
 
+# How senders spell the email trait; the canonical spelling first.
+EMAIL_KEYS = ("email", "Email", "EMAIL")
+
+
 def _find_email(traits: dict[str, Any]) -> str | None:
-    for key in ("email", "Email", "EMAIL"):
+    for key in EMAIL_KEYS:
         value = traits.get(key)
         if value is not None:
             if not isinstance(value, str):
@@ -160,7 +164,7 @@ def normalize_traits(traits: dict[str, Any]) -> dict[str, Any]:
     """Canonical ``email``/``firstName``/``lastName`` out of whichever spelling the sender used."""
     out = {k: v for k, v in traits.items() if v is not None}
     email = _find_email(out)
-    for key in ("Email", "EMAIL"):
+    for key in EMAIL_KEYS[1:]:
         out.pop(key, None)
     if email:
         out["email"] = email
@@ -240,7 +244,7 @@ def _context_traits(message: dict[str, Any]) -> dict[str, Any]:
     try:
         _find_email(traits)
     except ValidationError:
-        return {k: v for k, v in traits.items() if k not in ("email", "Email", "EMAIL")}
+        return {k: v for k, v in traits.items() if k not in EMAIL_KEYS}
     return traits
 
 

@@ -4,23 +4,20 @@
 -- cannot land after a newer one), 'wait' (no call was made: the holder waits for budget elsewhere and
 -- lets go of the lease, so a more urgent update of this person can go meanwhile and carry it along;
 -- keeping it would let a low-priority update waiting for tomorrow's budget block the person's
--- surveys and email changes), 'permanent' (Promoter refused it: the messages it carried become dead letters, and so
--- does everything held for a person Promoter never accepted), [6] reason, [7] Promoter's answer,
--- [8] seconds, [9..11] the call: endpoint, status, seconds.
+-- surveys and email changes), 'permanent' (Promoter refused it: the messages it carried become dead
+-- letters, and so does everything held for a person Promoter never accepted), [6] reason,
+-- [7] Promoter's answer, [8] seconds, [9..11] the call: endpoint, status, seconds.
 local holder, rev, how, reason, response = ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[6], ARGV[7]
 local seconds = tonumber(ARGV[8])
 observe(ARGV[9], ARGV[10], ARGV[11])
-local pid = live_person(ARGV[2])
-if not pid then return 0 end
+local pid = planned_person(ARGV[2])
 local refused = 'Promoter refused the contact update of ' .. holder .. ': ' .. reason
-local person = key_person(pid)
-if pid ~= ARGV[2] or redis.call('EXISTS', person) == 0 then
-  -- Merged into another person during the call (the survivor's revisions, waiting messages and
-  -- holds are not this call's to settle), or its record expired (no key to recreate): only the
-  -- holder's own outcome is.
+if not pid then
+  -- Only the holder's own outcome is this call's to settle.
   if how == 'permanent' then bury(holder, refused, response) end
   return 1
 end
+local person = key_person(pid)
 local mine = lease_holder(person) == holder
 if how == 'uncertain' then
   redis.call('HSET', person, 'synced_fp', '')

@@ -6,10 +6,8 @@
 local holder, rev, fp = ARGV[3], tonumber(ARGV[4]), ARGV[5]
 local priority, lease_seconds = ARGV[10], tonumber(ARGV[11])
 observe(ARGV[12], ARGV[13], ARGV[14])
-local pid = live_person(ARGV[2])
--- A person merged into another while the call was in flight: its revisions are not the survivor's,
--- and the survivor's own update carries the merged contact (the merge moved the waiting messages).
-if pid ~= ARGV[2] or redis.call('EXISTS', key_person(pid)) == 0 then
+local pid = planned_person(ARGV[2])
+if not pid then
   finish_sync(holder, holder)
   return cjson.encode({action = 'done'})
 end

@@ -174,6 +174,14 @@ local function live_person(pid)
   return pid
 end
 
+-- The person a contact update was planned for, unless it was merged into another during the call
+-- (its revisions are not the survivor's, whose own update carries the merged contact) or its record
+-- expired (nothing to settle, no key to recreate).
+local function planned_person(pid)
+  if live_person(pid) ~= pid or redis.call('EXISTS', key_person(pid)) == 0 then return nil end
+  return pid
+end
+
 local function resolve(identity)
   return live_person(redis.call('GET', key_identity(identity)))
 end
@@ -533,7 +541,9 @@ end
 -- calls, 'sent' once Promoter answered, 'unknown' when the call may or may not have reached it
 -- (``survey_unknown`` keeps why). A lease that ran out means its worker died mid-call: unknown too.
 
-local function survey_claim(ref, pid, campaign, lease_seconds)
+-- ``recheck``: whether to look at the person's barriers again. The track script checked them in the
+-- same atomic step; a later claim (after the message's own contact update, or a wait for budget) must.
+local function survey_claim(ref, pid, campaign, lease_seconds, recheck)
   local key = key_message(ref)
   local guard = redis.call('HGET', key, 'survey') or ''
   if guard == 'sent' or redis.call('HEXISTS', key, 'survey_state') == 1 then return {survey = 'sent'} end
@@ -549,10 +559,8 @@ local function survey_claim(ref, pid, campaign, lease_seconds)
     local why = redis.call('HMGET', key, 'survey_unknown', 'survey_started')
     return {survey = 'unknown', cause = why[1] or '?', started = tonumber(why[2] or '0')}
   end
-  -- Checked again right before the call, not only when the track reached its person: an identify
-  -- that changes the email may have been accepted while this message made its own contact update
-  -- or waited for a budget slot.
-  if not barriers_clear(redis.call('SMEMBERS', key_person_ids(pid))) then
+  -- An identify that changes the email may have been accepted since the track reached its person.
+  if recheck and not barriers_clear(redis.call('SMEMBERS', key_person_ids(pid))) then
     hold(ref, redis.call('HGET', key, 'user'), 'waiting for a newer identify of this person to be delivered')
     return {survey = 'held'}
   end
