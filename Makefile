@@ -8,7 +8,7 @@ comma := ,
 # The browser extra (Playwright, for the dashboard test) only where a Chromium is there to drive.
 EXTRAS := dev,test,lint,bench$(if $(shell command -v chromium 2>/dev/null),$(comma)browser)
 
-.PHONY: install run test lint bench chaos clean
+.PHONY: install run test lint bench chaos sim clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ bench: $(STAMP)
 
 chaos: $(STAMP)
 	$(BIN)/python -m tests.chaos
+
+# Deterministic simulation of delivery (tests/sim): SEED=n for one seed, SEEDS=n or SECONDS=n for a run,
+# WITHOUT=feature,... to leave traffic features out. About 10 minutes by default.
+sim: $(STAMP)
+	PYTHONHASHSEED=0 $(BIN)/python -m tests.sim $(if $(SEED),--seed $(SEED) -v) $(if $(SEEDS),--seeds $(SEEDS)) \
+		$(if $(SECONDS),--seconds $(SECONDS)) $(if $(WITHOUT),--without $(WITHOUT))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache test-artifacts
