@@ -2,9 +2,10 @@
 
 Pure decisions over a message and the settings, kept apart from the HTTP handling in ``ingest``:
 which messages go to Promoter at all, which are recorded as ``skipped`` (acknowledged, nothing to
-send), and which queue each one starts in. Surveys and aliases go first; an identify carrying an
-email or a name is routed by the accept script itself (it goes first only when it may change who the
-contact is); trait-only identifies and order updates wait behind them.
+send), and which queue each one starts in. Surveys go first; an identify carrying an email or a name,
+and an alias, are routed by the accept script itself (they go first, and hold back the person's
+surveys, when they may change who the contact is); trait-only identifies and order updates wait
+behind them.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from worker import mapping
 from worker.events import DELIVERED_TYPES, Event, parse_iso, track_work
 from worker.ledger import Admission
 from worker.settings import Settings
-from worker.states import State
+from worker.states import Route, State
 
 
 def admit(event: Event, enabled: bool, settings: Settings) -> Admission:
@@ -32,11 +33,11 @@ def admit(event: Event, enabled: bool, settings: Settings) -> Admission:
         survey, order = track_work(event.get("event") or "", settings.survey_events)
         if not survey and not order:
             return Admission(event, State.SKIPPED, "not a survey event (SURVEY_EVENTS)")
-        return Admission(event, route="high" if survey else "low")
+        return Admission(event, route=Route.HIGH if survey else Route.LOW)
     if kind == "identify":
         compare = mapping.contact_identity(event["traits"])
-        return Admission(event, route="contact" if compare else "low", compare=compare)
-    return Admission(event)
+        return Admission(event, route=Route.CONTACT if compare else Route.LOW, compare=compare)
+    return Admission(event, route=Route.CONTACT)
 
 
 def within_replay_window(message: dict[str, Any], window_seconds: int, now: datetime) -> None:

@@ -38,6 +38,7 @@ def load_message(raw: Any, default_type: str | None = None) -> dict[str, Any]:
 
     Plain messages take the fast path (the same result, proven by tests); the schema has the last
     word on everything else, and writes every error."""
+    raw = legacy_type(raw, default_type)
     result = fast_load(raw, default_type, _schema)
     if result is None:
         result = schema_load(raw, default_type)
@@ -45,6 +46,14 @@ def load_message(raw: Any, default_type: str | None = None) -> dict[str, Any]:
         # Typed as the endpoint types it: the same message sent alone or in a batch is one message.
         result["messageId"] = derived_message_id({**raw, "type": result["type"]})
     return result
+
+
+def legacy_type(raw: Any, default_type: str | None) -> Any:
+    """Segment's legacy ``action`` key, which the Promoter destination's own documentation examples
+    still use, read as ``type`` when ``type`` is absent."""
+    if default_type is None and isinstance(raw, dict) and raw.get("type") is None and "action" in raw:
+        return {**{k: v for k, v in raw.items() if k != "action"}, "type": raw["action"]}
+    return raw
 
 
 def fast_load(raw: Any, default_type: str | None, schema: Schema) -> dict[str, Any] | None:

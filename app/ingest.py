@@ -266,7 +266,8 @@ def _log_one(write: Any, admission: Admission, task: str) -> None:
 
 
 def _merge(item: Any, shared: dict[str, Any]) -> Any:
-    """Batch-level context/integrations apply to every item; the item's own values win."""
+    """Batch-level context/integrations apply to every item (the item's own values win), and the
+    batch's sentAt to every item that has none."""
     if not shared or not isinstance(item, dict):
         return item
     merged = dict(item)
@@ -274,12 +275,18 @@ def _merge(item: Any, shared: dict[str, Any]) -> Any:
         if isinstance(value, dict) and value:
             own = item.get(name)
             merged[name] = {**value, **own} if isinstance(own, dict) else value
+        elif value is not None and not isinstance(value, dict) and item.get(name) is None:
+            merged[name] = value
     return merged
 
 
 def batch_shared(document: dict[str, Any]) -> dict[str, Any]:
-    """What a ``/v1/batch`` body says once for all of its messages."""
-    return {name: document.get(name) for name in ("context", "integrations")}
+    """What a ``/v1/batch`` body says once for all of its messages. analytics-python puts ``sentAt`` on
+    the batch, not on each message: without it there, batched events get no clock correction."""
+    shared = {name: document.get(name) for name in ("context", "integrations")}
+    if document.get("sentAt") is not None:
+        shared["sentAt"] = document["sentAt"]
+    return shared
 
 
 def _sort(

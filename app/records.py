@@ -10,8 +10,11 @@ from worker.events import iso, parse_iso, split_ref
 
 _TIMES = ("received", "updated", "since", "at", "survey_unknown_at", "survey_started", "held_at")
 _NUMBERS = ("attempts",)
-_HIDDEN = ("queued", "barrier", "person", "force", "sync", "sync_detail", "survey_need", "survey_state",
-           "survey_detail", "duplicate_order", "task")  # fmt: skip
+# Bookkeeping of the scripts (docs/records.md), and the contact a survey was claimed for (personal data:
+# the person view shows the contact).
+_HIDDEN = ("queued", "barrier", "repeats", "repeat", "version", "person", "force", "sync", "sync_detail",
+           "survey_need", "survey_state", "survey_detail", "duplicate_order", "task", "run", "solo",
+           "survey_email", "survey_first", "survey_last")  # fmt: skip
 # Evidence of an unknown survey outcome: which of its fields are times, which are whole numbers.
 _EVIDENCE_TIMES = ("call_started", "at", "survey_started", "survey_unknown_at")
 _EVIDENCE_INTEGERS = ("attempts",)

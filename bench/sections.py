@@ -323,19 +323,28 @@ def _message_keys(event: Event) -> list[str]:
     return [keys.message(event["ref"]), keys.history(event["ref"]), keys.event(event["ref"])]
 
 
-def _person_keys(pid: str, event: Event) -> list[str]:
-    return [keys.person(pid), keys.person_ids(pid), *(keys.identity(i) for i in identities(event))]
+def _person_keys(person: str, event: Event) -> list[str]:
+    anonymous = [keys.identity(i) for i in identities(event) if i.startswith("a:")]
+    return [keys.person(person), *anonymous]
+
+
+def _split(event: Event) -> tuple[str, str]:
+    """The user and anonymous identities of an event, as the person scripts take them ("" when absent)."""
+    user = f"u:{event['userId']}" if event.get("userId") else ""
+    return user, f"a:{event['anonymousId']}" if event.get("anonymousId") else ""
 
 
 def _deliver_identify(stores: Stores, event: Event) -> str:
-    """An identify delivered as a worker does it (plan, Promoter accepts, settle); its person's id."""
-    stores.ledger.begin(event["ref"])
+    """An identify delivered as a worker does it (plan, Promoter accepts, settle); its person."""
+    start = stores.ledger.begin(event["ref"])
+    token = f"{event['ref']}#{start.run}"
     fields = contact_fields(event["traits"])
-    plan = stores.people.contact_plan(event["ref"], identities(event), fields, version(event), "high")
+    plan = stores.people.contact_plan(event["ref"], token, *_split(event), fields, version(event), "high")
     assert plan.sync is not None, plan
     body = contact_body(plan.sync.fields, ())
-    assert stores.people.synced(plan.sync, event["ref"], body, "1", NO_CALL, "high") is None
-    return plan.sync.pid
+    following, _ = stores.people.synced(plan.sync, event["ref"], token, body, "1", NO_CALL, "high")
+    assert following is None
+    return plan.sync.person
 
 
 def memory(ctx: Ctx, count: int = 4000) -> Runs:
@@ -364,8 +373,9 @@ def memory(ctx: Ctx, count: int = 4000) -> Runs:
         queued_usage = _usage(client, per_message) + _usage(client, [queue])
         client.delete(queue)  # as if workers had taken them: they are held next
         for event in tracks:
-            stores.ledger.begin(event["ref"])
-            stores.people.track_plan(event["ref"], identities(event), None, True, 1, "high")
+            start = stores.ledger.begin(event["ref"])
+            token = f"{event['ref']}#{start.run}"
+            stores.people.track_plan(event["ref"], token, *_split(event), None, True, 1, "high")
         m2 = _used_memory(client)
         held_usage = _usage(client, per_message) + _usage(client, held)
 

@@ -11,7 +11,7 @@ from worker import keys, taskmessages
 from worker.events import Event, make_ref
 from worker.ledger import Admission, event_of
 from worker.settings import Settings, load
-from worker.states import State
+from worker.states import Route, State
 from worker.stores import Stores, build_stores
 
 
@@ -48,15 +48,18 @@ def stores_for(client: redis.Redis, **overrides: Any) -> Stores:
     return build_stores(settings, client=client)
 
 
-def accept(stores: Stores, *events: Event, route: str = "high") -> list[str]:
-    """Store and queue events the way ingest does (identifies carrying an email take the contact route)."""
+def accept(stores: Stores, *events: Event, route: Route | str = Route.HIGH) -> list[str]:
+    """Store and queue events the way ingest does (identifies carrying an email, and aliases, take the
+    contact route)."""
     admissions = []
     for event in events:
         if event["type"] == "identify" and event["traits"].get("email") and route == "high":
             compare = {"email": event["traits"]["email"]}
-            admissions.append(Admission(event, State.RECEIVED, route="contact", compare=compare))
+            admissions.append(Admission(event, State.RECEIVED, route=Route.CONTACT, compare=compare))
+        elif event["type"] == "alias":
+            admissions.append(Admission(event, State.RECEIVED, route=Route.CONTACT))
         else:
-            admissions.append(Admission(event, State.RECEIVED, route=route))
+            admissions.append(Admission(event, State.RECEIVED, route=Route(route)))
     return stores.ledger.accept(admissions)
 
 

@@ -63,8 +63,11 @@ def held_track(stores: Stores, message_id: str, user: str | None = "h1", anonymo
     accept(stores, event)
     stores.redis.delete("relay", "relay.low")
     stores.ledger.begin(event["ref"])
-    ids = [i for i in (user and f"u:{user}", anonymous and f"a:{anonymous}") if i]
-    assert stores.people.track_plan(event["ref"], ids, None, True, 7, "high").action == "held"
+    plan = stores.people.track_plan(
+        event["ref"], f"{event['ref']}#1", f"u:{user}" if user else "", f"a:{anonymous}" if anonymous else "",
+        None, True, 7, "high",
+    )  # fmt: skip
+    assert plan.action == "held"
     return event["ref"]
 
 

@@ -491,9 +491,9 @@ def test_order_of(properties: dict[str, Any], order_id: str, cents: int, currenc
 def test_order_id_is_bounded_and_order_as_json() -> None:
     assert order_of({"order_id": "x" * 500}, "m", "t").order_id == "x" * 200
     order = order_of({"order_id": "o3", "total": 0.1, "currency": "gbp"}, "m", "2024-05-01T00:00:00.000Z")
-    assert order.as_json(1714521600000) == {
+    assert order.as_json("0lvmn3eo0abcdef") == {
         "id": "o3",
-        "ms": 1714521600000,
+        "version": "0lvmn3eo0abcdef",
         "currency": "GBP",
         "cents": 10,
         "date": "2024-05-01T00:00:00.000Z",

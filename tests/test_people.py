@@ -7,6 +7,7 @@ functions a task calls.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -16,10 +17,10 @@ from tests.conftest import ref
 from tests.factories import make_event
 from tests.harness import Relay, make_relay
 from worker import delivery, keys, taskmessages
-from worker.events import identities, version
+from worker.events import version
 from worker.ledger import Start
 from worker.mapping import contact_fields
-from worker.states import State
+from worker.states import Begin, Priority, State, SyncFailure
 
 
 def identify(message_id: str, user: str = "u1", at: str = "2026-11-29T10:00:00.000Z", **traits: Any) -> Any:
@@ -77,15 +78,16 @@ def test_slow_trait_update_does_not_write_back_the_email_it_read(relay: Relay) -
     relay.redis.delete("relay", "relay.low")
     stores = relay.stores
     start = stores.ledger.begin(slow["ref"])
+    run = delivery.Run(slow["ref"], f"{slow['ref']}#{start.run}", Priority.LOW)
     fields = contact_fields(slow["traits"])
-    plan = stores.people.contact_plan(slow["ref"], identities(slow), fields, version(slow), "low")
+    plan = stores.people.contact_plan(run.ref, run.token, "u:u1", "", fields, version(slow), run.priority)
     assert plan.sync is not None
     assert plan.sync.fields["f:email"] == "a@example.com"
     relay.send(identify("b", email="b@example.com", at="2026-11-29T10:02:00.000Z"))
     relay.drain()
-    assert relay.state(ref("b")) == State.RECEIVED, "rides along with the update in flight"
-    assert start.kind == "go"
-    delivery.sync_contact(plan.sync, slow["ref"], "low", relay.runtime)
+    assert relay.state(ref("b")) == State.WAITING, "rides along with the update in flight"
+    assert start.kind is Begin.GO
+    delivery.sync_contact(plan.sync, run, relay.runtime)
     assert relay.state(ref("b")) == State.DELIVERED
     assert relay.state(ref("traits")) == State.DELIVERED
     relay.send(track("nps"))
@@ -104,18 +106,20 @@ def test_a_track_run_again_after_its_survey_was_settled_still_becomes_final(rela
     relay.send(slow)
     relay.redis.delete("relay", "relay.low")
     stores = relay.stores
-    assert stores.ledger.begin(slow["ref"]).kind == "go"
+    start = stores.ledger.begin(slow["ref"])
+    assert start.kind is Begin.GO
+    run = delivery.Run(slow["ref"], f"{slow['ref']}#{start.run}", Priority.LOW)
     fields = contact_fields(slow["traits"])
-    plan = stores.people.contact_plan(slow["ref"], identities(slow), fields, version(slow), "low")
+    plan = stores.people.contact_plan(run.ref, run.token, "u:u1", "", fields, version(slow), run.priority)
     assert plan.sync is not None, "i1 holds the person's contact update"
     nps = order("t", "o1", 10)
     relay.send(nps)
     relay.drain()
     assert len(relay.surveys()) == 1
-    assert relay.state(ref("t")) == State.RECEIVED, "its order update rides along with i1's"
-    relay.redis.lpush("relay", taskmessages.render(ref("t"), "track", "relay", ref("t") + "#again"))
+    assert relay.state(ref("t")) == State.WAITING, "its order update rides along with i1's"
+    relay.redis.lpush("relay", taskmessages.render(ref("t"), "track", "relay", ref("t") + "|again"))
     relay.drain()
-    delivery.sync_contact(plan.sync, slow["ref"], "low", relay.runtime)
+    delivery.sync_contact(plan.sync, run, relay.runtime)
     assert relay.state(ref("i1")) == State.DELIVERED
     assert relay.state(ref("t")) == State.DELIVERED
     assert len(relay.surveys()) == 1
@@ -212,7 +216,7 @@ def test_identify_refused_by_promoter_dead_letters_the_held_tracks_at_once(relay
 
 
 def test_replaying_the_refused_identify_releases_what_is_still_held(relay: Relay) -> None:
-    relay.sandbox.state.configure({"fail_next": [403]})
+    relay.sandbox.state.configure({"fail_next": [400]})
     relay.send(identify("i", email="u1@example.com"))
     relay.drain()
     assert relay.state(ref("i")) == State.DEAD
@@ -281,7 +285,7 @@ def test_a_replayed_identify_is_sent_even_when_unchanged(relay: Relay) -> None:
     relay.drain()
     relay.stores.dead.bury(ref("i"), "test")  # final already: burying changes nothing
     assert relay.state(ref("i")) == State.DELIVERED
-    relay.sandbox.state.configure({"fail_next": [401]})
+    relay.sandbox.state.configure({"fail_next": [400]})
     relay.send(identify("j", email="u1@example.com", plan="x"))
     relay.drain()
     assert relay.state(ref("j")) == State.DEAD
@@ -292,7 +296,7 @@ def test_a_replayed_identify_is_sent_even_when_unchanged(relay: Relay) -> None:
 
 
 def test_delivery_start_of_an_unknown_ref_is_nothing_to_do(relay: Relay) -> None:
-    assert relay.stores.ledger.begin("k00000000:nope") == Start(kind="missing", state="")
+    assert relay.stores.ledger.begin("k00000000:nope") == Start(kind=Begin.MISSING, state="")
 
 
 def _new_email_accepted_meanwhile(relay: Relay) -> None:
@@ -337,9 +341,10 @@ def test_a_survey_waiting_for_budget_waits_for_an_email_change_accepted_meanwhil
         _new_email_accepted_meanwhile(relay)
         relay.redis.delete(keys.RATE)
 
-    monkeypatch.setattr("worker.delivery.time.sleep", sleep)
+    waiting = relay.runtime
+    relay.runtime = dataclasses.replace(waiting, sleep=sleep)
     relay.step()
-    monkeypatch.undo()
+    relay.runtime = waiting
     relay.drain()
     assert [s["contact"]["email"] for s in relay.surveys()] == ["new@example.com"]
     assert relay.state(ref("nps")) == "delivered"
@@ -349,8 +354,8 @@ def _anonymous_person_with_a_call_in_flight_when_merged(
     relay: Relay, monkeypatch: pytest.MonkeyPatch, answer_first: list[int]
 ) -> None:
     """u1 is known (one@). Visitor x has a person of its own, updated until its revisions pass u1's;
-    while x's third update is at Promoter, u1 signs in on that device with a new email (a merge),
-    which is delivered before x's call returns (with ``answer_first`` as the sandbox's answer)."""
+    while x's third update is at Promoter, u1 signs in on that device with a new email, which stitches
+    x into u1's person (with ``answer_first`` as the sandbox's answer to the next call)."""
     relay.send(identify("p1", email="one@example.com", at="2026-11-29T09:00:00.000Z"))
     relay.drain()
     for n, plan in enumerate(["a", "b", "c"]):
@@ -367,7 +372,8 @@ def _anonymous_person_with_a_call_in_flight_when_merged(
                                traits={"email": "new@example.com"})  # fmt: skip
             relay.send(merge)
             relay.drain()
-            assert relay.state(ref("merge")) == "delivered"
+            # The visitor's call still in flight may land over u1's contact: the merge waits for it.
+            assert relay.state(ref("merge")) == State.WAITING
             relay.sandbox.state.configure({"fail_next": answer_first})
         return real(body)
 
@@ -380,7 +386,9 @@ def test_a_call_of_a_person_merged_away_meanwhile_leaves_the_survivors_contact_a
     relay: Relay, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _anonymous_person_with_a_call_in_flight_when_merged(relay, monkeypatch, [])
-    assert relay.state(ref("x2")) == "delivered"
+    assert relay.state(ref("x2")) == State.DELIVERED
+    assert relay.state(ref("merge")) == State.DELIVERED, "sent by x2's run once its own call landed"
+    assert relay.upserts()[-1]["email"] == "new@example.com"
     relay.send(track("nps"))
     relay.drain()
     assert [s["contact"]["email"] for s in relay.surveys()] == ["new@example.com"]
@@ -390,16 +398,17 @@ def test_a_refused_call_of_a_person_merged_away_meanwhile_leaves_the_survivor_al
     relay: Relay, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _anonymous_person_with_a_call_in_flight_when_merged(relay, monkeypatch, [400])
-    # The merge's update carried x2's change (plan c) before x2's own call was refused.
-    assert relay.state(ref("x2")) == "delivered"
-    assert relay.state(ref("merge")) == "delivered"
+    # x2's own call was refused: it dies alone; the survivor's lease is let go and the merge is sent.
+    assert relay.state(ref("x2")) == State.DEAD
+    relay.later()
+    assert relay.state(ref("merge")) == State.DELIVERED
     person = relay.stores.people.person_of("u:u1")
     assert person is not None
     assert person["refused"] is None
     assert person["at_promoter"]["email"] == "new@example.com"
     relay.send(track("nps"))
     relay.drain()
-    assert relay.state(ref("nps")) == "delivered"
+    assert relay.state(ref("nps")) == State.DELIVERED
     assert [s["contact"]["email"] for s in relay.surveys()] == ["new@example.com"]
 
 
@@ -410,15 +419,18 @@ def test_a_failed_update_of_a_person_whose_record_expired_meanwhile_leaves_no_ke
     message = identify("gone", email="gone@example.com")
     relay.send(message)
     relay.redis.delete("relay", "relay.low")
-    relay.stores.ledger.begin(message["ref"])
+    start = relay.stores.ledger.begin(message["ref"])
+    token = f"{message['ref']}#{start.run}"
     fields = contact_fields(message["traits"])
     plan = relay.stores.people.contact_plan(
-        message["ref"], identities(message), fields, version(message), "high"
+        message["ref"], token, "u:u1", "", fields, version(message), "high"
     )
     assert plan.sync is not None
-    person = keys.person(plan.sync.pid)
+    person = keys.person(plan.sync.person)
     relay.redis.delete(person)  # its TTL ran out while the call was in flight
-    relay.stores.people.failed(plan.sync, message["ref"], how, reason="refused", seconds=30)
+    relay.stores.people.failed(
+        plan.sync, message["ref"], token, SyncFailure(how), reason="refused", seconds=30
+    )
     assert not relay.redis.exists(person)
     if how == "permanent":
         assert relay.state(ref("gone")) == State.DEAD

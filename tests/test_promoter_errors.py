@@ -18,6 +18,7 @@ from worker.promoter import (
     DEFAULT_RETRY_AFTER,
     MAX_BODY,
     USER_AGENT,
+    AccountError,
     Call,
     IneligibleError,
     PermanentError,
@@ -49,10 +50,10 @@ NOW = 1_700_000_000.0
         (400, {}, '{"non_field_errors": ["Invalid data."]}', PermanentError),
         (400, {}, '{"detail": "not eligible"}', PermanentError),
         (400, {}, "<html>bad request</html>", PermanentError),
-        (401, {}, '{"detail": "Invalid token."}', PermanentError),
-        (403, {}, "{}", PermanentError),
-        (404, {}, "{}", PermanentError),
-        (405, {}, "{}", PermanentError),
+        (401, {}, '{"detail": "Invalid token."}', AccountError),
+        (403, {}, "{}", AccountError),
+        (404, {}, "{}", AccountError),
+        (405, {}, "{}", AccountError),
         (406, {}, "{}", PermanentError),
         (409, {}, "{}", PermanentError),
         (410, {}, "{}", PermanentError),
@@ -103,7 +104,7 @@ def test_a_gateway_answer_to_a_survey_is_uncertain(status: int) -> None:
         (408, {}, "", TransientError),
         (429, {"Retry-After": "3"}, THROTTLED, ThrottledError),
         (400, {}, INELIGIBLE, IneligibleError),
-        (404, {}, "{}", PermanentError),
+        (404, {}, "{}", AccountError),
         (200, {}, "{}", None),
     ],
 )
@@ -333,7 +334,7 @@ def test_http_errors_are_classified(client: PromoterClient, promoter: FakePromot
         client.survey({})
     assert type(unavailable.value) is TransientError  # Promoter said it failed: not uncertain
     errors.append(unavailable.value)
-    with pytest.raises(PermanentError, match="403: Forbidden") as forbidden:
+    with pytest.raises(AccountError, match="403: Forbidden") as forbidden:
         client.upsert_contact({})
     errors.append(forbidden.value)
     with pytest.raises(PermanentError, match="302") as redirected:
@@ -525,6 +526,7 @@ def test_api_key_never_leaks(promoter: FakePromoter) -> None:
     errors.append(caught.value)
     assert {type(error) for error in errors} == {
         PermanentError,
+        AccountError,
         IneligibleError,
         ThrottledError,
         TransientError,

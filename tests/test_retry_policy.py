@@ -19,7 +19,7 @@ from tests.harness import Relay, make_relay
 from worker import keys
 from worker.promoter import classify
 from worker.states import State
-from worker.tasks import Attempt
+from worker.tasks import FailurePolicy
 
 
 def identify(message_id: str, user: str = "u1", **traits: Any) -> Any:
@@ -105,15 +105,15 @@ def test_a_survey_promoter_refuses_is_a_dead_letter_and_the_contact_stays_known(
     relay.send(identify("i", email="u1@example.com"))
     relay.drain()
     assert relay.state(ref("i")) == State.DELIVERED
-    relay.sandbox.state.configure({"fail_next": [403]})
+    relay.sandbox.state.configure({"fail_next": [400]})
     relay.send(track("nps"))
     relay.drain()
     assert relay.state(ref("nps")) == State.DEAD
     reason = dead_reason(relay, "nps")
     assert reason.startswith("Promoter rejected it"), reason
-    assert "403" in reason
+    assert "400" in reason
     [refused] = relay.sandbox.state.calls("/v2/survey/")
-    assert refused["status"] == 403
+    assert refused["status"] == 400
     assert relay.state(ref("i")) == State.DELIVERED, "the refused survey does not undo the contact"
     person = relay.stores.people.person_of("u:u1")
     assert person is not None
@@ -136,7 +136,7 @@ def test_an_ineligible_answer_to_a_contact_update_is_promoters_refusal_not_an_in
     start = relay.stores.ledger.begin(ref("i"))
     error = classify(400, {}, body)
     assert error is not None
-    state = Attempt(ref("i"), start, relay.runtime, {}).failed(error)
+    state = FailurePolicy(ref("i"), start, relay.runtime, {}).handle(error)
     assert state == State.DEAD
     reason = dead_reason(relay, "i")
     assert reason.startswith("Promoter rejected it: HTTP 400"), reason

@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from app.devtools.sandbox import CAMPAIGN_PAGE, SandboxControl, SandboxServer, SandboxState, create_sandbox
-from worker.promoter import PermanentError, PromoterClient
+from worker.promoter import AccountError, PromoterClient
 
 KEY = "s3cret-sandbox-key"
 CONTACT = {"email": "ada@example.com", "first_name": "Ada", "last_name": "Lovelace"}
@@ -402,8 +402,8 @@ def test_promoter_client_reads_campaign_pages(server: SandboxServer, control: Sa
     assert reply.data["next"] is None
     assert (reply.call.endpoint, reply.call.status) == ("campaigns", "200")
     assert reply.call.seconds >= 0
-    with pytest.raises(PermanentError, match=r"404: Invalid page\.") as caught:
+    with pytest.raises(AccountError, match=r"404: Invalid page\.") as caught:
         client.campaigns(3)
     assert (caught.value.call.endpoint, caught.value.call.status) == ("campaigns", "404")
-    with pytest.raises(PermanentError, match=r"401: Invalid token\."):
+    with pytest.raises(AccountError, match=r"401: Invalid token\."):
         PromoterClient(server.url, "not-" + KEY, timeout=5).campaigns(1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from typing import Any
 
@@ -13,7 +14,7 @@ from tests.factories import accept, make_event, queued_refs
 from tests.harness import Clock
 from worker import keys
 from worker.settings import load
-from worker.states import State
+from worker.states import Claim, Plan, State, SurveyOutcome
 from worker.stores import Stores, build_stores
 
 
@@ -32,6 +33,12 @@ def stores(redis_client: redis.Redis, clock: Clock) -> Stores:
     return stores_with(redis_client, clock)
 
 
+def known_person(stores: Stores, person: str, email: str = "u1@example.com") -> None:
+    """A person Promoter knows, as the scripts store it (worker/lua/lib/persons.lua)."""
+    record = {"f": {"email": [email, 1]}, "vs": ["000000000000000"], "rev": 0, "se": email}
+    stores.redis.set(keys.person(person), json.dumps(record), ex=3600)
+
+
 def state(stores: Stores, message_id: str) -> str | None:
     return stores.ledger.state(ref(message_id))
 
@@ -42,9 +49,11 @@ def hold_track(
     event = make_event(message_id, user=user, anonymous=anonymous)
     accept(stores, event)
     stores.ledger.begin(event["ref"])
-    ids = [i for i in (user and f"u:{user}", anonymous and f"a:{anonymous}") if i]
-    plan = stores.people.track_plan(event["ref"], ids, None, True, 7, "high")
-    assert plan.action == "held"
+    plan = stores.people.track_plan(
+        event["ref"], f"{event['ref']}#1", f"u:{user}" if user else "", f"a:{anonymous}" if anonymous else "",
+        None, True, 7, "high",
+    )  # fmt: skip
+    assert plan.action is Plan.HELD
 
 
 # ----------------------------------------------------------------------------------- stored events
@@ -56,7 +65,7 @@ def test_a_message_that_waits_keeps_its_event_as_long_as_its_record(stores: Stor
     accept(stores, make_event("w1"))
     stores.redis.expire(keys.event(ref("w1")), 5)  # most of its first TTL has passed
     assert stores.ledger.begin(ref("w1")).kind == "go"
-    assert stores.schedule.later(ref("w1"), 60, "waiting: budget", attempts_delta=-1)
+    assert stores.schedule.later(ref("w1"), 60, "waiting: budget", attempts_delta=-1) == State.RETRYING
     record_ttl = stores.redis.ttl(keys.message(ref("w1")))
     assert record_ttl > 5
     assert stores.redis.ttl(keys.event(ref("w1"))) == record_ttl
@@ -78,8 +87,8 @@ def test_a_message_whose_event_is_gone_becomes_a_dead_letter_not_a_silent_loop(s
 
 def test_a_late_retry_cannot_move_a_dead_letter_back(stores: Stores) -> None:
     accept(stores, make_event("m1"))
-    assert stores.dead.bury(ref("m1"), "gave up")
-    assert stores.schedule.later(ref("m1"), 5, "transient: late") is False
+    assert stores.dead.bury(ref("m1"), "gave up") == State.DEAD
+    assert stores.schedule.later(ref("m1"), 5, "transient: late") == State.DEAD, "not retrying: dead stays"
     assert state(stores, "m1") == State.DEAD
     assert stores.dead.count() == 1
     assert stores.redis.zscore(keys.SCHEDULE, ref("m1")) is None
@@ -88,7 +97,7 @@ def test_a_late_retry_cannot_move_a_dead_letter_back(stores: Stores) -> None:
 def test_a_late_survey_success_does_not_overwrite_dead_and_blocks_replay(stores: Stores) -> None:
     accept(stores, make_event("m2"))
     stores.dead.bury(ref("m2"), "survey outcome unknown")
-    stores.people.settle_survey(ref("m2"), "sent", "survey sent", "u1@example.com", 7)
+    stores.people.settle_survey(ref("m2"), SurveyOutcome.SENT, "survey sent", "u1@example.com", 7)
     assert state(stores, "m2") == State.DEAD, "final stays final"
     assert stores.dead.replay(ref("m2")) == "surveyed", "the survey is known sent: replay would survey twice"
     assert stores.dead.count() == 1
@@ -97,7 +106,7 @@ def test_a_late_survey_success_does_not_overwrite_dead_and_blocks_replay(stores:
 def test_burying_a_delivered_message_changes_nothing(stores: Stores) -> None:
     accept(stores, make_event("m3", kind="identify"))
     stores.redis.hset(keys.message(ref("m3")), "state", State.DELIVERED)
-    assert stores.dead.bury(ref("m3"), "late failure") is False
+    assert stores.dead.bury(ref("m3"), "late failure") == State.DELIVERED
     assert state(stores, "m3") == State.DELIVERED
     assert stores.dead.count() == 0
 
@@ -181,7 +190,8 @@ def test_anonymous_holds_can_be_dead_lettered_instead(redis_client: redis.Redis,
 def test_holding_the_same_message_twice_holds_it_once(stores: Stores) -> None:
     hold_track(stores, "h1")
     for _ in range(3):  # the plan running again, as after a redelivery of its task
-        assert stores.people.track_plan(ref("h1"), ["u:u1"], None, True, 7, "high").action == "held"
+        plan = stores.people.track_plan(ref("h1"), ref("h1") + "#1", "u:u1", "", None, True, 7, "high")
+        assert plan.action is Plan.HELD
     assert stores.holds.held_count("u:u1") == 1
     assert int(stores.redis.get(keys.HELD_COUNT) or 0) == 1
     assert stores.ledger.begin(ref("h1")).kind == "held", "a redelivered task of a held message does nothing"
@@ -240,31 +250,31 @@ def test_replay_all_replays_what_is_there_once(stores: Stores) -> None:
 
 def test_survey_claim_lease_running_out_means_unknown(redis_client: redis.Redis, clock: Clock) -> None:
     stores = stores_with(redis_client, clock)
-    stores.redis.hset(keys.person("p1"), mapping={"s:email": "u1@example.com", "rev": 0})
+    known_person(stores, "u:p1")
     accept(stores, make_event("s1"))
-    assert stores.people.claim_survey(ref("s1"), "p1", 7).outcome == "go"
-    busy = stores.people.claim_survey(ref("s1"), "p1", 7)
-    assert busy.outcome == "busy"
+    assert stores.people.claim_survey(ref("s1"), "u:p1", 7).outcome is Claim.GO
+    busy = stores.people.claim_survey(ref("s1"), "u:p1", 7)
+    assert busy.outcome is Claim.BUSY
     assert 0 < busy.wait_seconds <= stores.people.lease_seconds
     clock.advance(stores.people.lease_seconds + 1)
-    unknown = stores.people.claim_survey(ref("s1"), "p1", 7)
-    assert unknown.outcome == "unknown"
+    unknown = stores.people.claim_survey(ref("s1"), "u:p1", 7)
+    assert unknown.outcome is Claim.UNKNOWN
     assert unknown.cause == "worker stopped mid-call"
-    assert stores.people.claim_survey(ref("s1"), "p1", 7).outcome == "unknown"
+    assert stores.people.claim_survey(ref("s1"), "u:p1", 7).outcome is Claim.UNKNOWN
 
 
 def test_with_resend_an_unknown_outcome_is_claimed_again_as_a_resend(
     redis_client: redis.Redis, clock: Clock
 ) -> None:
     stores = stores_with(redis_client, clock, unknown_survey_outcome="resend")
-    stores.redis.hset(keys.person("p1"), mapping={"s:email": "u1@example.com", "rev": 0})
+    known_person(stores, "u:p1")
     accept(stores, make_event("s2"))
-    stores.people.claim_survey(ref("s2"), "p1", 7)
-    stores.people.settle_survey(ref("s2"), "unknown", "timeout", "u1@example.com", 7)
-    again = stores.people.claim_survey(ref("s2"), "p1", 7)
-    assert again.outcome == "go"
+    stores.people.claim_survey(ref("s2"), "u:p1", 7)
+    stores.people.settle_survey(ref("s2"), SurveyOutcome.UNKNOWN, "timeout", "u1@example.com", 7)
+    again = stores.people.claim_survey(ref("s2"), "u:p1", 7)
+    assert again.outcome is Claim.GO
     assert again.resend
-    stores.people.settle_survey(ref("s2"), "ineligible", "not eligible", "u1@example.com", 7)
+    stores.people.settle_survey(ref("s2"), SurveyOutcome.INELIGIBLE, "not eligible", "u1@example.com", 7)
     record = stores.ledger.status(ref("s2"))
     assert record is not None
     assert record["state"] == State.DELIVERED

@@ -26,6 +26,7 @@ BEAT_SCHEDULE = {
     "expire-holds": {"task": tasks.EXPIRE_TASK, "schedule": 60.0},
     "reconcile": {"task": tasks.RECONCILE_TASK, "schedule": 15.0},
     "prune-dead-letters": {"task": tasks.PRUNE_TASK, "schedule": 600.0},
+    "watch-account": {"task": tasks.ACCOUNT_TASK, "schedule": 60.0},
 }
 
 

@@ -20,7 +20,7 @@ import redis
 from worker import keys
 from worker.events import split_ref
 from worker.ledger import event_of, events_of
-from worker.scripts import Lua, encode
+from worker.scripts import Scripts, encode
 
 BATCH = 500
 
@@ -30,20 +30,23 @@ class DeadLetters:
         self,
         client: redis.Redis,
         *,
-        lua: Lua,
+        scripts: Scripts,
         ttl: int,
         cap: int,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.client = client
-        self.lua = lua
+        self._bury = scripts("bury")
+        self._replay = scripts("replay")
+        self._discard = scripts("discard")
         self.ttl = ttl
         self.cap = cap
         self.clock = clock
 
-    def bury(self, ref: str, reason: str, response: str = "", evidence: dict[str, Any] | None = None) -> bool:
-        """False when the message was already final: a late failure never overwrites an outcome."""
-        return bool(self.lua.bury(ref, reason, response[:2000], encode(evidence) if evidence else ""))
+    def bury(self, ref: str, reason: str, response: str = "", evidence: dict[str, Any] | None = None) -> str:
+        """The message's state afterwards: a late failure never overwrites a final outcome."""
+        state: str = self._bury(ref, reason, response[:2000], encode(evidence) if evidence else "")
+        return state
 
     def count(self) -> int:
         return int(self.client.zcard(keys.DEAD_INDEX))
@@ -77,7 +80,7 @@ class DeadLetters:
     def replay(self, ref: str) -> str:
         """``replayed``, or why not: ``missing``, ``surveyed`` (would survey twice), ``calling`` (its
         survey call is still being made), ``expired``."""
-        answer: str = self.lua.replay(ref)
+        answer: str = self._replay(ref)
         return answer
 
     def replay_all(self) -> dict[str, int]:
@@ -93,10 +96,10 @@ class DeadLetters:
         for ref in refs:
             batch.append(ref)
             if len(batch) == BATCH:
-                dropped += int(self.lua.discard(why, *batch))
+                dropped += int(self._discard(why, *batch))
                 batch = []
         if batch:
-            dropped += int(self.lua.discard(why, *batch))
+            dropped += int(self._discard(why, *batch))
         return dropped
 
     def discard_all(self, older_than: float | None = None) -> int:

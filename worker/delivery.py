@@ -3,36 +3,37 @@
 Tasks stay thin: they call these functions and turn the exceptions into retry decisions. The
 functions decide *what* to call at Promoter and in which order; the person scripts (``people``) decide
 who the contact is and make each step safe to repeat, since any of them may run again after a crash
-or a redelivery.
+or a redelivery. Every outcome reports the state the scripts wrote, never a guess.
 
-- identify: merge its fields into the person; if the merged contact differs from what Promoter has,
-  send it (or ride along with the update already in flight for this person).
-- alias: link previousId to userId's person, and send the merged contact if the merge changed it.
+- identify: the identities meet, its fields merge into the person; if the merged contact differs from
+  what Promoter has, send it (or ride along with the update already in flight for this person).
+- alias: previousId becomes another name of userId's person; send the merged contact if it changed.
 - track: once Promoter knows the person, record an order (once per order_id) and send the order
   attributes, and/or survey the person; before that, the track is held.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 from worker import mapping
 from worker.events import (
     Event,
     anonymous_identity,
-    identities,
     iso,
     track_work,
     user_identity,
     version,
 )
 from worker.ledger import Start
-from worker.people import SurveyClaim, SyncPlan
+from worker.people import Decision, SurveyClaim, SyncPlan
 from worker.promoter import (
+    AccountError,
     IneligibleError,
     PermanentError,
     PromoterError,
@@ -40,11 +41,12 @@ from worker.promoter import (
     UncertainError,
 )
 from worker.runtime import Runtime
-from worker.states import State
+from worker.states import Claim, Plan, Priority, State, SurveyOutcome, SyncFailure
 
 MAX_INLINE_WAIT_SECONDS = 2.0
 MAX_SYNC_ROUNDS = 5
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
+log = logging.getLogger("relay.delivery")
 
 
 class Wait(Exception):
@@ -72,9 +74,9 @@ class ConfigurationError(Exception):
 
 
 class Settled(Exception):
-    """The outcome is already recorded by a script (e.g. a refused contact update buried all it carried)."""
+    """The outcome is already recorded by a script (e.g. a refused contact update buried its message)."""
 
-    def __init__(self, state: State, detail: str) -> None:
+    def __init__(self, state: str, detail: str) -> None:
         super().__init__(detail)
         self.state = state
         self.detail = detail
@@ -91,14 +93,24 @@ class Quarantined(TransientError):
 
 @dataclass(frozen=True)
 class Outcome:
-    """What a delivery function did, for the log line (the state itself is written by the scripts)."""
+    """What a delivery function did: the state the scripts left the message in, and why, for the log."""
 
     state: str
     detail: str = ""
 
 
-def priority(start: Start, rt: Runtime) -> str:
-    return "low" if start.queue == rt.settings.low_queue else "high"
+@dataclass(frozen=True)
+class Run:
+    """One run of one message: its ref, its run token (the lease holder's name) and its priority."""
+
+    ref: str
+    token: str
+    priority: Priority
+
+
+def run_of(event: Event, start: Start, rt: Runtime) -> Run:
+    level = Priority.LOW if start.queue == rt.settings.low_queue else Priority.HIGH
+    return Run(event["ref"], f"{event['ref']}#{start.run}", level)
 
 
 # --- identify and alias ----------------------------------------------------------------------------
@@ -107,62 +119,94 @@ def priority(start: Start, rt: Runtime) -> str:
 def identify(event: Event, start: Start, rt: Runtime) -> Outcome:
     only = mapping.TraitFilter(rt.settings.traits_allow, rt.settings.traits_deny)
     fields = mapping.contact_fields(event["traits"], only)
+    run = run_of(event, start, rt)
+    user = user_identity(str(event["userId"])) if event.get("userId") else ""
+    anonymous = anonymous_identity(str(event["anonymousId"])) if event.get("anonymousId") else ""
     plan = rt.stores.people.contact_plan(
-        event["ref"], identities(event), fields, version(event), priority(start, rt), start.force
+        run.ref, run.token, user, anonymous, fields or None, version(event), run.priority, start.force
     )
-    return _follow(plan.action, plan.sync, plan.coalesced_with, event["ref"], start, rt)
+    return _follow(plan, run, rt)
 
 
 def alias(event: Event, start: Start, rt: Runtime) -> Outcome:
-    previous = str(event.get("previousId") or "")
-    linked = [user_identity(str(event["userId"])), user_identity(previous), anonymous_identity(previous)]
-    plan = rt.stores.people.contact_plan(
-        event["ref"], linked, None, version(event), priority(start, rt), start.force
+    run = run_of(event, start, rt)
+    plan = rt.stores.people.alias_plan(
+        run.ref,
+        run.token,
+        str(event["userId"]),
+        str(event.get("previousId") or ""),
+        run.priority,
+        start.force,
     )
-    return _follow(plan.action, plan.sync, plan.coalesced_with, event["ref"], start, rt)
+    return _follow(plan, run, rt)
 
 
-def _follow(action: str, sync: SyncPlan | None, holder: str, ref: str, start: Start, rt: Runtime) -> Outcome:
-    if sync is not None:
-        return sync_contact(sync, ref, priority(start, rt), rt)
-    if action == "coalesced":
-        return Outcome("received", f"rides along with the contact update of {holder}")
-    return Outcome(action)
+def _follow(plan: Decision, run: Run, rt: Runtime) -> Outcome:
+    if plan.sync is not None:
+        return sync_contact(plan.sync, run, rt)
+    if plan.action is Plan.WAIT:
+        raise Wait(plan.wait_seconds, plan.why)
+    if plan.action is Plan.COALESCED:
+        return Outcome(plan.state, f"rides along with the contact update of {plan.coalesced_with}")
+    return Outcome(plan.state)
 
 
-def sync_contact(plan: SyncPlan, ref: str, level: str, rt: Runtime) -> Outcome:
-    """Send the person's newest contact, again while it keeps changing (this message holds the lease)."""
+def sync_contact(plan: SyncPlan, run: Run, rt: Runtime) -> Outcome:
+    """Send the person's newest contact, again while it keeps changing (this run holds the lease)."""
     people = rt.stores.people
     for _ in range(MAX_SYNC_ROUNDS):
         if plan.wait_seconds > 0:
-            resumed = _wait_for_budget(plan, ref, level, rt)
+            resumed = _wait_for_budget(plan, run, rt)
             if resumed is None:
-                return Outcome("received", "the contact update went to another message meanwhile")
+                return Outcome(State.RECEIVED, "the contact update went to another message meanwhile")
             plan = resumed
         body = mapping.contact_body(plan.fields, rt.settings.promoter_contact_list_ids)
         try:
             reply = rt.promoter.upsert_contact(body)
         except UncertainError as error:
-            quarantine = rt.promoter.deadline
-            people.failed(plan, ref, "uncertain", seconds=quarantine, call=error.call)
-            raise Quarantined(f"contact update of unknown outcome: {error}", quarantine) from None
+            people.failed(
+                plan, run.ref, run.token, SyncFailure.UNCERTAIN, seconds=rt.promoter.deadline, call=error.call
+            )
+            reason = f"contact update of unknown outcome: {error}"
+            raise Quarantined(reason, rt.promoter.deadline) from None
+        except AccountError as error:
+            people.failed(plan, run.ref, run.token, SyncFailure.TRANSIENT, call=error.call)
+            raise
         except PermanentError as error:
             reason = str(error)
-            people.failed(plan, ref, "permanent", reason=reason, response=error.body, call=error.call)
-            raise Settled(State.DEAD, f"Promoter refused the contact update: {reason}") from None
+            state = people.failed(
+                plan,
+                run.ref,
+                run.token,
+                SyncFailure.PERMANENT,
+                reason=reason,
+                response=error.body,
+                call=error.call,
+            )
+            raise Settled(state, f"Promoter refused the contact update: {reason}") from None
         except PromoterError as error:
-            people.failed(plan, ref, "transient", call=error.call)
+            people.failed(plan, run.ref, run.token, SyncFailure.TRANSIENT, call=error.call)
             raise
+        except Exception as error:
+            # Not Promoter's answer: a fault of ours or of a library, maybe after the upsert landed. An
+            # upsert can be repeated; like a timeout, it waits until a stalled request would have landed.
+            log.exception(
+                "unexpected error during a contact update", extra={"message_id": run.ref, "task_id": "-"}
+            )
+            people.failed(plan, run.ref, run.token, SyncFailure.UNCERTAIN, seconds=rt.promoter.deadline)
+            raise Quarantined(
+                f"contact update of unknown outcome: {type(error).__name__}", rt.promoter.deadline
+            ) from None
         contact_id = str(reply.data.get("id", ""))
-        following = people.synced(plan, ref, body, contact_id, reply.call, level)
+        following, state = people.synced(plan, run.ref, run.token, body, contact_id, reply.call, run.priority)
         if following is None:
-            return Outcome("delivered", f"contact {contact_id or '?'} upserted")
+            return Outcome(state, f"contact {contact_id or '?'} upserted")
         plan = following
-    people.failed(plan, ref, "transient")
-    return Outcome("delivered", f"contact upserted; still changing after {MAX_SYNC_ROUNDS} updates")
+    state = people.failed(plan, run.ref, run.token, SyncFailure.TRANSIENT)
+    return Outcome(state, f"contact upserted; still changing after {MAX_SYNC_ROUNDS} updates")
 
 
-def _wait_for_budget(plan: SyncPlan, ref: str, level: str, rt: Runtime) -> SyncPlan | None:
+def _wait_for_budget(plan: SyncPlan, run: Run, rt: Runtime) -> SyncPlan | None:
     """Sleep briefly for a budget slot, each time taking the newest state (updates that arrived while
     this message waited ride along); a longer wait is handed back and the person's lease let go, so
     that a more urgent update of this person may go meanwhile (and carry this one)."""
@@ -170,11 +214,11 @@ def _wait_for_budget(plan: SyncPlan, ref: str, level: str, rt: Runtime) -> SyncP
     current: SyncPlan | None = plan
     while current is not None and current.wait_seconds > 0:
         if waited + current.wait_seconds > MAX_INLINE_WAIT_SECONDS:
-            rt.stores.people.failed(current, ref, "wait")
+            rt.stores.people.failed(current, run.ref, run.token, SyncFailure.WAIT)
             raise Wait(current.wait_seconds, current.why)
         rt.sleep(current.wait_seconds)
         waited += current.wait_seconds
-        current = rt.stores.people.resume(current, ref, level)
+        current = rt.stores.people.resume(current, run.ref, run.token, run.priority)
     return current
 
 
@@ -186,56 +230,57 @@ def track(event: Event, start: Start, rt: Runtime) -> Outcome:
     order = None
     if is_order:
         found = mapping.order_of(event.get("properties") or {}, event["messageId"], event["timestamp"])
-        order = (found, int(version(event).split("|", 1)[0]))
+        order = (found, version(event))
     campaign = event.get("campaignId") or rt.settings.promoter_campaign_id
     if survey and campaign is None:
         raise ConfigurationError("no campaign: set PROMOTER_CAMPAIGN_ID or integrations.Promoter.campaign")
-    level = priority(start, rt)
+    run = run_of(event, start, rt)
+    user = user_identity(str(event["userId"])) if event.get("userId") else ""
+    anonymous = anonymous_identity(str(event["anonymousId"])) if event.get("anonymousId") else ""
     plan = rt.stores.people.track_plan(
-        event["ref"], identities(event), order, survey, int(campaign or 0), level
+        run.ref, run.token, user, anonymous, order, survey, int(campaign or 0), run.priority
     )
-    if plan.action != "go":
-        return Outcome(plan.action)
+    if plan.action is not Plan.GO:
+        return Outcome(plan.state)
     done = ""
     if plan.sync is not None:
-        done = sync_contact(plan.sync, event["ref"], level, rt).detail
+        done = sync_contact(plan.sync, run, rt).detail
     if not survey:
-        return Outcome(
-            "delivered", done or (plan.coalesced_with and f"rides along with {plan.coalesced_with}")
-        )
-    claim = plan.survey or rt.stores.people.claim_survey(event["ref"], plan.pid, int(campaign or 0))
-    return survey_person(event, start, claim, int(campaign or 0), plan.pid, rt)
+        rides = plan.coalesced_with and f"rides along with {plan.coalesced_with}"
+        return Outcome(rt.stores.ledger.state(run.ref) or plan.state, done or rides)
+    claim = plan.survey or rt.stores.people.claim_survey(run.ref, plan.person, int(campaign or 0))
+    return survey_person(event, start, claim, int(campaign or 0), plan.person, rt)
 
 
 def survey_person(
-    event: Event, start: Start, claim: SurveyClaim, campaign: int, pid: str, rt: Runtime
+    event: Event, start: Start, claim: SurveyClaim, campaign: int, person: str, rt: Runtime
 ) -> Outcome:
-    claim = _settled_claim(event["ref"], start, claim, campaign, pid, rt)
-    if claim.outcome == "held":
-        return Outcome("held", "waiting for a newer identify of this person to be delivered")
-    if claim.outcome == "sent":
-        return Outcome("delivered", "survey already sent")
-    if claim.outcome == "cooldown":
+    claim = _settled_claim(event["ref"], start, claim, campaign, person, rt)
+    if claim.outcome is Claim.HELD:
+        return Outcome(claim.state, "waiting for a newer identify of this person to be delivered")
+    if claim.outcome is Claim.SENT:
+        return Outcome(rt.stores.ledger.state(event["ref"]) or State.DELIVERED, "survey already sent")
+    if claim.outcome is Claim.COOLDOWN:
         days = max(0, int((rt.clock() - claim.surveyed_at) // 86400))
         detail = f"surveyed {days} days ago (SURVEY_COOLDOWN_DAYS={rt.settings.survey_cooldown_days})"
-        rt.stores.people.settle_survey(event["ref"], "cooldown", detail, "", campaign)
-        return Outcome("ineligible", detail)
+        state = rt.stores.people.settle_survey(event["ref"], SurveyOutcome.COOLDOWN, detail, "", campaign)
+        return Outcome(state, detail)
     return _call_survey(event, start, claim, campaign, rt)
 
 
 def _settled_claim(
-    ref: str, start: Start, claim: SurveyClaim, campaign: int, pid: str, rt: Runtime
+    ref: str, start: Start, claim: SurveyClaim, campaign: int, person: str, rt: Runtime
 ) -> SurveyClaim:
     """The claim once nobody else holds it: waits briefly for budget or another worker's call, and
     turns an unknown outcome into ``OutcomeUnknown`` when the policy is to dead-letter it."""
     waited = 0.0
-    while claim.outcome in ("wait", "busy"):
+    while claim.outcome in (Claim.WAIT, Claim.BUSY):
         if waited + claim.wait_seconds > MAX_INLINE_WAIT_SECONDS:
             raise Wait(claim.wait_seconds, claim.why or "survey call for this message in flight elsewhere")
         rt.sleep(claim.wait_seconds)
         waited += claim.wait_seconds
-        claim = rt.stores.people.claim_survey(ref, pid, campaign)
-    if claim.outcome == "unknown":
+        claim = rt.stores.people.claim_survey(ref, person, campaign)
+    if claim.outcome is Claim.UNKNOWN:
         evidence: dict[str, Any] = {"attempts": start.attempts, "noticed_by": WORKER}
         if claim.started:
             evidence["call_started"] = iso(datetime.fromtimestamp(claim.started, UTC))
@@ -256,24 +301,36 @@ def _call_survey(event: Event, start: Start, claim: SurveyClaim, campaign: int, 
         reply = rt.promoter.survey(body)
     except IneligibleError as error:
         detail = "Promoter: contact is not eligible for survey"
-        people.settle_survey(ref, "ineligible", detail, claim.email, campaign, error.call)
-        return Outcome("ineligible")
+        state = people.settle_survey(ref, SurveyOutcome.INELIGIBLE, detail, claim.email, campaign, error.call)
+        return Outcome(state, detail)
     except UncertainError as error:
-        people.settle_survey(ref, "unknown", error.cause, claim.email, campaign, error.call)
-        if rt.settings.unknown_survey_outcome == "resend":
-            reason = f"survey outcome unknown ({error.cause}); sending once more"
-            raise Quarantined(reason, rt.promoter.deadline) from None
-        evidence = {
-            "call_started": started,
-            "call_seconds": round(error.call.seconds, 3),
-            "attempts": start.attempts,
-            "worker": WORKER,
-            "error": str(error)[:300],
-        }
-        raise OutcomeUnknown(error.cause, evidence) from None
+        people.settle_survey(ref, SurveyOutcome.UNKNOWN, error.cause, claim.email, campaign, error.call)
+        _unknown(error.cause, start, started, rt, str(error), error.call.seconds)
     except PromoterError as error:
-        people.settle_survey(ref, "failed", "", claim.email, campaign, error.call)
+        people.settle_survey(ref, SurveyOutcome.FAILED, "", claim.email, campaign, error.call)
         raise
-    people.settle_survey(ref, "sent", f"survey sent (campaign {campaign})", claim.email, campaign, reply.call)
+    except Exception as error:
+        # Not Promoter's answer: a fault of ours or of a library, after the request may have gone out.
+        log.exception("unexpected error during a survey call", extra={"message_id": ref, "task_id": "-"})
+        cause = f"unexpected {type(error).__name__}"
+        people.settle_survey(ref, SurveyOutcome.UNKNOWN, cause, claim.email, campaign)
+        _unknown(cause, start, started, rt, str(error)[:300], 0.0)
+    state = people.settle_survey(
+        ref, SurveyOutcome.SENT, f"survey sent (campaign {campaign})", claim.email, campaign, reply.call
+    )
     resent = " (resent after an unknown outcome)" if claim.resend else ""
-    return Outcome("delivered", f"survey sent{resent}")
+    return Outcome(state, f"survey sent{resent}")
+
+
+def _unknown(cause: str, start: Start, started: str, rt: Runtime, error: str, seconds: float) -> NoReturn:
+    """A survey call of unknown outcome: send once more (``resend`` policy) or dead-letter it."""
+    if rt.settings.unknown_survey_outcome == "resend":
+        raise Quarantined(f"survey outcome unknown ({cause}); sending once more", rt.promoter.deadline)
+    evidence = {
+        "call_started": started,
+        "call_seconds": round(seconds, 3),
+        "attempts": start.attempts,
+        "worker": WORKER,
+        "error": error,
+    }
+    raise OutcomeUnknown(cause, evidence)

@@ -89,12 +89,24 @@ def _is_key_source(source: str) -> bool:
     return len(source) == 9 and source[0] == "k" and all(c in "0123456789abcdef" for c in source[1:])
 
 
+USER_PREFIX = "u:"
+ANONYMOUS_PREFIX = "a:"
+
+
 def user_identity(user_id: str) -> str:
-    return f"u:{user_id}"
+    return USER_PREFIX + user_id
 
 
 def anonymous_identity(anonymous_id: str) -> str:
-    return f"a:{anonymous_id}"
+    return ANONYMOUS_PREFIX + anonymous_id
+
+
+def display_identity(identity: str) -> str:
+    """An identity as a person reads it: the id without its internal prefix."""
+    for prefix in (USER_PREFIX, ANONYMOUS_PREFIX):
+        if identity.startswith(prefix):
+            return identity[len(prefix) :]
+    return identity
 
 
 def identities(event: Event) -> list[str]:
@@ -121,7 +133,24 @@ def parse_iso(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
+_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def _base36(number: int, width: int) -> str:
+    out = ""
+    while number:
+        number, digit = divmod(number, 36)
+        out = _DIGITS[digit] + out
+    return out.rjust(width, "0")
+
+
+def event_ms(event: Event) -> int:
+    return max(0, int(parse_iso(event["timestamp"]).timestamp() * 1000))
+
+
 def version(event: Event) -> str:
-    """Orders every write to a person: event time in ms, then the ref, so replays and ties agree."""
-    moment = parse_iso(event["timestamp"])
-    return f"{max(0, int(moment.timestamp() * 1000)):015d}|{event['ref']}"
+    """Orders every write to a person: event time in ms, then a digest of the ref, so replays and ties
+    agree. Fixed width, so versions compare as text: 9 base-36 digits of milliseconds (until the year
+    5138) and 6 hex digits of the ref's SHA-1; 15 characters, stored once per identify in a person."""
+    digest = hashlib.sha1(event["ref"].encode("utf-8")).hexdigest()[:6]  # noqa: S324 - an ordering, not security
+    return _base36(event_ms(event), 9) + digest

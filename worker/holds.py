@@ -19,7 +19,7 @@ from typing import cast
 import redis
 
 from worker import keys
-from worker.scripts import Lua
+from worker.scripts import Scripts
 
 BATCH = 200
 
@@ -29,14 +29,14 @@ class Holds:
         self,
         client: redis.Redis,
         *,
-        lua: Lua,
+        scripts: Scripts,
         user_ttl: int,
         anonymous_ttl: int,
         anonymous_outcome: str,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.client = client
-        self.lua = lua
+        self._expire = scripts("expire")
         self.user_ttl = user_ttl
         self.anonymous_ttl = anonymous_ttl
         self.anonymous_outcome = "skip" if anonymous_outcome == "skip" else "dead-letter"
@@ -52,7 +52,7 @@ class Holds:
         ):
             more = 1
             while more and time.monotonic() - started < time_budget:
-                count, more = self.lua.expire(kind, f"{self.clock() - ttl:.3f}", BATCH, outcome)
+                count, more = self._expire(kind, f"{self.clock() - ttl:.3f}", BATCH, outcome)
                 expired += int(count)
         return expired
 

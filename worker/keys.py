@@ -27,8 +27,12 @@ PAUSE = f"{PREFIX}:pause-until"
 RATE = f"{PREFIX}:rate"
 LATENCY = f"{PREFIX}:latency"
 BUDGET_DAY = f"{PREFIX}:budget:"
-PERSON_SEQUENCE = f"{PREFIX}:person-seq"
 HEARTBEAT = f"{PREFIX}:heartbeat:"
+# '<next probe ms>|<since>|<why>' while Promoter refuses the account (401/403/404/405); with a TTL.
+ACCOUNT = f"{PREFIX}:account"
+# The version of the stored data's layout, and the lock of a migration to it (worker/migrate.py).
+SCHEMA = f"{PREFIX}:schema"
+MIGRATION_LOCK = f"{PREFIX}:migration-lock"
 
 # Global keys without a TTL, and why each stays bounded.
 BOUNDED: dict[str, str] = {
@@ -42,7 +46,7 @@ BOUNDED: dict[str, str] = {
     DEAD_INDEX: "the dead letters' index, pruned with them",
     RECENT: "the last 200 message refs",
     LATENCY: "one field per endpoint, bucket and status",
-    PERSON_SEQUENCE: "a counter",
+    SCHEMA: "one number",
 }
 
 
@@ -58,13 +62,14 @@ class KeyFormat(str):
 message = KeyFormat(PREFIX + ":msg:{%s}")
 event = KeyFormat(message + ":event")
 history = KeyFormat(message + ":log")
+# relay:id:{a:<anonymousId>} names the person the anonymousId belongs to (for ANONYMOUS_ID_TTL_SECONDS).
 identity = KeyFormat(PREFIX + ":id:{%s}")
 held = KeyFormat(identity + ":held")
 barrier = KeyFormat(identity + ":barrier")
+repeats = KeyFormat(identity + ":repeats")
+# A person, named after its userId or, never identified, its anonymousId: relay:person:{u:42}.
 person = KeyFormat(PREFIX + ":person:{%s}")
-person_ids = KeyFormat(person + ":ids")
 person_waiting = KeyFormat(person + ":waiting")
-person_orders = KeyFormat(person + ":orders")
 surveyed = KeyFormat(PREFIX + ":surveyed:{%s}")
 budget = KeyFormat(BUDGET_DAY + "%s")
 
@@ -76,10 +81,9 @@ FORMATS: dict[str, KeyFormat] = {
     "identity": identity,
     "held": held,
     "barrier": barrier,
+    "repeats": repeats,
     "person": person,
-    "person_ids": person_ids,
     "person_waiting": person_waiting,
-    "person_orders": person_orders,
     "surveyed": surveyed,
 }
 

@@ -18,44 +18,105 @@ from typing import Any, cast
 import redis
 
 from worker import keys
-from worker.events import Event, identities, loaded, primary_identity, stored
-from worker.scripts import Lua, encode
-from worker.states import State
+from worker.events import Event, loaded, primary_identity, stored, user_identity, version
+from worker.scripts import Scripts, encode
+from worker.states import Begin, Route, State
+
+# Every field of a status record (relay:msg:{<ref>}), and what it holds. docs/records.md is made from
+# this table (``python -m worker.ledger``), and a test keeps the scripts to these names.
+STATUS_FIELDS: dict[str, str] = {
+    "type": "identify, track or alias",
+    "user": "the identity it was accepted under (u:<userId> or a:<anonymousId>)",
+    "event": "a track's event name",
+    "received": "when ingest accepted it (epoch seconds)",
+    "state": "its state (worker/states.py: received, waiting, held, retrying, delivered, ineligible, "
+    "skipped, dead, forgotten)",
+    "detail": "why it is in that state, in words",
+    "updated": "when the state last changed (absent: received)",
+    "since": "when its current retry window started (absent: received)",
+    "attempts": "delivery attempts in this retry window (absent: 0)",
+    "queue": "the queue it runs on (absent: the high one)",
+    "requeued": "how many task messages were queued for it after the first (ids <ref>|<n>)",
+    "run": "how many times a task of it started; <ref>#<run> names the run that holds a person's lease",
+    "barrier": "the identities this contact change is filed under, while pending (JSON list)",
+    "repeats": "the identities this repeat is filed under (an identify that changed nothing when accepted)",
+    "repeat": "a repeat's contact fields, to tell whether a change accepted since makes it a change again",
+    "version": "an identify's version (events.version): newest wins, and a refused one's fields leave",
+    "person": "the person it reached (u:<userId> or a:<anonymousId>)",
+    "held_under": "the identity whose hold list it is in, while held",
+    "sync": "'wait' while it owes a contact update",
+    "sync_detail": "how its contact update was settled",
+    "force": "'1' after a replay: its contact update is sent even if unchanged",
+    "solo": "'1' while it is sent again alone after an update that carried it was refused",
+    "survey": "the survey guard: '', inflight:<deadline>, sent or unknown",
+    "survey_need": "'1' while it owes a survey",
+    "survey_state": "the state its survey settled it in",
+    "survey_detail": "how its survey was settled",
+    "survey_unknown": "why its survey call's outcome is unknown",
+    "survey_unknown_at": "when that was noticed",
+    "survey_started": "when its last survey call started",
+    "survey_email": "the email its survey was claimed for (a resend goes there or nowhere)",
+    "survey_first": "the first name its survey was claimed with",
+    "survey_last": "the last name its survey was claimed with",
+    "duplicate_order": "'1' when its order was counted from an earlier report",
+}
+
+
+def records_table() -> str:
+    """docs/records.md: the status record's fields."""
+    rows = "\n".join(f"| `{name}` | {meaning} |" for name, meaning in STATUS_FIELDS.items())
+    return (
+        "# Status records\n\n"
+        "One small Redis hash per message, `relay:msg:{<ref>}`, written only by the Lua scripts "
+        "(`worker/lua/`). A fresh record holds only what differs from the defaults. Generated from "
+        "`worker/ledger.py` (`python -m worker.ledger > docs/records.md`).\n\n"
+        "| Field | Holds |\n|---|---|\n" + rows + "\n"
+    )
 
 
 @dataclass(frozen=True)
 class Admission:
     """One validated message on its way in.
 
-    ``route`` picks the queue: ``high`` (surveys, aliases), ``low`` (trait and order updates), or
-    ``contact`` for an identify carrying contact fields, which the accept script sends ahead (and
+    ``route`` picks the queue: ``high`` (surveys), ``low`` (trait and order updates), or ``contact``
+    for an identify carrying contact fields or an alias, which the accept script sends ahead (and
     lets hold back this person's surveys) only when it may change who the contact is.
     """
 
     event: Event
     state: State = State.RECEIVED
     detail: str = ""
-    route: str = "high"
+    route: Route = Route.HIGH
     compare: dict[str, str] = field(default_factory=dict)
+
+    def changes(self) -> list[str]:
+        """The identities whose person this message may change (where its pending change is filed)."""
+        event = self.event
+        if event["type"] == "alias":
+            return [user_identity(str(event["userId"])), user_identity(str(event.get("previousId") or ""))]
+        return [primary_identity(event)]
 
 
 @dataclass(frozen=True)
 class Start:
-    """What a task finds when it begins: ``go`` with the event, or why there is nothing to do."""
+    """What a task finds when it begins: ``GO`` with the event and its run number, or why there is
+    nothing to do."""
 
-    kind: str
+    kind: Begin
     state: str = ""
     attempts: int = 0
     since: float = 0.0
     event: Event | None = None
     force: bool = False
     queue: str = ""
+    run: int = 0
 
 
 class Ledger:
-    def __init__(self, client: redis.Redis, *, lua: Lua) -> None:
+    def __init__(self, client: redis.Redis, *, scripts: Scripts) -> None:
         self.client = client
-        self.lua = lua
+        self._accept = scripts("accept")
+        self._begin = scripts("begin")
 
     def accept(self, admissions: Sequence[Admission]) -> list[str]:
         """Record and queue every admission in one atomic round trip.
@@ -68,37 +129,40 @@ class Ledger:
         items: list[list[Any]] = []
         for item in admissions:
             event = item.event
-            contact = item.route == "contact"
+            route = Route(item.route)
+            contact = route is Route.CONTACT
             items.append(
                 [
                     event["ref"],
                     event["type"],
                     item.state.value,
                     item.detail,
-                    item.route,
+                    route.value,
                     primary_identity(event),
-                    identities(event) if contact else [],
+                    item.changes() if contact else [],
                     event.get("event") or "",
                     "" if item.state is State.SKIPPED else encode(stored(event)),
                     item.compare if contact else {},
+                    version(event) if contact else "",
                 ]
             )
-        answers: list[str] = self.lua.accept(encode(items))
+        answers: list[str] = self._accept(encode(items))
         return answers
 
     def begin(self, ref: str) -> Start:
         """A task starts: count the attempt and load the event (or say why there is nothing to do)."""
-        answer = self.lua.begin(ref)
-        if answer[0] != "go":
-            return Start(kind=answer[0], state=answer[1])
-        _, attempts, since, event, force, queue, kind, name = answer
+        answer = self._begin(ref)
+        if answer[0] != Begin.GO:
+            return Start(kind=Begin(answer[0]), state=answer[1])
+        _, attempts, since, event, force, queue, kind, name, run = answer
         return Start(
-            kind="go",
+            kind=Begin.GO,
             attempts=int(attempts),
             since=float(since),
             event=loaded(ref, json.loads(event), kind, name),
             force=force == "1",
             queue=queue,
+            run=int(run),
         )
 
     def status(self, ref: str) -> dict[str, Any] | None:
@@ -152,3 +216,7 @@ def events_of(client: redis.Redis, refs: list[str]) -> list[Event | None]:
     for ref, raw, (kind, name) in zip(refs, answers[::2], answers[1::2], strict=True):
         found.append(loaded(ref, json.loads(raw), kind, name) if raw and kind else None)
     return found
+
+
+if __name__ == "__main__":
+    print(records_table(), end="")

@@ -256,8 +256,9 @@ class Order:
     currency: str
     timestamp: str
 
-    def as_json(self, ms: int) -> dict[str, Any]:
-        return {"id": self.order_id, "ms": ms, "currency": self.currency, "cents": self.cents,
+    def as_json(self, version: str) -> dict[str, Any]:
+        """As the track script reads it; ``version`` is its report's (``events.version``)."""
+        return {"id": self.order_id, "version": version, "currency": self.currency, "cents": self.cents,
                 "date": self.timestamp}  # fmt: skip
 
 
@@ -274,7 +275,7 @@ def _money(value: Any) -> Decimal | None:
 def _cents(number: Decimal) -> Decimal | None:
     try:
         return number.quantize(_CENT, rounding=ROUND_HALF_UP)
-    except InvalidOperation:  # more digits than the context holds: not a real amount
+    except ArithmeticError:  # more digits than the context holds: not a real amount
         return None
 
 
@@ -294,7 +295,11 @@ def order_total(properties: Mapping[str, Any]) -> Decimal | None:
     ]
     if not priced:
         return None
-    return _cents(sum((price * (1 if qty is None else qty) for price, qty in priced), Decimal(0)))
+    try:
+        total = sum((price * (1 if qty is None else qty) for price, qty in priced), Decimal(0))
+    except ArithmeticError:  # 1e500000 x 1e500000 overflows Decimal: no real amount, left out
+        return None
+    return _cents(total)
 
 
 _CURRENCY = re.compile(r"[^A-Z0-9]")

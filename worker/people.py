@@ -1,37 +1,31 @@
-"""Who the contact is: persons, the identities that point to them, and their contact updates.
+"""Who the contact is: persons, the identities that reach them, their contact updates and surveys.
 
-A *person* is one Redis hash that every identity of it points to: its userId, an anonymousId for
-``ANONYMOUS_ID_TTL_SECONDS`` after they were last seen together, an alias's previousId. Each contact
-field remembers the version (Segment timestamp, then ref) of the identify that set it, and the
-newest always wins, whatever the order in which identifies arrive or are retried. What is sent to
-Promoter is always the merged newest state, under a per-person lease, so two updates of one person
-are never in flight at once; identifies that arrive while one is in flight ride along with the next.
-
-All of it happens inside the Lua scripts (``lua/people.*.lua`` and the prelude): resolving, merging,
-holding and releasing must be atomic, or a track could be held just after its person's release ran.
-This module only carries their arguments and reads their JSON plans.
+The rules (DESIGN.md, "Identity resolution") live in the Lua scripts (``lua/people.*.lua`` and
+``lua/lib/persons.lua``): resolving, merging, holding and releasing must be atomic, or a track could
+be held just after its person's release ran. This module carries their arguments, reads their JSON
+answers into typed decisions, and shows a person to the admin API.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import redis
 
-from worker import keys
+from worker.events import user_identity
 from worker.mapping import Order
 from worker.promoter import NO_CALL, Call
-from worker.scripts import Lua, encode
+from worker.scripts import Scripts, encode
+from worker.states import Claim, Plan, SurveyOutcome, SyncFailure
 
 
 @dataclass(frozen=True)
 class SyncPlan:
-    """Send the person's desired contact at revision ``rev`` (this message holds the lease)."""
+    """Send the person's desired contact at revision ``rev`` (this message's run holds the lease)."""
 
-    pid: str
+    person: str
     rev: int
     fingerprint: str
     fields: dict[str, str]
@@ -41,11 +35,9 @@ class SyncPlan:
 
 @dataclass(frozen=True)
 class SurveyClaim:
-    """``go`` (call now; ``resend`` after an unknown outcome), ``sent``, ``unknown``, ``busy``
-    (another worker is calling), ``wait`` (no budget yet), ``cooldown`` (surveyed recently) or
-    ``held`` (an identify that may change the contact is on its way: the message waits for it)."""
+    """What a survey claim answered (``Claim``), with the contact to survey when it is ``GO``."""
 
-    outcome: str
+    outcome: Claim
     email: str = ""
     first_name: str = ""
     last_name: str = ""
@@ -55,19 +47,21 @@ class SurveyClaim:
     cause: str = ""
     surveyed_at: float = 0.0
     started: float = 0.0
+    state: str = ""
 
 
 @dataclass(frozen=True)
-class Plan:
-    """What a contact or track plan decided: ``sync`` (call now), ``coalesced`` (another message's
-    call will carry it), ``held``, ``done``, ``dead``, ``final`` (nothing to do), or ``go`` (a track
-    with its parts: a contact update and/or a survey)."""
+class Decision:
+    """What a contact, alias or track script decided (``Plan``), and the state it left the message in."""
 
-    action: str
-    pid: str = ""
+    action: Plan
+    state: str = ""
+    person: str = ""
     sync: SyncPlan | None = None
     coalesced_with: str = ""
     survey: SurveyClaim | None = None
+    wait_seconds: float = 0.0
+    why: str = ""
 
 
 def _pairs(flat: Any) -> dict[str, str]:
@@ -79,7 +73,7 @@ def _pairs(flat: Any) -> dict[str, str]:
 
 def _sync(data: dict[str, Any]) -> SyncPlan:
     return SyncPlan(
-        pid=str(data["pid"]),
+        person=str(data["person"]),
         rev=int(data["rev"]),
         fingerprint=data["fp"],
         fields=_pairs(data.get("fields")),
@@ -90,7 +84,7 @@ def _sync(data: dict[str, Any]) -> SyncPlan:
 
 def _claim(data: dict[str, Any]) -> SurveyClaim:
     return SurveyClaim(
-        outcome=data["survey"],
+        outcome=Claim(data["survey"]),
         email=data.get("email") or "",
         first_name=data.get("first_name") or "",
         last_name=data.get("last_name") or "",
@@ -100,150 +94,181 @@ def _claim(data: dict[str, Any]) -> SurveyClaim:
         cause=data.get("cause") or "",
         surveyed_at=float(data.get("at") or 0),
         started=float(data.get("started") or 0),
+        state=data.get("state") or "",
     )
 
 
-def _plan(raw: str) -> Plan:
+def decision(raw: str) -> Decision:
     data = json.loads(raw)
-    action = data["action"]
-    if action == "sync":
-        return Plan("sync", pid=str(data["pid"]), sync=_sync(data))
-    if action == "coalesced":
-        return Plan("coalesced", coalesced_with=data.get("holder", ""))
-    if action != "go":
-        return Plan(action)
+    action = Plan(data["action"])
+    state = data.get("state") or ""
+    wait = float(data.get("wait_ms") or 0) / 1000
+    if action is Plan.SYNC:
+        return Decision(action, state, str(data["person"]), sync=_sync(data))
+    if action is Plan.COALESCED:
+        return Decision(action, state, coalesced_with=data.get("holder", ""))
+    if action is not Plan.GO:
+        return Decision(action, state, wait_seconds=wait, why=data.get("why") or "")
     sync = data.get("sync") or {}
-    return Plan(
-        "go",
-        pid=str(data["pid"]),
-        sync=_sync(sync) if sync.get("action") == "sync" else None,
-        coalesced_with=sync.get("holder", "") if sync.get("action") == "coalesced" else "",
+    return Decision(
+        action,
+        state,
+        str(data["person"]),
+        sync=_sync(sync) if sync.get("action") == Plan.SYNC else None,
+        coalesced_with=sync.get("holder", "") if sync.get("action") == Plan.COALESCED else "",
         survey=_claim(data["survey"]) if data.get("survey") else None,
     )
 
 
 class People:
-    def __init__(self, client: redis.Redis, *, lua: Lua, lease_seconds: float) -> None:
+    def __init__(self, client: redis.Redis, *, scripts: Scripts, lease_seconds: float) -> None:
         self.client = client
-        self.lua = lua
         self.lease_seconds = lease_seconds
+        self._contact = scripts("contact")
+        self._alias = scripts("alias")
+        self._track = scripts("track")
+        self._synced = scripts("synced")
+        self._failed = scripts("failed")
+        self._resume = scripts("resume")
+        self._claim = scripts("claim_survey")
+        self._settle = scripts("settle_survey")
+        self._show = scripts("show")
 
     def contact_plan(
         self,
         ref: str,
-        identities: Sequence[str],
+        token: str,
+        user: str,
+        anonymous: str,
         fields: dict[str, str] | None,
         version: str,
         priority: str,
         force: bool = False,
-    ) -> Plan:
-        """Merge an identify's fields (``None`` for an alias: link only) and plan its contact update."""
-        raw = self.lua.contact(
+    ) -> Decision:
+        """An identify (its identities as ``u:``/``a:`` or "", its fields or None when it has no traits)
+        reaches its person, merges newest-wins and plans the contact update."""
+        raw = self._contact(
+            ref, token, user, anonymous, "" if fields is None else encode(fields), version, priority,
+            self.lease_seconds, "1" if force else "",
+        )  # fmt: skip
+        return decision(raw)
+
+    def alias_plan(
+        self, ref: str, token: str, user_id: str, previous_id: str, priority: str, force: bool = False
+    ) -> Decision:
+        raw = self._alias(
             ref,
-            encode(list(identities)),
-            "" if fields is None else encode(fields),
-            version,
+            token,
+            user_identity(user_id),
+            previous_id,
             priority,
             self.lease_seconds,
             "1" if force else "",
         )
-        return _plan(raw)
+        return decision(raw)
 
     def track_plan(
         self,
         ref: str,
-        identities: Sequence[str],
-        order: tuple[Order, int] | None,
+        token: str,
+        user: str,
+        anonymous: str,
+        order: tuple[Order, str] | None,
         survey: bool,
         campaign: int,
         priority: str,
-    ) -> Plan:
-        raw = self.lua.track(
-            ref,
-            encode(list(identities)),
-            encode(order[0].as_json(order[1])) if order else "",
-            "1" if survey else "",
-            campaign,
-            priority,
-            self.lease_seconds,
-            self.lease_seconds,
-        )
-        return _plan(raw)
+    ) -> Decision:
+        raw = self._track(
+            ref, token, user, anonymous, encode(order[0].as_json(order[1])) if order else "",
+            "1" if survey else "", campaign, priority, self.lease_seconds, self.lease_seconds,
+        )  # fmt: skip
+        return decision(raw)
 
     def synced(
-        self, plan: SyncPlan, holder: str, body: dict[str, Any], contact_id: str, call: Call, priority: str
-    ) -> SyncPlan | None:
-        """Promoter took ``body``: settle what it carried; another plan when the person changed since."""
-        raw = self.lua.synced(
-            plan.pid,
-            holder,
-            plan.rev,
-            plan.fingerprint,
-            body["email"],
-            body.get("first_name", ""),
-            body.get("last_name", ""),
-            contact_id,
-            priority,
-            self.lease_seconds,
-            *call.args(),
-        )
+        self,
+        plan: SyncPlan,
+        holder: str,
+        token: str,
+        body: dict[str, Any],
+        contact_id: str,
+        call: Call,
+        priority: str,
+    ) -> tuple[SyncPlan | None, str]:
+        """Promoter took ``body``: settle what it carried. Another plan when the person changed since,
+        and the holder's state."""
+        raw = self._synced(
+            plan.person, holder, token, plan.rev, plan.fingerprint, body["email"],
+            body.get("first_name", ""), body.get("last_name", ""), contact_id, priority,
+            self.lease_seconds, *call.args(),
+        )  # fmt: skip
         data = json.loads(raw)
-        return _sync(data) if data["action"] == "sync" else None
+        return (_sync(data) if data["action"] == Plan.SYNC else None), data.get("state") or ""
 
     def failed(
         self,
         plan: SyncPlan,
         holder: str,
-        how: str,
+        token: str,
+        how: SyncFailure,
         *,
         reason: str = "",
         response: str = "",
         seconds: float = 0.0,
         call: Call | None = None,
-    ) -> None:
-        """``transient``, ``uncertain`` (quarantine ``seconds``), ``wait`` (no call made; the lease is
-        let go) or ``permanent`` (the messages it carried, and a never-known person's holds, die)."""
-        self.lua.failed(plan.pid, holder, plan.rev, how, reason, response, seconds, *(call or NO_CALL).args())
+    ) -> str:
+        """Record a failed (or not made) contact update; returns the holder's state (see the script)."""
+        state: str = self._failed(
+            plan.person, holder, token, plan.rev, how.value, reason, response, seconds,
+            *(call or NO_CALL).args(),
+        )  # fmt: skip
+        return state
 
-    def resume(self, plan: SyncPlan, holder: str, priority: str) -> SyncPlan | None:
+    def resume(self, plan: SyncPlan, holder: str, token: str, priority: str) -> SyncPlan | None:
         """After a wait for budget: the newest state to send (None if the lease went to another)."""
-        data = json.loads(self.lua.resume(plan.pid, holder, priority, self.lease_seconds))
-        return _sync(data) if data["action"] == "sync" else None
+        data = json.loads(self._resume(plan.person, holder, token, priority, self.lease_seconds))
+        return _sync(data) if data["action"] == Plan.SYNC else None
 
-    def claim_survey(self, ref: str, pid: str, campaign: int) -> SurveyClaim:
-        return _claim(json.loads(self.lua.claim_survey(ref, pid, campaign, self.lease_seconds)))
+    def claim_survey(self, ref: str, person: str, campaign: int) -> SurveyClaim:
+        return _claim(json.loads(self._claim(ref, person, campaign, self.lease_seconds)))
 
     def settle_survey(
-        self, ref: str, outcome: str, detail: str, email: str, campaign: int, call: Call | None = None
-    ) -> None:
-        self.lua.settle_survey(ref, outcome, detail, email, campaign, *(call or NO_CALL).args())
+        self,
+        ref: str,
+        outcome: SurveyOutcome | str,
+        detail: str,
+        email: str,
+        campaign: int,
+        call: Call | None = None,
+    ) -> str:
+        state: str = self._settle(
+            ref, SurveyOutcome(outcome).value, detail, email, campaign, *(call or NO_CALL).args()
+        )
+        return state
 
     def person_of(self, identity: str) -> dict[str, Any] | None:
-        """A person as the admin API shows it: contact as merged, as Promoter has it, orders."""
-        pid = cast(str | None, self.client.get(keys.identity(identity)))
-        for _ in range(8):
-            if not pid:
-                return None
-            record = cast(dict[str, str], self.client.hgetall(keys.person(pid)))
-            if "merged_into" not in record:
-                break
-            pid = record["merged_into"]
-        pid = str(pid)
-        pipe = self.client.pipeline(transaction=False)
-        pipe.smembers(keys.person_ids(pid))
-        pipe.hgetall(keys.person_orders(pid))
-        pipe.zrange(keys.person_waiting(pid), 0, -1)
-        ids, orders, waiting = pipe.execute()
-        fields = {name[2:]: value for name, value in record.items() if name.startswith("f:")}
+        """A person as the admin API shows it: the contact as merged, as Promoter has it, its orders.
+        The scripts resolve the identity, so the view follows exactly the rules delivery follows."""
+        raw = self._show(identity)
+        if not raw:
+            return None
+        data = json.loads(raw)
+        desired = _pairs(data["desired"])
+        orders: dict[str, Any] = {name[2:]: value for name, value in desired.items() if name.startswith("o:")}
+        if "order_count" in orders:
+            orders["order_count"] = int(orders["order_count"])
+        contact = data["contact"] if isinstance(data["contact"], dict) else {}
+        at_promoter = data["at_promoter"] if data["at_promoter"]["email"] else {}
         return {
-            "person": pid,
-            "identities": sorted(ids),
-            "contact": fields,
-            "order_attributes": {n[2:]: v for n, v in record.items() if n.startswith("o:")},
-            "at_promoter": {n[2:]: v for n, v in record.items() if n.startswith("s:")},
-            "contact_id": record.get("contact_id") or None,
-            "known_to_promoter": bool(record.get("s:email")),
-            "refused": record.get("refused") or None,
-            "orders": len(orders),
-            "waiting_for_update": list(waiting),
+            "person": data["person"],
+            "identities": sorted(data["identities"]),
+            "contact": {
+                name[2:] if name.startswith("a:") else name: value for name, value in contact.items()
+            },
+            "order_attributes": orders,
+            "at_promoter": at_promoter,
+            "contact_id": data["contact_id"] or None,
+            "known_to_promoter": bool(at_promoter),
+            "refused": data["refused"] or None,
+            "orders": data["orders"],
+            "waiting_for_update": data["waiting"] if isinstance(data["waiting"], list) else [],
         }

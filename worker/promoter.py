@@ -103,6 +103,15 @@ class PermanentError(PromoterError):
     """The request, our configuration or the answer is wrong: repeating it cannot help."""
 
 
+class AccountError(PromoterError):
+    """Promoter refused the account, not this request: 401 and 403 (a revoked or rotated API key),
+    404 and 405 (a wrong ``PROMOTER_API_URL``). Every call would get the same answer until an operator
+    fixes it, so delivery pauses instead of burying a day of traffic as dead letters."""
+
+
+ACCOUNT_STATUSES: frozenset[int] = frozenset({401, 403, 404, 405})
+
+
 class IneligibleError(PermanentError):
     """Promoter chose not to survey this contact (surveyed recently, unsubscribed...): a final outcome
     of a survey; to any other call, a refusal like the rest."""
@@ -175,6 +184,8 @@ def classify(
         return UncertainError(message, status, body, cause=f"gateway {status}")
     if status in TRANSIENT_STATUSES or 500 <= status < 600:
         return TransientError(message, status, body)
+    if status in ACCOUNT_STATUSES:
+        return AccountError(message, status, body)
     if status == 400 and _is_ineligible(body):
         return IneligibleError(message, status, body)
     # Other 4xx, and 1xx/3xx which Promoter never sends to a client that does not follow redirects.

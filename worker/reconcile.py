@@ -20,7 +20,7 @@ from typing import cast
 import redis
 
 from worker import keys, taskmessages
-from worker.scripts import Lua
+from worker.scripts import Scripts
 
 MARGIN_SECONDS = 30.0
 # How far from a queue's head to look for a message still pending.
@@ -32,13 +32,13 @@ class Reconciler:
         self,
         client: redis.Redis,
         *,
-        lua: Lua,
+        scripts: Scripts,
         queues: Sequence[str],
         grace_seconds: float,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.client = client
-        self.lua = lua
+        self._requeue = scripts("requeue")
         self.queues = list(queues)
         self.grace = grace_seconds
         self.clock = clock
@@ -79,5 +79,5 @@ class Reconciler:
         stale = cast(list[str], self.client.zrangebyscore(keys.PENDING, "-inf", cutoff, start=0, num=limit))
         if not stale:
             return 0
-        requeued: int = self.lua.requeue(f"{cutoff:.3f}", *stale)
+        requeued: int = self._requeue(f"{cutoff:.3f}", *stale)
         return requeued

@@ -11,7 +11,7 @@ import random
 import time
 from collections.abc import Callable
 
-from worker.scripts import Lua
+from worker.scripts import Scripts
 
 
 def backoff(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
@@ -21,15 +21,17 @@ def backoff(attempt: int, base: float, cap: float, rng: random.Random | None = N
 
 
 class Schedule:
-    def __init__(self, *, lua: Lua, clock: Callable[[], float] = time.time) -> None:
-        self.lua = lua
+    def __init__(self, *, scripts: Scripts, clock: Callable[[], float] = time.time) -> None:
+        self._later = scripts("later")
+        self._dispatch = scripts("dispatch")
         self.clock = clock
 
-    def later(self, ref: str, delay: float, detail: str, attempts_delta: int = 0) -> bool:
-        """Run ``ref`` again after ``delay`` seconds; False when it is already final."""
+    def later(self, ref: str, delay: float, detail: str, attempts_delta: int = 0) -> str:
+        """Run ``ref`` again after ``delay`` seconds; returns its state (not 'retrying' when final)."""
         due = self.clock() + max(0.0, delay)
-        return bool(self.lua.later(ref, f"{due:.3f}", detail, attempts_delta))
+        state: str = self._later(ref, f"{due:.3f}", detail, attempts_delta)
+        return state
 
     def dispatch_due(self, limit: int = 1000) -> int:
-        moved: int = self.lua.dispatch(limit)
+        moved: int = self._dispatch(limit)
         return moved

@@ -19,7 +19,7 @@ from worker.ledger import Ledger
 from worker.people import People
 from worker.reconcile import MARGIN_SECONDS, Reconciler
 from worker.schedule import Schedule
-from worker.scripts import Lua
+from worker.scripts import Scripts
 from worker.settings import Settings
 
 
@@ -55,33 +55,33 @@ def build_stores(
 ) -> Stores:
     client = client if client is not None else redis_client(settings, timeout=timeout)
 
-    def lua(owner: str) -> Lua:
-        return Lua(client, owner, settings, clock)
+    def scripts(owner: str) -> Scripts:
+        return Scripts(client, owner, settings, clock)
 
     return Stores(
         redis=client,
-        ledger=Ledger(client, lua=lua("ledger")),
-        people=People(client, lua=lua("people"), lease_seconds=settings.survey_lease_seconds),
+        ledger=Ledger(client, scripts=scripts("ledger")),
+        people=People(client, scripts=scripts("people"), lease_seconds=settings.survey_lease_seconds),
         holds=Holds(
             client,
-            lua=lua("holds"),
+            scripts=scripts("holds"),
             user_ttl=settings.hold_ttl_seconds,
             anonymous_ttl=settings.anonymous_hold_ttl_seconds,
             anonymous_outcome=settings.anonymous_hold_expiry,
             clock=clock,
         ),
-        schedule=Schedule(lua=lua("schedule"), clock=clock),
+        schedule=Schedule(scripts=scripts("schedule"), clock=clock),
         dead=DeadLetters(
             client,
-            lua=lua("deadletters"),
+            scripts=scripts("deadletters"),
             ttl=settings.dead_letter_ttl_seconds,
             cap=settings.dead_letter_max,
             clock=clock,
         ),
-        budget=Budget(client, lua=lua("budget"), clock=clock),
+        budget=Budget(client, scripts=scripts("budget"), clock=clock, window=settings.retry_window_seconds),
         reconciler=Reconciler(
             client,
-            lua=lua("reconcile"),
+            scripts=scripts("reconcile"),
             queues=settings.delivery_queues,
             grace_seconds=settings.visibility_timeout + MARGIN_SECONDS,
             clock=clock,

@@ -21,6 +21,9 @@ IDENTIFY_TASK = "relay.identify"
 TRACK_TASK = "relay.track"
 ALIAS_TASK = "relay.alias"
 TASK_FOR_TYPE = {"identify": IDENTIFY_TASK, "track": TRACK_TASK, "alias": ALIAS_TASK}
+# A message's first task id is its ref; the n-th queued again is '<ref>|<n>'. A messageId never holds
+# '|' (ingest refuses it), so no requeue id can equal another message's first id.
+TASK_ID_SEPARATOR = "|"
 
 # Slots, in the order ``string.format`` fills them (JSON strings arrive already encoded).
 _SLOTS = ("BODY", "TASK", "ID", "QUEUE")

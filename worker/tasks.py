@@ -23,9 +23,11 @@ from celery import Celery, Task
 from worker import delivery, taskmessages
 from worker.events import Event
 from worker.ledger import Start
-from worker.promoter import PermanentError, ThrottledError, TransientError
+from worker.promoter import AccountError, PermanentError, ThrottledError, TransientError
 from worker.runtime import Runtime, RuntimeSlot
 from worker.schedule import backoff
+from worker.scripts import PROBE_SECONDS
+from worker.states import Begin, State
 
 log = logging.getLogger("relay.delivery")
 housekeeping_log = logging.getLogger("relay.housekeeping")
@@ -40,70 +42,79 @@ DISPATCH_TASK = "relay.dispatch_due"
 RECONCILE_TASK = "relay.reconcile"
 EXPIRE_TASK = "relay.expire_holds"
 PRUNE_TASK = "relay.prune_dead_letters"
-HOUSEKEEPING = (DISPATCH_TASK, RECONCILE_TASK, EXPIRE_TASK, PRUNE_TASK)
+ACCOUNT_TASK = "relay.watch_account"
+HOUSEKEEPING = (DISPATCH_TASK, RECONCILE_TASK, EXPIRE_TASK, PRUNE_TASK, ACCOUNT_TASK)
 
 
 def deliver(ref: str, handler: Handler, rt: Runtime, task_id: str = "-") -> str:
     """Run one delivery attempt of ``ref``; returns the state it left the message in (for logs/tests)."""
     context = {"message_id": ref, "task_id": task_id}
     start = rt.stores.ledger.begin(ref)
-    if start.kind != "go" or start.event is None:
-        log.info("nothing to do: %s %s", start.kind, start.state, extra=context)
-        return start.state or start.kind
+    if start.kind is not Begin.GO or start.event is None:
+        log.info("nothing to do: %s %s", start.kind.value, start.state, extra=context)
+        return start.state or start.kind.value
     try:
         outcome = handler(start.event, start, rt)
     except redis.RedisError:
         log.warning("redis unavailable; the reconciler will queue this message again", extra=context)
         raise
     except Exception as error:  # every other failure is classified by the policy
-        return Attempt(ref, start, rt, context).failed(error)
+        return FailurePolicy(ref, start, rt, context).handle(error)
     log.info("%s%s", outcome.state, f": {outcome.detail}" if outcome.detail else "", extra=context)
     return outcome.state
 
 
 @dataclass(frozen=True)
-class Attempt:
-    """What happens after a failed attempt: one method per kind of failure, chosen by ``POLICY``."""
+class FailurePolicy:
+    """What happens after a failed attempt, by kind of failure (subclasses before their bases: a 429
+    is a transient error too)."""
 
     ref: str
     start: Start
     rt: Runtime
     context: dict[str, str]
 
-    def failed(self, error: Exception) -> str:
-        for kind, name in POLICY:
-            if isinstance(error, kind):
-                action: Callable[[Any], str] = getattr(self, name)
-                return action(error)
+    def handle(self, error: Exception) -> str:
+        match error:
+            case delivery.Wait():
+                return self.wait(error)
+            case delivery.Settled():
+                log.warning("%s: %s", error.state, error.detail, extra=self.context)
+                return error.state
+            case ThrottledError():
+                self.rt.stores.budget.pause(error.retry_after)
+                return self.retry(error.retry_after, "throttled by Promoter (429)")
+            case AccountError():
+                return self.account(error)
+            case TransientError():
+                return self.transient(error)
+            case delivery.OutcomeUnknown():
+                return self.bury(str(error), evidence=error.evidence)
+            case PermanentError():
+                return self.bury(f"Promoter rejected it: {error}", error.body)
+            case delivery.ConfigurationError():
+                return self.bury(str(error))
         log.exception("unexpected error", extra=self.context, exc_info=error)
         return self.bury(f"internal error: {type(error).__name__}")
 
     def wait(self, error: delivery.Wait) -> str:
-        self.rt.stores.schedule.later(self.ref, error.seconds, f"waiting: {error.reason}", attempts_delta=-1)
+        state = self.rt.stores.schedule.later(
+            self.ref, error.seconds, f"waiting: {error.reason}", attempts_delta=-1
+        )
         log.info("waiting %.1fs: %s", error.seconds, error.reason, extra=self.context)
-        return "retrying"
-
-    def settled(self, error: delivery.Settled) -> str:
-        log.warning("%s: %s", error.state, error.detail, extra=self.context)
-        return error.state.value
-
-    def throttled(self, error: ThrottledError) -> str:
-        self.rt.stores.budget.pause(error.retry_after)
-        return self.retry(error.retry_after, "throttled by Promoter (429)")
+        return state
 
     def transient(self, error: TransientError) -> str:
         settings = self.rt.settings
         delay = backoff(self.start.attempts, settings.retry_base_seconds, settings.retry_max_delay_seconds)
         return self.retry(max(delay, getattr(error, "min_delay", 0.0)), f"transient: {error}")
 
-    def unknown(self, error: delivery.OutcomeUnknown) -> str:
-        return self.bury(str(error), evidence=error.evidence)
-
-    def permanent(self, error: PermanentError) -> str:
-        return self.bury(f"Promoter rejected it: {error}", error.body)
-
-    def misconfigured(self, error: delivery.ConfigurationError) -> str:
-        return self.bury(str(error))
+    def account(self, error: AccountError) -> str:
+        """Promoter refuses the account: every worker pauses (one probe a minute), this message waits."""
+        if self.rt.stores.budget.refused_account(str(error)):
+            log.error("Promoter refuses the account (%s): delivery paused until a probe call succeeds",
+                      error, extra=self.context)  # fmt: skip
+        return self.retry(PROBE_SECONDS, f"paused: Promoter refuses the account ({error})")
 
     def retry(self, delay: float, reason: str) -> str:
         """Retry after ``delay``, or at the window's end for a last try; past the window, bury."""
@@ -114,26 +125,15 @@ class Attempt:
                 f"retry window of {self.rt.settings.retry_window_seconds}s exhausted; last: {reason}"
             )
         wait = min(delay, window_end - now)
-        self.rt.stores.schedule.later(self.ref, wait, reason)
+        state = self.rt.stores.schedule.later(self.ref, wait, reason)
         log.info("retrying in %.1fs: %s", wait, reason, extra=self.context)
-        return "retrying"
+        return state
 
     def bury(self, reason: str, response: str = "", evidence: dict[str, Any] | None = None) -> str:
-        if self.rt.stores.dead.bury(self.ref, reason, response, evidence):
+        state = self.rt.stores.dead.bury(self.ref, reason, response, evidence)
+        if state == State.DEAD:
             log.warning("dead letter: %s", reason, extra=self.context)
-        return "dead"
-
-
-# Checked in order: subclasses before their bases (a 429 is a transient error too).
-POLICY: tuple[tuple[type[Exception], str], ...] = (
-    (delivery.Wait, "wait"),
-    (delivery.Settled, "settled"),
-    (ThrottledError, "throttled"),
-    (TransientError, "transient"),
-    (delivery.OutcomeUnknown, "unknown"),
-    (PermanentError, "permanent"),
-    (delivery.ConfigurationError, "misconfigured"),
-)
+        return state
 
 
 class DeliveryTask(Task[Any, Any]):
@@ -174,3 +174,16 @@ def register(app: Celery, slot: RuntimeSlot) -> None:
     )
     housekeeping(EXPIRE_TASK, lambda rt: rt.stores.holds.expire(), "held messages expired (never identified)")
     housekeeping(PRUNE_TASK, lambda rt: rt.stores.dead.prune(), "dead letters dropped by retention")
+    housekeeping(ACCOUNT_TASK, watch_account, "")
+
+
+def watch_account(rt: Runtime) -> int:
+    """While Promoter refuses the account, say so once a minute (the dashboard and /metrics show it too)."""
+    problem = rt.stores.budget.account_problem()
+    if problem is not None:
+        minutes = max(0, int((rt.clock() - problem["since"]) // 60))
+        housekeeping_log.error(
+            "Promoter refuses the account for %d min (%s): delivery is paused; fix PROMOTER_API_KEY or "
+            "PROMOTER_API_URL and it resumes by itself", minutes, problem["why"],
+        )  # fmt: skip
+    return 0

@@ -1,5 +1,6 @@
--- Give up on a message: a dead letter keeps why, Promoter's last answer and the evidence, and the
--- event itself stays beside the status record until the dead letter is replayed or dropped.
--- ARGV[2] ref, [3] reason, [4] last response, [5] evidence (JSON object or '').
--- Returns 1, or 0 when the message was already final (a late failure never overwrites it).
-return bury(ARGV[2], ARGV[3], ARGV[4], ARGV[5]) and 1 or 0
+-- deadletters.bury: give up on a message. A dead letter keeps why, Promoter's last answer and the
+-- evidence; the event itself stays beside the status record until it is replayed or dropped.
+-- KEYS: none.  ARGV: [1] now, [2] ref, [3] reason, [4] last response, [5] evidence (JSON or '').
+-- Returns: the message's state afterwards (a final state is never overwritten: only 'dead' means
+-- this call buried it, unless it was dead already).
+return bury(ARGV[2], ARGV[3], ARGV[4], ARGV[5]) or ''

@@ -1,5 +1,6 @@
--- Drop dead letters for good (their status records stay, saying so). ARGV[2] why ('discarded',
--- 'expired' or 'cap'), ARGV[3..] refs. Returns how many were dropped.
+-- deadletters.discard: drop dead letters for good (their status records stay, saying so).
+-- KEYS: none.  ARGV: [1] now, [2] why ('discarded', 'expired' or 'cap'), [3..] refs.
+-- Returns: how many were dropped.
 local why = ARGV[2]
 local dropped = 0
 for i = 3, #ARGV do
@@ -11,7 +12,7 @@ for i = 3, #ARGV do
     local key = key_message(ref)
     if redis.call('EXISTS', key) == 1 then
       redis.call('HSET', key, 'detail', 'dead letter ' .. why .. ' (was: ' .. (redis.call('HGET', key, 'detail') or '') .. ')')
-      note(ref, 'dead', 'dead letter ' .. why)
+      note(ref, STATE.DEAD, 'dead letter ' .. why)
       redis.call('EXPIRE', key, CONFIG.status_ttl)
     end
   end

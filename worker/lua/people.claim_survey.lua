@@ -1,3 +1,10 @@
--- Claim a survey call right before it is made (budget slot and guard in one step, so nothing sits
--- between the claim and the call). ARGV[2] ref, [3] person, [4] campaign, [5] lease seconds.
-return cjson.encode(survey_claim(ARGV[2], live_person(ARGV[3]), ARGV[4], tonumber(ARGV[5]), true))
+-- people.claim_survey: claim a survey call right before it is made: the guard, the cooldown, the
+-- budget slot and the person's pending contact changes in one step (see surveys.lua).
+-- KEYS: none.  ARGV: [1] now, [2] ref, [3] person, [4] campaign, [5] lease seconds.
+-- Returns: a JSON claim {survey = CLAIM.*, ...}.
+local ref, person, campaign, lease_seconds = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local ref_person, record = resolve(person)
+if not is_synced(record) then
+  return cjson.encode({survey = CLAIM.HELD, state = hold(ref, ref_person or person, "waiting for this person's contact to reach Promoter")})
+end
+return cjson.encode(survey_claim(ref, ref_person, record, campaign, lease_seconds, true))

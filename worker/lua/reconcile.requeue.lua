@@ -1,13 +1,14 @@
--- Queue again messages whose task message the broker lost (see worker/reconcile.py).
--- ARGV[2] cutoff (pending since before it and not queued), [3..] refs. Returns how many.
+-- reconcile.requeue: queue again messages whose task message the broker lost (worker/reconcile.py).
+-- KEYS: none.  ARGV: [1] now, [2] cutoff (pending since before it and not queued), [3..] refs.
+-- Returns: how many were queued again.
 local cutoff = tonumber(ARGV[2])
 local requeued = 0
 for i = 3, #ARGV do
   local ref = ARGV[i]
   local score = redis.call('ZSCORE', KEY.pending, ref)
   if score and tonumber(score) <= cutoff then
-    local state = redis.call('HGET', key_message(ref), 'state')
-    if not state or FINAL[state] or state == 'held' then
+    local state = state_of(ref)
+    if not state or is_final(state) or state == STATE.HELD then
       redis.call('ZREM', KEY.pending, ref)
     elseif not redis.call('ZSCORE', KEY.schedule, ref) then
       requeue(ref)
