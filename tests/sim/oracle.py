@@ -18,15 +18,16 @@ of an idle person): those people are exempt from the exact checks, never from th
 from __future__ import annotations
 
 import itertools
+import json
 import re
 from collections import defaultdict
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from tests.factories import text_map, texts
+from tests.factories import text, text_map, texts
 from tests.sim.traffic import ORDER_EVENT, SURVEY_EVENT, Human, Sent, stamp
-from worker import keys
+from worker import events, keys
 from worker.states import FINAL
 
 if TYPE_CHECKING:
@@ -38,13 +39,7 @@ _NAME = re.compile(r"^(?:First|Last)(\d+)$")
 
 
 def ms(seconds: float) -> int:
-    from worker.events import parse_iso
-
-    return int(parse_iso(stamp(seconds)).timestamp() * 1000)
-
-
-def version(sent: Sent, ref: str) -> str:
-    return f"{ms(sent.true_time):015d}|{ref}"
+    return round(seconds * 1000)
 
 
 def fields_of(traits: dict[str, Any]) -> dict[str, str]:
@@ -84,8 +79,16 @@ class Message:
     ref: str
     state: str
     detail: str
-    ever_dead_at: float | None
+    changes: list[tuple[float, str]]
     history: list[str]
+
+    def state_at(self, moment: float) -> str:
+        """The state it was in at ``moment`` (virtual seconds), from its history."""
+        state = "received"
+        for at, changed in self.changes:
+            if at <= moment:
+                state = changed
+        return state
 
     def story(self) -> str:
         return " > ".join(self.history[-8:])
@@ -105,6 +108,21 @@ class Oracle:
     def fail(self, kind: str, detail: str) -> None:
         self.world.violate(kind, detail)
 
+    def event_time(self, sent: Sent, ref: str) -> str:
+        """When it happened, as Segment corrects a client's clock: received - (sentAt - timestamp) when
+        the client sent ``sentAt`` (on the message, or on its batch), else the timestamp as sent."""
+        received, index = self.world.record.received[ref]
+        batch = self.world.traffic.batches[index]
+        if batch.sent_at_on_batch or sent.skew:
+            moment_ms = ms(received) - (ms(batch.arrival) - ms(sent.true_time))
+        else:
+            moment_ms = min(ms(sent.true_time + sent.skew), ms(received))
+        return stamp(moment_ms / 1000)
+
+    def version(self, sent: Sent, ref: str) -> str:
+        """The relay's order of writes (its own tie-break between equal times): newest wins."""
+        return events.version(cast(events.Event, {"timestamp": self.event_time(sent, ref), "ref": ref}))
+
     # --- loading ---------------------------------------------------------------------------------
 
     def load(self) -> None:
@@ -123,18 +141,16 @@ class Oracle:
             history = texts(client.lrange(keys.history(ref), 0, -1)) or self.world.record.expired_logs.get(
                 ref, []
             )
-            dead_at = None
+            changes: list[tuple[float, str]] = []
             for entry in history:
-                if '"state":"dead"' in entry:
-                    found = re.search(r'"at":([0-9.]+)', entry)
-                    if found and dead_at is None:
-                        dead_at = float(found.group(1)) - base
+                parsed = json.loads(entry)
+                changes.append((float(parsed["at"]) - base, str(parsed["state"])))
             steps = []
             for entry in history:
                 found = re.search(r'"state":"([a-z]+)"', entry)
                 said = re.search(r'"detail":"([^"]{0,70})', entry)
                 steps.append(f"{found.group(1) if found else '?'}({said.group(1) if said else ''})")
-            message = Message(sent, ref, record.get("state", ""), record.get("detail", ""), dead_at, steps)
+            message = Message(sent, ref, record.get("state", ""), record.get("detail", ""), changes, steps)
             if sent.number in self.messages:
                 continue
             self.messages[sent.number] = message
@@ -204,7 +220,7 @@ class Oracle:
             return
         if not message.sent.message.get("userId"):
             return
-        allowed = self.allowed_emails(message, survey.claimed_at_step, survey.at)
+        allowed = self.allowed_emails(message, survey.claimed_at_step)
         if allowed is not None and survey.email not in allowed:
             self.fail(
                 "surveyed a replaced email",
@@ -221,27 +237,27 @@ class Oracle:
                 ids |= {human.user_id, human.legacy_id or ""}
         return ids
 
-    def allowed_emails(self, message: Message, step: int, at: float) -> set[str] | None:
+    def allowed_emails(self, message: Message, step: int) -> set[str] | None:
         human = self.humans[message.sent.human or 0]
+        if self.ambiguous(human):
+            return None  # its record may have expired: the relay then knows only what came after
         user = str(message.sent.message.get("userId"))
         ids = self.connected(human, user, step)
-        mine = version(message.sent, message.ref)
+        mine = self.version(message.sent, message.ref)
         current: tuple[str, str] | None = None
         later: set[str] = set()
         for other in self.by_human[human.index]:
             traits = other.sent.message.get("traits") or {}
             if other.sent.kind != "identify" or "email" not in traits:
                 continue
-            theirs = version(other.sent, other.ref)
+            theirs = self.version(other.sent, other.ref)
             if theirs > mine:
                 later.add(traits["email"].lower())
                 continue
             accepted = self.world.record.accepted_at_step.get(other.ref, 1 << 60)
-            dead_then = (
-                other.ever_dead_at is not None
-                and other.ever_dead_at <= at - self.world.clock() + self.world.t
-            )
-            if other.sent.message.get("userId") not in ids or accepted >= step or dead_then:
+            # A dead identify still counts: its fields stay with the person and reach Promoter with the
+            # next update (only a refused one's are taken out, and the generator refuses no email).
+            if other.sent.message.get("userId") not in ids or accepted >= step:
                 continue
             if current is None or theirs > current[0]:
                 current = (theirs, traits["email"].lower())
@@ -254,7 +270,11 @@ class Oracle:
     def ambiguous(self, human: Human) -> bool:
         """Whether this person's record may have expired between two of their events (idle too long)."""
         ttl = self.settings.person_ttl_seconds
-        times = sorted(self.world.record.accepted_at_time.get(m.ref, 0.0) for m in self.by_human[human.index])
+        replayed = self.world.record.replayed
+        times = sorted(
+            [self.world.record.accepted_at_time.get(m.ref, 0.0) for m in self.by_human[human.index]]
+            + [replayed[m.ref] for m in self.by_human[human.index] if m.ref in replayed]
+        )
         return any(b - a > ttl / 2 for a, b in itertools.pairwise(times))
 
     def check_person(self, human: Human) -> None:
@@ -311,7 +331,7 @@ class Oracle:
                 continue
             if sent.message.get("userId") not in (human.user_id, human.legacy_id):
                 continue
-            stamp_ = version(sent, message.ref)
+            stamp_ = self.version(sent, message.ref)
             for name, value in fields_of(sent.message.get("traits") or {}).items():
                 if name not in newest or stamp_ > newest[name][0]:
                     newest[name] = (stamp_, value)
@@ -324,7 +344,7 @@ class Oracle:
             if sent.kind != "track" or sent.message.get("event") != ORDER_EVENT or message.state == "dead":
                 continue
             order_id = sent.message["properties"]["order_id"]
-            key = version(sent, message.ref)
+            key = self.version(sent, message.ref)
             if order_id not in reports or key < reports[order_id][0]:
                 reports[order_id] = (key, message)
         if not reports:
@@ -334,7 +354,7 @@ class Oracle:
         for order_id, (key, message) in reports.items():
             properties = message.sent.message["properties"]
             sums[properties["currency"]] += cents(properties)
-            sort_key = f"{key.split('|')[0]}|{order_id}"
+            sort_key = f"{key[:9]}|{order_id}"
             if newest is None or sort_key > newest[0]:
                 newest = (sort_key, order_id, message)
         assert newest is not None
@@ -345,7 +365,7 @@ class Oracle:
             "last_order_id": order_id,
             "last_order_total": money(cents(properties)),
             "last_order_currency": properties["currency"],
-            "last_order_date": stamp(message.sent.true_time),
+            "last_order_date": self.event_time(message.sent, message.ref),
         }
         for currency, amount in sums.items():
             out[f"lifetime_revenue_{currency.lower()}"] = money(amount)
@@ -399,8 +419,14 @@ class Oracle:
         for key in self.world.unbounded_keys():
             self.fail("key without a TTL", key)
         client = self.world._plain
-        for key in client.scan_iter(match=keys.person_ids("*")):
-            size = client.scard(key) if client.type(key) == "set" else client.zcard(key)
+        for key in client.scan_iter(match=keys.person("*") + "*"):
+            kind = client.type(key)
+            if kind == "set":  # the layout before issue 20: relay:person:{<n>}:ids
+                size = int(client.scard(key))
+            elif kind == "string":
+                size = 1 + len(json.loads(text(client.get(key))).get("ids") or {})
+            else:
+                continue
             if size > MAX_IDENTITIES:
                 self.fail("identity set over its cap", f"{key}: {size}")
 

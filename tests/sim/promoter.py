@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from worker.promoter import (
+    AccountError,
     Call,
     IneligibleError,
     PermanentError,
@@ -58,6 +59,14 @@ class Switchboard(Protocol):
     def at(self, when: float, effect: Callable[[], None]) -> None: ...
 
     def note(self, line: str) -> None: ...
+
+    def person_of_caller(self) -> str | None:
+        """The person the calling worker's message reached (its status record says)."""
+        ...
+
+    def planned_at(self) -> float:
+        """When the calling worker made its last script call (the plan of the call it is making)."""
+        ...
 
     def mark(self) -> int:
         """The step of the calling worker's last script call (its survey claim, before a survey)."""
@@ -109,7 +118,8 @@ class ScriptedPromoter:
     calls: int = 0
     answers: dict[str, int] = field(default_factory=dict)
     overlaps: list[str] = field(default_factory=list)
-    _in_flight: dict[str, int] = field(default_factory=dict)
+    lease_seconds: float = 16.0
+    _in_flight: dict[str, list[float]] = field(default_factory=dict)
     _last_survey: dict[tuple[int, str], float] = field(default_factory=dict)
     _marks: dict[int, int] = field(default_factory=dict)
 
@@ -133,15 +143,22 @@ class ScriptedPromoter:
         outcome = self.faults.pick(self.world.draw(), survey) if self.enabled else "ok"
         self.world.note(f"promoter {endpoint} #{number} {email} -> {outcome}")
         self.answers[outcome] = self.answers.get(outcome, 0) + 1
+        now = self.world.now()
+        planned = self.world.planned_at()
+        person = self.world.person_of_caller() or email
         if not survey:
-            if self._in_flight.get(email):
-                self.overlaps.append(f"two contact updates of {email} in flight at once (call {number})")
-            self._in_flight[email] = self._in_flight.get(email, 0) + 1
+            # The call's lease was taken when it was planned (its worker's last script call) and outlasts
+            # any call; only a worker stalled past its lease may see its call overlap another. Two
+            # persons that share an email (two userIds before their alias) are two leases.
+            live = [at for at in self._in_flight.get(person, []) if at > now - self.lease_seconds]
+            if live:
+                self.overlaps.append(f"two contact updates of {person} in flight at once (call {number})")
+            self._in_flight.setdefault(person, []).append(planned)
         try:
             return self._answer(endpoint, body, email, outcome, number)
         finally:
             if not survey:
-                self._in_flight[email] -= 1
+                self._in_flight[person].remove(planned)
 
     def _answer(self, endpoint: str, body: dict[str, Any], email: str, outcome: str, number: int) -> Reply:
         survey = endpoint == "survey"
@@ -190,7 +207,7 @@ class ScriptedPromoter:
             seconds = float(int(low + self.world.draw() * (high - low)))
             return ThrottledError(f"HTTP 429: expected available in {seconds} seconds", seconds)
         if outcome == "unauthorized":
-            return PermanentError('HTTP 401: {"detail":"Invalid token."}', 401, '{"detail":"Invalid token."}')
+            return AccountError('HTTP 401: {"detail":"Invalid token."}', 401, '{"detail":"Invalid token."}')
         if outcome == "ineligible":
             body = '{"non_field_errors":["Contact is not eligible for survey."]}'
             return IneligibleError(f"HTTP 400: {body}", 400, body)

@@ -84,6 +84,8 @@ class Actor:
     message: str = ""
     queue: str = ""
     last_script_step: int = 0
+    last_script_time: float = 0.0
+    last_ran: float = 0.0
     dying: bool = False
 
 
@@ -108,6 +110,8 @@ class Record:
 
     accepted_at_step: dict[str, int] = field(default_factory=dict)
     accepted_at_time: dict[str, float] = field(default_factory=dict)
+    # ref -> (virtual time it was received, the batch that brought it first)
+    received: dict[str, tuple[float, int]] = field(default_factory=dict)
     refused: list[str] = field(default_factory=list)
     ref_of: dict[int, str] = field(default_factory=dict)
     expired_records: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -128,6 +132,10 @@ class SimRedis(redis.Redis):
         actor = world.current()
         if actor is not None:
             actor.last_script_step = world.steps
+            actor.last_script_time = world.t
+        # The script's NOW (its first argument) is read from the clock just before the call goes out;
+        # the pause at the boundary came in between, so read it again.
+        args = (*args[:numkeys], f"{world.clock():.3f}", *args[numkeys + 1 :])
         fault = world.redis_fault()
         if fault == "before":
             raise redis.ConnectionError("simulated: Redis unreachable")
@@ -221,7 +229,11 @@ class World:
         self.next_batch = 0
         self.retry_batches: list[tuple[float, int]] = []
         self.beat_last: dict[str, float] = {}
-        self.operator_at = sorted(setup.uniform(0, self.span * 1.2) for _ in range(setup.randint(0, 3)))
+        # An operator looks at the dead letters now and then, at least every five days of traffic.
+        last = max((batch.arrival for batch in self.traffic.batches), default=0.0)
+        regular = [day * 5 * 86400.0 for day in range(1, int(last // (5 * 86400)) + 1)]
+        extra = [setup.uniform(0, max(last, self.span)) for _ in range(setup.randint(0, 3))]
+        self.operator_at = sorted(regular + extra)
         self.script_names: dict[str, str] = {}
         self._plain = redis.Redis.from_url(redis_url, decode_responses=True)
         self.client = cast(SimRedis, SimRedis.from_url(redis_url, decode_responses=True))
@@ -241,7 +253,10 @@ class World:
         window = (
             self.settings.retry_window_seconds * 2 if self.settings.unknown_survey_outcome == "resend" else 0
         )
-        self.promoter = ScriptedPromoter(self, self.faults, deadline=self._deadline(), window_seconds=window)
+        self.promoter = ScriptedPromoter(
+            self, self.faults, deadline=self._deadline(), window_seconds=window,
+            lease_seconds=self.settings.survey_lease_seconds,
+        )  # fmt: skip
         self.runtime = Runtime(self.settings, self.stores, self.promoter, self.clock, self.sleep)  # type: ignore[arg-type]
         self._name_scripts()
         self._ttl_sync = self._plain.register_script(_TTL_SYNC)
@@ -279,6 +294,17 @@ class World:
 
     def draw(self) -> float:
         return self.rng.random()
+
+    def person_of_caller(self) -> str | None:
+        actor = self.current()
+        if actor is None or not actor.message:
+            return None
+        found = self._plain.hget(keys.message(taskmessages.ref_of(actor.message)), "person")
+        return str(found) if found else None
+
+    def planned_at(self) -> float:
+        actor = self.current()
+        return self.clock() - self.t + (actor.last_script_time if actor else self.t)
 
     def mark(self) -> int:
         actor = self.current()
@@ -333,7 +359,8 @@ class World:
         logger = logging.getLogger("relay")
         logger.addHandler(self._log_handler)
         try:
-            self._loop()
+            last = max((batch.arrival for batch in self.traffic.batches), default=0.0)
+            self._loop(horizon=last + 3600)
             self.settle()
         finally:
             logger.removeHandler(self._log_handler)
@@ -345,11 +372,12 @@ class World:
         self.calm = True
         self.promoter.enabled = False
         self.operator_at = []
-        self._loop()
+        # Retries run out within their window; the operator looks before dead letters age out.
+        self._loop(horizon=self.t + self.settings.retry_window_seconds + 3600)
         self._spawn("operator", "operator", lambda: operator.final_pass(self))
         self._loop()
 
-    def _loop(self) -> None:
+    def _loop(self, horizon: float | None = None) -> None:
         while True:
             if self.steps > MAX_STEPS:
                 self.violate("runaway", f"more than {MAX_STEPS} steps")
@@ -359,7 +387,7 @@ class World:
                 self._act(options)
                 continue
             upcoming = self._next_time()
-            if upcoming is None:
+            if upcoming is None or (horizon is not None and upcoming > horizon):
                 return
             self._advance(upcoming)
 
@@ -442,13 +470,16 @@ class World:
         def body() -> Any:
             try:
                 return ("done", deliver(ref, HANDLERS[task], self.runtime, task_id))
+            except redis.ResponseError as error:  # a script failed: a defect, not a fault we made
+                self.violate("script error", f"{ref}: {error}")
+                return ("rejected", None)
             except redis.RedisError:
                 return ("rejected", None)
             except Exception as error:  # escaping deliver is a defect in itself
                 self.violate("exception escaped a task body", f"{ref}: {type(error).__name__}: {error}")
                 return ("rejected", None)
 
-        actor = self._spawn(name, "worker", body)
+        actor = self._spawn(name, "worker", body, message=raw)
         actor.tag = tag
 
     def _do_ingest(self, index: int) -> None:
@@ -465,6 +496,9 @@ class World:
         def body() -> Any:
             try:
                 return ("done", self._housekeeping(job))
+            except redis.ResponseError as error:
+                self.violate("script error", f"{job}: {error}")
+                return ("rejected", None)
             except redis.RedisError:
                 return ("rejected", None)
 
@@ -495,17 +529,27 @@ class World:
         self._spawn("operator", "operator", lambda: operator.during(self))
 
     def _do_tick(self, _: None) -> None:
-        self._advance(self.t + self.rng.choice((0.05, 0.5, 3.0, 30.0)))
+        """Time passes while actors are busy. A worker is never left unscheduled for more than a third
+        of a lease (the relay's leases outlast any call with a margin; a process that stalls longer
+        is modelled as a crash, which the run also draws)."""
+        target = self.t + self.rng.choice((0.05, 0.5, 3.0, 30.0))
+        stall = self.settings.survey_lease_seconds / 3
+        for actor in self.actors:
+            if actor.kind == "worker":
+                target = min(target, max(actor.last_ran, actor.wake_at) + stall)
+        if target > self.t:
+            self._advance(target)
 
     # --- actors ------------------------------------------------------------------------------------
 
-    def _spawn(self, name: str, kind: str, body: Callable[[], Any]) -> Actor:
-        actor = Actor(name, kind, greenlet.greenlet(body, parent=self.main))
+    def _spawn(self, name: str, kind: str, body: Callable[[], Any], message: str = "") -> Actor:
+        actor = Actor(name, kind, greenlet.greenlet(body, parent=self.main), message=message)
         self.actors.append(actor)
         self._switch(actor)
         return actor
 
     def _switch(self, actor: Actor) -> None:
+        actor.last_ran = self.t
         answer = actor.glet.switch()
         if actor.glet.dead:
             self.actors.remove(actor)
@@ -525,6 +569,7 @@ class World:
 
         batch = self.traffic.batches[index]
         document = traffic_module.body(batch)
+        received_at = self.t
         received = traffic_module.moment(self.t)
         sorted_ = sort_messages(
             document["batch"],
@@ -546,12 +591,20 @@ class World:
         try:
             self.stores.ledger.accept(sorted_.admitted)
         except redis.RedisError:
+            # The client saw an error and sends the batch again; the script may have run all the same.
+            for admission in sorted_.admitted:
+                ref = admission.event["ref"]
+                if ref not in self.record.received and self._plain.exists(keys.message(ref)):
+                    self.record.received[ref] = (received_at, index)
+                    self.record.accepted_at_step[ref] = self.steps
+                    self.record.accepted_at_time[ref] = self.t
             self.retry_batches.append((self.t + self.rng.choice((1.0, 10.0, 60.0)), index))
             return None
         for admission in sorted_.admitted:
             ref = admission.event["ref"]
             self.record.accepted_at_step.setdefault(ref, self.steps)
             self.record.accepted_at_time.setdefault(ref, self.t)
+            self.record.received.setdefault(ref, (received_at, index))
         return None
 
     # --- time --------------------------------------------------------------------------------------
@@ -656,6 +709,8 @@ class _ErrorLog(logging.Handler):
         self.world = world
 
     def emit(self, record: logging.LogRecord) -> None:
+        if not record.getMessage().startswith("unexpected error"):
+            return  # an operator-facing error (Promoter refuses the account), not a fault of ours
         if record.exc_info and isinstance(record.exc_info[1], UnexpectedClientError):
             return
         cause = f" ({record.exc_info[1]!r})" if record.exc_info else ""
