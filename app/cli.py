@@ -259,18 +259,28 @@ def check() -> None:
 
 
 @main.command()
-@click.argument("service", type=click.Choice(["beat"]))
+@click.argument("service", type=click.Choice(["beat", "worker"]))
 @click.option("--max-age", default=30.0, show_default=True, help="seconds")
 def health(service: str, max_age: float) -> None:
-    """Health check for compose: beat has ticked within --max-age seconds (its heartbeat in Redis)."""
-    from worker.beat import HEARTBEAT
+    """Health check for compose: beat, or a worker on this host, wrote its heartbeat within --max-age
+    seconds (in Redis; a hung process still has a live PID)."""
+    import socket
+
+    from worker import heartbeat
 
     settings = _settings()
     try:
-        beat = _stores(settings).redis.get(HEARTBEAT)
+        client = _stores(settings).redis
+        beats = heartbeat.read(client.get(heartbeat.BEAT), client.hgetall(heartbeat.WORKERS), time.time())
     except redis.RedisError as error:
         raise _redis_down(error) from None
-    age = time.time() - float(beat) if beat else None
+    if service == "beat":
+        age = beats.beat_age
+    else:
+        # Celery names a worker <name>@<hostname>: a container's own workers carry its hostname.
+        host = socket.gethostname()
+        mine = [a for name, a in beats.worker_ages.items() if name.rpartition("@")[2] == host]
+        age = min(mine) if mine else None
     if age is None or age > max_age:
         raise click.ClickException(f"{service}: no heartbeat in the last {max_age:.0f}s")
     click.echo(f"{service}: heartbeat {age:.1f}s ago")

@@ -17,6 +17,7 @@ import redis
 from flask import Blueprint, Response, current_app, jsonify, request
 from marshmallow import ValidationError
 
+from app import processmetrics
 from app.admission import admission_of
 from app.auth import header_write_key, key_matches, signature_matches
 from app.fastpath import load_message
@@ -112,6 +113,7 @@ def _unauthorized(error: Unauthorized) -> tuple[Response, int]:
 @bp.errorhandler(redis.RedisError)
 def _redis_down(error: redis.RedisError) -> tuple[Response, int]:
     current_app.logger.warning("redis unavailable, answering 503: %s", type(error).__name__)
+    processmetrics.count_unavailable(error)
     response, status = failure(503, {"_service": ["Temporarily unable to store events."]})
     response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
     return response, status

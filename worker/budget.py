@@ -10,6 +10,7 @@ for the next day's budget instead of eating the surveys' share.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 
@@ -17,6 +18,10 @@ import redis
 
 from worker import keys
 from worker.scripts import Lua
+
+log = logging.getLogger(__name__)
+# As the budget script keeps it: two days, so "today" is always there.
+DAY_KEY_TTL = 172800
 
 
 class Budget:
@@ -44,3 +49,19 @@ class Budget:
     def used_today(self) -> int:
         day = int(self.clock() // 86400)
         return int(self.client.get(keys.budget(str(day))) or 0)
+
+    def count_request(self) -> None:
+        """Count one Promoter request in today's budget key, for when no ``PROMOTER_DAILY_LIMIT`` is set.
+
+        With a limit, the budget script counts each slot it grants; without one it counts nothing,
+        and "budget used today" would read 0 however many calls were made. Best effort: a lost count
+        must not stop a delivery. (Once the script counts without a limit too, this goes.)
+        """
+        day_key = keys.budget(str(int(self.clock() // 86400)))
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.incr(day_key)
+            pipe.expire(day_key, DAY_KEY_TTL)
+            pipe.execute()
+        except redis.RedisError:
+            log.warning("could not count a Promoter request in today's budget")

@@ -21,7 +21,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -246,7 +246,15 @@ class PromoterClient:
     (environment and netrc lookups, hooks, cookies) cost more CPU than the call itself.
     """
 
-    def __init__(self, base_url: str, api_key: str, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        timeout: float = 10.0,
+        *,
+        on_request: Callable[[], None] | None = None,
+    ) -> None:
+        """``on_request`` is told of every request about to be sent (to count the day's budget)."""
         # A header value with whitespace or control characters would be refused by the HTTP layer in
         # an error that quotes the whole header, key included; refuse it here, without echoing it.
         if any(char.isspace() or not char.isprintable() for char in api_key):
@@ -262,6 +270,7 @@ class PromoterClient:
         }
         self._timeouts = urllib3.Timeout(connect=min(timeout, CONNECT_TIMEOUT), read=timeout)
         self._pool, self._prefix = _pool(self.base_url)
+        self._on_request = on_request
 
     def __repr__(self) -> str:
         return f"PromoterClient(base_url={self._redact(self.base_url)!r}, timeout={self.timeout!r})"
@@ -290,6 +299,8 @@ class PromoterClient:
     def _call(
         self, endpoint: str, method: str, path: str, body: Mapping[str, Any] | None, acts_once: bool = False
     ) -> Reply:
+        if self._on_request is not None:
+            self._on_request()
         started = time.perf_counter()
         try:
             response = self._pool.urlopen(

@@ -25,11 +25,17 @@ class Runtime:
 
 
 def build_runtime(settings: Settings) -> Runtime:
+    stores = build_stores(settings, timeout=10.0)
+    # With a daily limit the budget script counts the day's requests; without one, the client does.
+    count = None if settings.promoter_daily_limit else stores.budget.count_request
     return Runtime(
         settings=settings,
-        stores=build_stores(settings, timeout=10.0),
+        stores=stores,
         promoter=PromoterClient(
-            settings.promoter_api_url, settings.promoter_api_key, timeout=settings.promoter_timeout_seconds
+            settings.promoter_api_url,
+            settings.promoter_api_key,
+            timeout=settings.promoter_timeout_seconds,
+            on_request=count,
         ),
     )
 
