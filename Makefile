@@ -8,7 +8,7 @@ comma := ,
 # The browser extra (Playwright, for the dashboard test) only where a Chromium is there to drive.
 EXTRAS := dev,test,lint,bench$(if $(shell command -v chromium 2>/dev/null),$(comma)browser)
 
-.PHONY: install run test lint bench chaos clean
+.PHONY: install run test lint bench chaos grafana clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,8 +24,8 @@ run: $(STAMP)
 	$(BIN)/promoter-relay dev --port $(PORT)
 
 lint: $(STAMP)
-	$(BIN)/ruff check app worker tests bench
-	$(BIN)/ruff format --check app worker tests bench
+	$(BIN)/ruff check app worker tests bench deploy
+	$(BIN)/ruff format --check app worker tests bench deploy
 	$(BIN)/mypy
 
 test: lint
@@ -36,6 +36,10 @@ bench: $(STAMP)
 
 chaos: $(STAMP)
 	$(BIN)/python -m tests.chaos
+
+# Regenerate deploy/grafana/promoter-relay.json from deploy/grafana_dashboard.py.
+grafana: $(STAMP)
+	$(BIN)/python -m deploy.grafana_dashboard
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache test-artifacts
