@@ -364,3 +364,47 @@ def test_a_late_refusal_of_an_old_token_does_not_log_out_the_new_one(live_url: s
     expect(page.locator("#main")).to_be_visible()
     expect(page.locator("#login")).to_be_hidden()
     expect(page.locator("#error")).to_have_text("")
+
+
+def test_dashboard_charts_received_delivered_and_dead_per_minute(
+    live_url: str, page: Page, redis_client: redis.Redis, sandbox: SandboxServer
+) -> None:
+    """Traffic spread over the last hour (the scripts count each minute at the clock they are given),
+    drawn as three lines; the legend totals match what was sent. Its screenshot goes to
+    test-artifacts/dashboard-chart.png."""
+    from playwright.sync_api import expect
+
+    relay = make_relay(redis_client, sandbox)
+    this_minute = int(time.time() // 60)
+    sent = {"received": 0, "delivered": 0, "dead": 0}
+    busiest = (0, 0)
+    for ago in range(58, 0, -2):
+        users, refused = 2 + (ago * 7) % 9, int(ago % 10 == 0)
+        relay.clock.now = (this_minute - ago) * 60 + 5.0
+        sandbox.state.configure({"fail_next": [400] * refused})
+        for n in range(users):
+            user = f"c{ago}-{n}"
+            relay.send(make_event(f"id-{user}", "identify", user), make_event(f"nps-{user}", user=user))
+        busiest = max(busiest, (2 * users, ago))
+        if ago % 6 == 0:
+            relay.clock.advance(60)  # delivered a minute after they were received
+        relay.drain()
+        sent["received"] += 2 * users
+        sent["dead"] += refused * 2  # a refused identify dead-letters its person's track too
+        sent["delivered"] += 2 * (users - refused)
+    log_in(page, live_url)
+    chart = page.locator("#chart")
+    for name, total in sent.items():
+        expect(page.locator(f"#chart-total-{name}")).to_have_text(f"{name} {total}")
+    for name in sent:
+        points = page.locator(f"#chart-svg polyline.series-{name}").get_attribute("points") or ""
+        assert len(points.split()) == 61, "60 whole minutes and the current one"
+    expect(page.locator("#chart-title")).to_have_text("Per minute, last 60 minutes")
+    peak, ago = busiest
+    expect(page.locator("#chart-svg rect.hover title").nth(60 - ago)).to_contain_text(f"{peak} received")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "dashboard-chart.png"
+    shot.unlink(missing_ok=True)
+    chart.screenshot(path=str(shot))
+    assert shot.stat().st_size > 0
+    page.screenshot(path=str(ARTIFACTS / "dashboard-with-chart.png"), full_page=True)

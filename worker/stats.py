@@ -22,6 +22,9 @@ from worker.settings import Settings
 from worker.states import State
 
 RATE_WINDOW_MINUTES = 5
+# The scripts keep each minute's counts (``relay:stats:m:<minute>``) this long (see the Lua prelude).
+MINUTE_KEY_TTL = 3900
+KEPT_MINUTES = MINUTE_KEY_TTL // 60
 UNACKED = "unacked"
 _GROUPS = (
     "accepted",
@@ -124,3 +127,18 @@ def _age(first: list[tuple[str, float]], now: float) -> float:
 
 def _rounded(age: float | None) -> float | None:
     return None if age is None else round(age, 1)
+
+
+def per_minute(client: redis.Redis, minutes: int, now: float | None = None) -> list[dict[str, Any]]:
+    """State changes per minute, oldest first, for the last ``minutes`` whole minutes and the current
+    (partial) one; minutes older than the counters are kept (``KEPT_MINUTES``) are left out."""
+    now = time.time() if now is None else now
+    current = int(now // 60)
+    numbers = range(current - min(minutes, KEPT_MINUTES - 1), current + 1)
+    pipe = client.pipeline(transaction=False)
+    for number in numbers:
+        pipe.hgetall(keys.minute(number))
+    return [
+        {"minute": number * 60, **{state.value: int(counts.get(state.value, 0)) for state in State}}
+        for number, counts in zip(numbers, pipe.execute(), strict=True)
+    ]
