@@ -42,10 +42,13 @@ for _cause in ("out_of_memory", "read_only", "loading", "unreachable", "error"):
 
 
 def cause_of(error: redis.RedisError) -> str:
-    """A small, fixed set of label values (never the error's text)."""
+    """A small, fixed set of label values (never the error's text). A write refused inside a script
+    comes back as a script error that quotes Redis' OOM error (Redis 6)."""
     for kind, cause in _CAUSES:
         if isinstance(error, kind):
             return cause
+    if "OOM command not allowed" in str(error):
+        return "out_of_memory"
     return "error"
 
 
