@@ -232,6 +232,13 @@ def test_without_admin_token_the_api_is_disabled(redis_url: str) -> None:
     assert client.get("/admin/api/openapi.json").status_code == 200, "the description needs no token"
 
 
+def test_the_favicon_is_served(client: FlaskClient) -> None:
+    response = client.get("/favicon.ico")
+    assert response.status_code == 200
+    assert response.mimetype == "image/svg+xml"
+    assert response.get_data().startswith(b"<svg")
+
+
 def test_dashboard_shell_has_no_data_and_no_token(client: FlaskClient, stores: Stores) -> None:
     dead_track(stores, "secret-looking-id")
     page = client.get("/admin/")

@@ -148,6 +148,8 @@ def test_dashboard_shows_the_relay_and_replays_until_delivered(
     refs = seed(stores, live_url)
     processes.worker()
     dialogs = Dialogs(page)
+    missing: list[str] = []
+    page.on("response", lambda r: missing.append(r.url) if r.status == 404 else None)
 
     page.goto(f"{live_url}/admin/")
     page.fill("#token", "wrong-token")
@@ -197,7 +199,8 @@ def test_dashboard_shows_the_relay_and_replays_until_delivered(
     page.click("#search button[type=submit]")
     expect(page.locator("#messages-title")).to_have_text("Messages matching \u201ch1\u201d")
     expect(page.locator("#messages tr")).to_have_count(1)
-    expect(page.locator("#user-title")).to_have_text("User u:h1 (not known to Promoter)")
+    expect(page.locator("#user-title")).to_have_text("User h1 (not known to Promoter)")
+    expect(page.locator("#messages tr", has_text="held-1").locator("button.user")).to_have_text("h1")
     expect(page.locator("#user-held tr")).to_have_count(1)
     expect(page.locator("#user-held tr")).to_contain_text("held-1")
     page.locator("#messages tr", has_text="held-1").locator("button.open").click()
@@ -205,6 +208,11 @@ def test_dashboard_shows_the_relay_and_replays_until_delivered(
     expect(page.locator("#detail-history tr")).to_have_count(2)
     expect(page.locator("#detail-history tr").last).to_contain_text("waiting for an identify of u:h1")
     expect(page.locator("#detail-dead")).to_be_hidden()
+    # A second search that finds no user leaves no user of the first one open.
+    page.fill("#q", "nobody-by-this-id")
+    page.click("#search button[type=submit]")
+    expect(page.locator("#messages-title")).to_contain_text("nobody-by-this-id")
+    expect(page.locator("#user")).to_be_hidden()
     page.click("#clear-search")
     expect(page.locator("#messages-title")).to_have_text("Recent messages")
 
@@ -235,6 +243,7 @@ def test_dashboard_shows_the_relay_and_replays_until_delivered(
     assert stores.dead.count() == 0
     assert replayed_count(stores) == 2
     assert page.title() == "promoter-relay"
+    assert missing == [], "nothing the page asks for is missing (the favicon included)"
     assert stores.ledger.state(refs["xss"]) == "delivered"
     [contact] = sandbox.state.contacts()
     assert (contact["email"], contact["first_name"]) == ("b1@example.com", XSS)
@@ -303,7 +312,9 @@ def test_dashboard_opens_a_known_user(
     assert relay.state(ref("order-7")) == "delivered"
     log_in(page, live_url)
     page.locator("#messages tr", has_text="order-7").locator("button.user").click()
-    expect(page.locator("#user-title")).to_have_text("User u:u7 (known to Promoter)")
+    expect(page.locator("#user-title")).to_have_text("User u7 (known to Promoter)")
+    expect(page.locator("#user-fields tr", has_text="identities")).to_contain_text("u7")
+    expect(page.locator("#user-fields tr", has_text="identities")).not_to_contain_text("u:u7")
     fields = page.locator("#user-fields")
     expect(fields.locator("tr", has_text="contact (merged)")).to_contain_text("email: u7@example.com")
     expect(fields.locator("tr", has_text="contact (merged)")).to_contain_text("first_name: Ada")
