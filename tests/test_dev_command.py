@@ -170,9 +170,9 @@ def test_a_second_instance_on_the_same_data_folder_refuses_with_one_line(tmp_pat
         try:
             out, err = second.communicate(timeout=60)
         finally:
-            if second.poll() is None:
-                os.killpg(second.pid, signal.SIGKILL)
-                second.wait()
+            if second.poll() is None:  # it started: SIGINT makes it stop what it started, too
+                second.send_signal(signal.SIGINT)
+                second.wait(timeout=60)
         assert second.returncode == 1
         [line] = err.strip().splitlines()
         assert f"is in use by another `promoter-relay dev` (API {api})" in line
