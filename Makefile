@@ -9,7 +9,7 @@ EXTRAS := dev,test,lint,bench$(if $(shell command -v chromium 2>/dev/null),$(com
 # One stamp per set of extras: installing Chromium later makes the next `make` add Playwright.
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: install run status dead-letters test lint bench chaos grafana clean
+.PHONY: install run status dead-letters test lint bench chaos sim grafana clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,12 @@ chaos: $(STAMP)
 # Regenerate deploy/grafana/promoter-relay.json from deploy/grafana_dashboard.py.
 grafana: $(STAMP)
 	$(BIN)/python -m deploy.grafana_dashboard
+
+# Deterministic simulation of delivery (tests/sim): SEED=n for one seed, SEEDS=n or SECONDS=n for a run,
+# WITHOUT=feature,... to leave traffic features out. About 10 minutes by default.
+sim: $(STAMP)
+	PYTHONHASHSEED=0 $(BIN)/python -m tests.sim $(if $(SEED),--seed $(SEED) -v) $(if $(SEEDS),--seeds $(SEEDS)) \
+		$(if $(SECONDS),--seconds $(SECONDS)) $(if $(WITHOUT),--without $(WITHOUT))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache test-artifacts

@@ -35,6 +35,7 @@ from app.schemas import MESSAGE_TYPES, SHORT_TYPES
 from worker import keys
 from worker.events import WEBHOOK_SOURCE
 from worker.ledger import Admission
+from worker.settings import Settings
 from worker.states import State
 
 bp = Blueprint("ingest", __name__)
@@ -147,8 +148,7 @@ def tracking_api(kind: str) -> tuple[Response, int]:
         return _single(document, kind, source, len(body), webhook=False)
     if not isinstance(document, dict):
         raise PayloadError(400, {"_schema": ["A batch must be a JSON object."]})
-    shared = {name: document.get(name) for name in ("context", "integrations")}
-    return _batch(document.get("batch"), shared, len(body), source, webhook=False)
+    return _batch(document.get("batch"), batch_shared(document), len(body), source, webhook=False)
 
 
 @bp.post("/segment")
@@ -289,6 +289,11 @@ def _merge(item: Any, shared: dict[str, Any]) -> Any:
     return merged
 
 
+def batch_shared(document: dict[str, Any]) -> dict[str, Any]:
+    """What a ``/v1/batch`` body says once for all of its messages."""
+    return {name: document.get(name) for name in ("context", "integrations")}
+
+
 def _sort(
     items: list[Any],
     kind: str | None,
@@ -298,9 +303,26 @@ def _sort(
     webhook: bool,
     check_sizes: bool = True,
 ) -> Sorted:
-    settings = relay().settings
+    return sort_messages(
+        items, kind, shared, source, relay().settings, webhook=webhook, now=datetime.now(UTC),
+        check_sizes=check_sizes,
+    )  # fmt: skip
+
+
+def sort_messages(
+    items: list[Any],
+    kind: str | None,
+    shared: dict[str, Any],
+    source: str,
+    settings: Settings,
+    *,
+    webhook: bool,
+    now: datetime,
+    check_sizes: bool = True,
+) -> Sorted:
+    """Validate and admit a request's messages, received at ``now``: no Flask, no Redis (the
+    simulator calls it with its own clock)."""
     result = Sorted()
-    now = datetime.now(UTC)
     for index, raw in enumerate(items):
         item = _merge(raw, shared)
         try:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -173,7 +172,7 @@ def _wait_for_budget(plan: SyncPlan, ref: str, level: str, rt: Runtime) -> SyncP
         if waited + current.wait_seconds > MAX_INLINE_WAIT_SECONDS:
             rt.stores.people.failed(current, ref, "wait")
             raise Wait(current.wait_seconds, current.why)
-        time.sleep(current.wait_seconds)
+        rt.sleep(current.wait_seconds)
         waited += current.wait_seconds
         current = rt.stores.people.resume(current, ref, level)
     return current
@@ -233,7 +232,7 @@ def _settled_claim(
     while claim.outcome in ("wait", "busy"):
         if waited + claim.wait_seconds > MAX_INLINE_WAIT_SECONDS:
             raise Wait(claim.wait_seconds, claim.why or "survey call for this message in flight elsewhere")
-        time.sleep(claim.wait_seconds)
+        rt.sleep(claim.wait_seconds)
         waited += claim.wait_seconds
         claim = rt.stores.people.claim_survey(ref, pid, campaign)
     if claim.outcome == "unknown":

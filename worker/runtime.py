@@ -22,6 +22,8 @@ class Runtime:
     stores: Stores
     promoter: PromoterClient
     clock: Callable[[], float] = field(default=time.time)
+    # Short inline waits (budget, another worker's call); the simulator runs them in virtual time.
+    sleep: Callable[[float], None] = field(default=time.sleep)
 
 
 def build_runtime(settings: Settings) -> Runtime:

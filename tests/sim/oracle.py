@@ -1,0 +1,412 @@
+"""The reference model: what must have happened to each person and message, checked at rest.
+
+It reads the generated traffic (who sent what, when it happened, when it arrived) and the scripted
+Promoter's record of what it applied, and only the final status of each message from Redis. It follows
+DESIGN.md's "Identity resolution" and "Delivery semantics" in plain sequential code:
+
+- a person is a human of the traffic: their userId, their legacy id once aliased, their own devices;
+- newest wins per contact field, by event time then ref;
+- a survey goes at most once per track, only to an email of the track's own person, and not to one an
+  identify the relay had already accepted (and not lost) had replaced by the track's time;
+- every message ends final; a known person's surveys and identifies are not dead letters;
+- orders count once per order_id, the earliest report being the order.
+
+Some expectations depend on timing the model cannot see (a person record expiring between two events
+of an idle person): those people are exempt from the exact checks, never from the ownership checks.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from tests.factories import text_map, texts
+from tests.sim.traffic import ORDER_EVENT, SURVEY_EVENT, Human, Sent, stamp
+from worker import keys
+from worker.states import FINAL
+
+if TYPE_CHECKING:
+    from tests.sim.world import World
+
+MAX_IDENTITIES = 20
+_OWNER = re.compile(r"^h(\d+)[.-]")
+_NAME = re.compile(r"^(?:First|Last)(\d+)$")
+
+
+def ms(seconds: float) -> int:
+    from worker.events import parse_iso
+
+    return int(parse_iso(stamp(seconds)).timestamp() * 1000)
+
+
+def version(sent: Sent, ref: str) -> str:
+    return f"{ms(sent.true_time):015d}|{ref}"
+
+
+def fields_of(traits: dict[str, Any]) -> dict[str, str]:
+    """Contact fields of a generated identify's traits, as Promoter should end up holding them."""
+    out: dict[str, str] = {}
+    for key, value in traits.items():
+        if key == "email":
+            out["email"] = value
+        elif key in ("firstName", "first_name"):
+            out["first_name"] = value
+        elif key in ("lastName", "last_name"):
+            out["last_name"] = value
+        elif key == "company":
+            out["a:company_name"] = value["name"]
+        else:
+            out[f"a:{key}"] = str(value)
+    return out
+
+
+def cents(properties: dict[str, Any]) -> int:
+    if "total" in properties:
+        total = Decimal(str(properties["total"]))
+        return 0 if total > 10**12 else int(total * 100)
+    products = properties.get("products") or []
+    if any("e5" in str(p.get("price")) for p in products):
+        return 0
+    return int(sum(Decimal(str(p["price"])) * Decimal(str(p.get("quantity", 1))) for p in products) * 100)
+
+
+def money(amount: int) -> str:
+    return f"{amount // 100}.{amount % 100:02d}"
+
+
+@dataclass
+class Message:
+    sent: Sent
+    ref: str
+    state: str
+    detail: str
+    ever_dead_at: float | None
+    history: list[str]
+
+    def story(self) -> str:
+        return " > ".join(self.history[-8:])
+
+
+class Oracle:
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.settings = world.settings
+        self.messages: dict[int, Message] = {}
+        self.by_human: dict[int, list[Message]] = defaultdict(list)
+        self.surveys_by_ref: dict[str, list[Any]] = defaultdict(list)
+        for survey in world.promoter.surveys:
+            self.surveys_by_ref[survey.ref].append(survey)
+        self.humans = {human.index: human for human in world.traffic.humans}
+
+    def fail(self, kind: str, detail: str) -> None:
+        self.world.violate(kind, detail)
+
+    # --- loading ---------------------------------------------------------------------------------
+
+    def load(self) -> None:
+        client = self.world._plain
+        base = self.world.clock() - self.world.t
+        for sent in self.world.traffic.sent:
+            if sent.resend:
+                continue
+            ref = self.world.record.ref_of.get(sent.number)
+            if ref is None:
+                self.fail("never accepted", f"m{sent.number} was never answered 200")
+                continue
+            record = text_map(client.hgetall(keys.message(ref))) or self.world.record.expired_records.get(
+                ref, {}
+            )
+            history = texts(client.lrange(keys.history(ref), 0, -1)) or self.world.record.expired_logs.get(
+                ref, []
+            )
+            dead_at = None
+            for entry in history:
+                if '"state":"dead"' in entry:
+                    found = re.search(r'"at":([0-9.]+)', entry)
+                    if found and dead_at is None:
+                        dead_at = float(found.group(1)) - base
+            steps = []
+            for entry in history:
+                found = re.search(r'"state":"([a-z]+)"', entry)
+                said = re.search(r'"detail":"([^"]{0,70})', entry)
+                steps.append(f"{found.group(1) if found else '?'}({said.group(1) if said else ''})")
+            message = Message(sent, ref, record.get("state", ""), record.get("detail", ""), dead_at, steps)
+            if sent.number in self.messages:
+                continue
+            self.messages[sent.number] = message
+            if sent.human is not None:
+                self.by_human[sent.human].append(message)
+
+    # --- checks ----------------------------------------------------------------------------------
+
+    def check(self) -> None:
+        self.load()
+        for message in self.messages.values():
+            if message.state not in FINAL:
+                self.fail(
+                    "not final at rest",
+                    f"m{message.sent.number} {message.ref}: {message.state} {message.detail}",
+                )
+        self.check_surveys()
+        for human in self.humans.values():
+            self.check_person(human)
+        self.check_contacts_owned()
+        self.check_keys()
+        for overlap in self.world.promoter.overlaps:
+            self.fail("concurrent contact updates", overlap)
+
+    def sim_ref(self, message: Message) -> str:
+        return str(message.sent.message.get("properties", {}).get("sim_ref", ""))
+
+    def is_survey(self, message: Message) -> bool:
+        name = message.sent.message.get("event")
+        return message.sent.kind == "track" and name in self.settings.survey_events
+
+    def check_surveys(self) -> None:
+        cooldown = self.settings.survey_cooldown_days * 86400
+        last: dict[tuple[str, int], float] = {}
+        for survey in sorted(self.world.promoter.surveys, key=lambda s: s.at):
+            key = (survey.email, survey.campaign)
+            if cooldown and key in last and survey.at - last[key] < cooldown:
+                self.fail(
+                    "surveyed within the cooldown", f"{survey.email} at {survey.at - last[key]:.0f}s apart"
+                )
+            last[key] = survey.at
+        for message in self.messages.values():
+            if not self.is_survey(message):
+                continue
+            found = self.surveys_by_ref.get(self.sim_ref(message), [])
+            if len(found) > 1:
+                self.fail("surveyed twice", f"m{message.sent.number}: {[s.email for s in found]}")
+            for survey in found:
+                self.check_survey_email(message, survey)
+            if message.state == "delivered" and not found and "already surveyed" not in message.detail:
+                self.fail("delivered without a survey", f"m{message.sent.number}: {message.detail}")
+
+    def allowed_owners(self, message: Message) -> set[int]:
+        sent = message.sent
+        if sent.message.get("userId"):
+            return {sent.human} if sent.human is not None else set()
+        return set(self.world.traffic.device_users.get(sent.device or "", set()))
+
+    def check_survey_email(self, message: Message, survey: Any) -> None:
+        owner = _OWNER.match(survey.email)
+        owners = self.allowed_owners(message)
+        if not owner or int(owner.group(1)) not in owners:
+            self.fail(
+                "surveyed another person's email",
+                f"m{message.sent.number} ({message.sent.message.get('userId')}) -> {survey.email}",
+            )
+            return
+        if not message.sent.message.get("userId"):
+            return
+        allowed = self.allowed_emails(message, survey.claimed_at_step, survey.at)
+        if allowed is not None and survey.email not in allowed:
+            self.fail(
+                "surveyed a replaced email",
+                f"m{message.sent.number} -> {survey.email}, expected one of {sorted(allowed)}",
+            )
+
+    def connected(self, human: Human, user: str, step: int) -> set[str]:
+        ids = {user}
+        for other in self.by_human[human.index]:
+            if (
+                other.sent.kind == "alias"
+                and self.world.record.accepted_at_step.get(other.ref, 1 << 60) < step
+            ):
+                ids |= {human.user_id, human.legacy_id or ""}
+        return ids
+
+    def allowed_emails(self, message: Message, step: int, at: float) -> set[str] | None:
+        human = self.humans[message.sent.human or 0]
+        user = str(message.sent.message.get("userId"))
+        ids = self.connected(human, user, step)
+        mine = version(message.sent, message.ref)
+        current: tuple[str, str] | None = None
+        later: set[str] = set()
+        for other in self.by_human[human.index]:
+            traits = other.sent.message.get("traits") or {}
+            if other.sent.kind != "identify" or "email" not in traits:
+                continue
+            theirs = version(other.sent, other.ref)
+            if theirs > mine:
+                later.add(traits["email"].lower())
+                continue
+            accepted = self.world.record.accepted_at_step.get(other.ref, 1 << 60)
+            dead_then = (
+                other.ever_dead_at is not None
+                and other.ever_dead_at <= at - self.world.clock() + self.world.t
+            )
+            if other.sent.message.get("userId") not in ids or accepted >= step or dead_then:
+                continue
+            if current is None or theirs > current[0]:
+                current = (theirs, traits["email"].lower())
+        if current is None:
+            return None
+        return {current[1]} | later
+
+    # --- one person ------------------------------------------------------------------------------
+
+    def ambiguous(self, human: Human) -> bool:
+        """Whether this person's record may have expired between two of their events (idle too long)."""
+        ttl = self.settings.person_ttl_seconds
+        times = sorted(self.world.record.accepted_at_time.get(m.ref, 0.0) for m in self.by_human[human.index])
+        return any(b - a > ttl / 2 for a, b in itertools.pairwise(times))
+
+    def check_person(self, human: Human) -> None:
+        messages = self.by_human[human.index]
+        email_identifies = [
+            m for m in messages
+            if m.sent.kind == "identify" and "email" in (m.sent.message.get("traits") or {})
+            and m.sent.message.get("userId") in (human.user_id, human.legacy_id)
+        ]  # fmt: skip
+        for message in messages:
+            traits = message.sent.message.get("traits")
+            if message.sent.kind == "identify" and not traits and message.state == "dead":
+                self.fail("identify without traits dead", f"m{message.sent.number}: {message.detail}")
+        known = any(m.state in ("delivered", "skipped") for m in email_identifies)
+        if not known or self.ambiguous(human):
+            return
+        first_known = min(self.world.record.accepted_at_time.get(m.ref, 0.0) for m in email_identifies)
+        for message in messages:
+            self.check_outcome(human, message, first_known)
+        self.check_contact(human, messages)
+
+    def check_outcome(self, human: Human, message: Message, first_known: float) -> None:
+        sent = message.sent
+        if message.state != "dead" or message.ref in self.world.record.discarded:
+            return
+        if not sent.message.get("userId") or sent.message.get("userId") not in (
+            human.user_id,
+            human.legacy_id,
+        ):
+            return
+        if "POISON" in str(sent.message.get("traits")):
+            return
+        arrived = self.world.record.accepted_at_time.get(message.ref, 0.0)
+        if first_known > arrived + self.settings.hold_ttl_seconds / 2:
+            return  # it may have waited longer than a hold lasts for the person's first email
+        replayed = self.world.record.replayed.get(message.ref)
+        last_seen = max(
+            self.world.record.accepted_at_time.get(m.ref, 0.0) for m in self.by_human[human.index]
+        )
+        if replayed is not None and replayed - last_seen > self.settings.person_ttl_seconds / 2:
+            return  # replayed after the person may have expired
+        if sent.kind == "track" and not self.is_survey(message) and sent.message.get("event") != ORDER_EVENT:
+            return
+        self.fail(
+            "a known person's message is a dead letter",
+            f"m{sent.number} {sent.kind} ({sent.message.get('userId')}): {message.story()}",
+        )
+
+    def expected_contact(self, human: Human, messages: list[Message]) -> dict[str, str]:
+        newest: dict[str, tuple[str, str]] = {}
+        for message in messages:
+            sent = message.sent
+            if sent.kind != "identify" or message.state not in ("delivered", "skipped"):
+                continue
+            if sent.message.get("userId") not in (human.user_id, human.legacy_id):
+                continue
+            stamp_ = version(sent, message.ref)
+            for name, value in fields_of(sent.message.get("traits") or {}).items():
+                if name not in newest or stamp_ > newest[name][0]:
+                    newest[name] = (stamp_, value)
+        return {name: value for name, (_, value) in newest.items()}
+
+    def expected_orders(self, messages: list[Message]) -> dict[str, str]:
+        reports: dict[str, tuple[str, Message]] = {}
+        for message in messages:
+            sent = message.sent
+            if sent.kind != "track" or sent.message.get("event") != ORDER_EVENT or message.state == "dead":
+                continue
+            order_id = sent.message["properties"]["order_id"]
+            key = version(sent, message.ref)
+            if order_id not in reports or key < reports[order_id][0]:
+                reports[order_id] = (key, message)
+        if not reports:
+            return {}
+        sums: dict[str, int] = defaultdict(int)
+        newest: tuple[str, str, Message] | None = None
+        for order_id, (key, message) in reports.items():
+            properties = message.sent.message["properties"]
+            sums[properties["currency"]] += cents(properties)
+            sort_key = f"{key.split('|')[0]}|{order_id}"
+            if newest is None or sort_key > newest[0]:
+                newest = (sort_key, order_id, message)
+        assert newest is not None
+        _, order_id, message = newest
+        properties = message.sent.message["properties"]
+        out = {
+            "order_count": str(len(reports)),
+            "last_order_id": order_id,
+            "last_order_total": money(cents(properties)),
+            "last_order_currency": properties["currency"],
+            "last_order_date": stamp(message.sent.true_time),
+        }
+        for currency, amount in sums.items():
+            out[f"lifetime_revenue_{currency.lower()}"] = money(amount)
+        return out
+
+    def check_contact(self, human: Human, messages: list[Message]) -> None:
+        expected = self.expected_contact(human, messages)
+        if "email" not in expected:
+            return
+        contact = self.world.promoter.contacts.get(expected["email"].lower())
+        if contact is None:
+            self.fail("contact missing", f"h{human.index}: {expected['email']}")
+            return
+        diffs = {}
+        for name, value in expected.items():
+            if name.startswith("a:anon_") or name == "email":
+                continue
+            got = contact["attributes"].get(name[2:]) if name.startswith("a:") else contact.get(name)
+            if got != value:
+                diffs[name] = (got, value)
+        orders_dead = any(
+            m.state == "dead" and m.sent.message.get("event") == ORDER_EVENT for m in messages
+        )  # a dead order track may or may not have been counted before it died
+        for name, value in ({} if orders_dead else self.expected_orders(messages)).items():
+            if contact["attributes"].get(name) != value:
+                diffs[name] = (contact["attributes"].get(name), value)
+        if diffs:
+            self.fail("contact differs from the newest state", f"h{human.index} {expected['email']}: {diffs}")
+
+    # --- Promoter's whole record ------------------------------------------------------------------
+
+    def check_contacts_owned(self) -> None:
+        devices = self.world.traffic.device_users
+        for email, contact in self.world.promoter.contacts.items():
+            owner = _OWNER.match(email)
+            if not owner:
+                continue
+            mine = int(owner.group(1))
+            values = [contact.get("first_name") or "", contact.get("last_name") or ""]
+            for name, value in contact["attributes"].items():
+                tagged = _OWNER.match(str(value))
+                if name.startswith("anon_") and tagged and mine in devices.get(f"d{tagged.group(1)}L", set()):
+                    continue
+                values.append(str(value))
+            for value in values:
+                found = _OWNER.match(value) or _NAME.match(value)
+                if found and int(found.group(1)) != mine:
+                    self.fail("another person's data on a contact", f"{email}: {value}")
+
+    def check_keys(self) -> None:
+        for key in self.world.unbounded_keys():
+            self.fail("key without a TTL", key)
+        client = self.world._plain
+        for key in client.scan_iter(match=keys.person_ids("*")):
+            size = client.scard(key) if client.type(key) == "set" else client.zcard(key)
+            if size > MAX_IDENTITIES:
+                self.fail("identity set over its cap", f"{key}: {size}")
+
+
+def check(world: World) -> None:
+    Oracle(world).check()
+
+
+__all__ = ["SURVEY_EVENT", "check"]
