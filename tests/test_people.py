@@ -7,6 +7,7 @@ functions a task calls.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -337,7 +338,7 @@ def test_a_survey_waiting_for_budget_waits_for_an_email_change_accepted_meanwhil
         _new_email_accepted_meanwhile(relay)
         relay.redis.delete(keys.RATE)
 
-    monkeypatch.setattr("worker.delivery.time.sleep", sleep)
+    monkeypatch.setattr(relay, "runtime", dataclasses.replace(relay.runtime, sleep=sleep))
     relay.step()
     monkeypatch.undo()
     relay.drain()
