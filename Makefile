@@ -2,13 +2,14 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
 PORT ?= 8000
 comma := ,
 # The browser extra (Playwright, for the dashboard test) only where a Chromium is there to drive.
 EXTRAS := dev,test,lint,bench$(if $(shell command -v chromium 2>/dev/null),$(comma)browser)
+# One stamp per set of extras: installing Chromium later makes the next `make` add Playwright.
+STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: install run test lint bench chaos sim clean
+.PHONY: install run status dead-letters test lint bench chaos sim grafana clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,9 +24,16 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/promoter-relay dev --port $(PORT)
 
+# What `make run` holds (or REDIS_URL's Redis): the venv's promoter-relay, which is not on PATH.
+status: $(STAMP)
+	$(BIN)/promoter-relay status
+
+dead-letters: $(STAMP)
+	$(BIN)/promoter-relay dead-letters list
+
 lint: $(STAMP)
-	$(BIN)/ruff check app worker tests bench
-	$(BIN)/ruff format --check app worker tests bench
+	$(BIN)/ruff check app worker tests bench deploy
+	$(BIN)/ruff format --check app worker tests bench deploy
 	$(BIN)/mypy
 
 test: lint
@@ -36,6 +44,10 @@ bench: $(STAMP)
 
 chaos: $(STAMP)
 	$(BIN)/python -m tests.chaos
+
+# Regenerate deploy/grafana/promoter-relay.json from deploy/grafana_dashboard.py.
+grafana: $(STAMP)
+	$(BIN)/python -m deploy.grafana_dashboard
 
 # Deterministic simulation of delivery (tests/sim): SEED=n for one seed, SEEDS=n or SECONDS=n for a run,
 # WITHOUT=feature,... to leave traffic features out. About 10 minutes by default.

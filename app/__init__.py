@@ -7,10 +7,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask, Response, jsonify
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from worker import logs
 from worker.settings import load, load_for_service
+
+# Browsers ask every site for /favicon.ico; an SVG answers it (a 404 in every dashboard load otherwise).
+FAVICON = (
+    b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16">'
+    b'<rect width="16" height="16" rx="3" fill="#175cd3"/>'
+    b'<path d="M3 11l3-4 3 2 4-5" stroke="#fff" stroke-width="1.8" fill="none"/></svg>'
+)
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
@@ -38,10 +45,16 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(admin.bp)
     app.register_blueprint(metrics.bp)
 
+    @app.get("/favicon.ico")
+    def _favicon() -> Response:
+        return Response(FAVICON, mimetype="image/svg+xml", headers={"Cache-Control": "public, max-age=86400"})
+
     @app.errorhandler(HTTPException)
     def _http_error(error: HTTPException) -> tuple[Response, int]:
-        code = error.code or 500
-        return jsonify(success=False, errors={"_request": [error.description or error.name]}), code
+        response, code = ingest.failure(error.code or 500, {"_request": [error.description or error.name]})
+        if error.code == 405 and isinstance(error, MethodNotAllowed) and error.valid_methods:
+            response.headers["Allow"] = ", ".join(error.valid_methods)
+        return response, code
 
     @app.errorhandler(Exception)
     def _unexpected(_: Exception) -> tuple[Response, int]:

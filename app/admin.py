@@ -19,7 +19,7 @@ from app.auth import bearer_matches
 from app.relay import relay
 from worker.events import WEBHOOK_SOURCE, anonymous_identity, split_ref, user_identity
 from worker.scripts import RECENT_LIMIT
-from worker.stats import snapshot
+from worker.stats import KEPT_MINUTES, per_minute, snapshot
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
@@ -74,6 +74,17 @@ def find_message(text: str) -> tuple[str, dict[str, Any]] | None:
 def stats() -> Response:
     rt = relay()
     return jsonify(snapshot(rt.stores.redis, rt.settings))
+
+
+@bp.get("/api/stats/minutes")
+def stats_minutes() -> Response:
+    """Received, delivered, dead (every state) per minute, for the dashboard's chart."""
+    minutes = _int_arg("minutes", 60, 1, KEPT_MINUTES - 1)
+    series = per_minute(relay().stores.redis, minutes)
+    shown = [
+        {"at": records.when(m["minute"]), **{k: v for k, v in m.items() if k != "minute"}} for m in series
+    ]
+    return jsonify(minutes=shown, kept_minutes=KEPT_MINUTES)
 
 
 def _int_arg(name: str, default: int, low: int, high: int) -> int:

@@ -51,33 +51,67 @@ def dev(port: int, workers: int, fresh: bool, data_dir: Path) -> None:
 @click.option("--port", default=8765, show_default=True, type=int)
 @click.option("--api-key", default="sandbox-key", show_default=True, envvar="SANDBOX_API_KEY")
 @click.option("--latency-ms", default=0.0, show_default=True, type=float)
-def sandbox(host: str, port: int, api_key: str, latency_ms: float) -> None:
-    """Run the local fake Promoter.io API (control routes under /_sandbox/)."""
+@click.option(
+    "--state-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="keep contacts (and their ids) in this file across restarts",
+)
+def sandbox(host: str, port: int, api_key: str, latency_ms: float, state_file: Path | None) -> None:
+    """Run the local fake Promoter.io API (control routes under /_sandbox/: calls, contacts, config)."""
     from app.devtools.sandbox import SandboxState, serve
 
+    try:
+        state = SandboxState(api_key=api_key, latency_ms=latency_ms, state_file=state_file)
+    except (OSError, ValueError, KeyError) as error:
+        raise click.ClickException(f"cannot read the sandbox state file {state_file}: {error}") from None
     click.echo(f"Promoter sandbox on http://{host}:{port} (Authorization: Token <api key>)")
-    serve(host, port, SandboxState(api_key=api_key, latency_ms=latency_ms))
+    serve(host, port, state)
 
 
-def _settings() -> Settings:
-    """Settings for an inspection command; with no REDIS_URL, the Redis of a running ``dev``."""
+def _settings(dotenv: bool = False) -> Settings:
+    """Settings for an inspection command, and which Redis it reads, said on stderr. With no REDIS_URL:
+    the Redis of the running ``promoter-relay dev`` of this folder, else of the only one running.
+    ``dotenv``: ``./.env`` fills in what the environment does not set (as docker compose reads it)."""
     env = dict(os.environ)
+    if dotenv and Path(".env").is_file():
+        from dotenv import dotenv_values
+
+        env = {k: v for k, v in dotenv_values(".env").items() if v is not None} | env
+        click.echo("Settings: ./.env, overridden by the environment", err=True)
     where = "REDIS_URL"
     if not env.get("REDIS_URL"):
-        from app.devtools.dev import read_state
-        from app.devtools.processes import redis_answers
-
-        state = read_state()
-        if state and redis_answers(state["redis_url"]):
-            env["REDIS_URL"], where = state["redis_url"], "the running `promoter-relay dev`"
-        else:
-            where = "the default; set REDIS_URL to read another"
+        env["REDIS_URL"], where = _dev_redis()
     try:
         settings = load(env)
     except SettingsError as error:
         raise click.ClickException(str(error)) from None
     click.echo(f"Redis: {_shown(settings.redis_url)} ({where})", err=True)
     return settings
+
+
+def _dev_redis() -> tuple[str, str]:
+    """The Redis URL of a running ``promoter-relay dev``, and how it was found."""
+    from app.devtools.dev import read_state, running_instances
+    from app.devtools.processes import redis_answers
+
+    here = read_state()
+    if here and redis_answers(here["redis_url"]):
+        return here["redis_url"], "the running `promoter-relay dev` of this folder"
+    running = [state for state in running_instances() if redis_answers(state["redis_url"])]
+    if len(running) == 1:
+        return running[0][
+            "redis_url"
+        ], f"the running `promoter-relay dev` with data in {running[0]['data_dir']}"
+    if running:
+        folders = ", ".join(f"{state['data_dir']} ({_shown(state['redis_url'])})" for state in running)
+        raise click.ClickException(
+            f"{len(running)} `promoter-relay dev` instances are running ({folders}): run this from the "
+            "folder of the one to read, or set REDIS_URL"
+        )
+    return (
+        Settings.redis_url,
+        "the default: no `promoter-relay dev` is running; set REDIS_URL to read another",
+    )
 
 
 def _shown(url: str) -> str:
@@ -220,10 +254,11 @@ def _duration(text: str) -> float:
 
 @main.command()
 def check() -> None:
-    """Before going live: Redis answers, Promoter takes the API key, the campaign exists."""
+    """Before going live: Redis answers, Promoter takes the API key, the campaign exists (reads ./.env
+    like docker compose does; the environment wins)."""
     from worker.promoter import PromoterClient, PromoterError
 
-    settings = _settings()
+    settings = _settings(dotenv=True)
     ok = True
     try:
         _stores(settings).redis.ping()
@@ -259,18 +294,28 @@ def check() -> None:
 
 
 @main.command()
-@click.argument("service", type=click.Choice(["beat"]))
+@click.argument("service", type=click.Choice(["beat", "worker"]))
 @click.option("--max-age", default=30.0, show_default=True, help="seconds")
 def health(service: str, max_age: float) -> None:
-    """Health check for compose: beat has ticked within --max-age seconds (its heartbeat in Redis)."""
-    from worker.beat import HEARTBEAT
+    """Health check for compose: beat, or a worker on this host, wrote its heartbeat within --max-age
+    seconds (in Redis; a hung process still has a live PID)."""
+    import socket
+
+    from worker import heartbeat
 
     settings = _settings()
     try:
-        beat = _stores(settings).redis.get(HEARTBEAT)
+        client = _stores(settings).redis
+        beats = heartbeat.read(client.get(heartbeat.BEAT), client.hgetall(heartbeat.WORKERS), time.time())
     except redis.RedisError as error:
         raise _redis_down(error) from None
-    age = time.time() - float(beat) if beat else None
+    if service == "beat":
+        age = beats.beat_age
+    else:
+        # Celery names a worker <name>@<hostname>: a container's own workers carry its hostname.
+        host = socket.gethostname()
+        mine = [a for name, a in beats.worker_ages.items() if name.rpartition("@")[2] == host]
+        age = min(mine) if mine else None
     if age is None or age > max_age:
         raise click.ClickException(f"{service}: no heartbeat in the last {max_age:.0f}s")
     click.echo(f"{service}: heartbeat {age:.1f}s ago")

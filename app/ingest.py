@@ -17,6 +17,7 @@ import redis
 from flask import Blueprint, Response, current_app, jsonify, request
 from marshmallow import ValidationError
 
+from app import processmetrics
 from app.admission import admission_of
 from app.auth import header_write_key, key_matches, signature_matches
 from app.fastpath import load_message
@@ -41,6 +42,7 @@ bp = Blueprint("ingest", __name__)
 log = logging.getLogger("relay.ingest")
 
 RETRY_AFTER_SECONDS = 5
+MISSING_KEY = "Missing write key (HTTP Basic username, X-Write-Key header, or writeKey in the body)."
 BATCH_NEEDS_KEY = (
     "A webhook batch needs a write key in a header (HTTP Basic username or X-Write-Key) as well as "
     "X-Signature: Segment signs a batch by its first element only."
@@ -49,6 +51,7 @@ _CODES = {
     400: "invalid_request",
     401: "unauthorized",
     404: "not_found",
+    405: "method_not_allowed",
     413: "payload_too_large",
     415: "unsupported_encoding",
     503: "unavailable",
@@ -77,9 +80,17 @@ def _answer(body: bytes) -> Response:
 
 
 def _first_message(errors: Any) -> str:
+    """The first error, prefixed with the field it is about (``event: Missing data ...``); keys such
+    as ``_schema`` or ``_auth`` name no field."""
+    path = []
     while isinstance(errors, dict | list) and errors:
-        errors = next(iter(errors.values())) if isinstance(errors, dict) else errors[0]
-    return str(errors)
+        if isinstance(errors, dict):
+            name, errors = next(iter(errors.items()))
+            if not str(name).startswith("_"):
+                path.append(str(name))
+        else:
+            errors = errors[0]
+    return f"{'.'.join(path)}: {errors}" if path else str(errors)
 
 
 def failure(status: int, errors: dict[str, Any]) -> tuple[Response, int]:
@@ -113,6 +124,7 @@ def _unauthorized(error: Unauthorized) -> tuple[Response, int]:
 @bp.errorhandler(redis.RedisError)
 def _redis_down(error: redis.RedisError) -> tuple[Response, int]:
     current_app.logger.warning("redis unavailable, answering 503: %s", type(error).__name__)
+    processmetrics.count_unavailable(error)
     response, status = failure(503, {"_service": ["Temporarily unable to store events."]})
     response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
     return response, status
@@ -181,7 +193,7 @@ def _require_write_key(candidate: str | None) -> str:
     if not allowed:
         raise Unauthorized("No write keys are configured on this relay (SEGMENT_WRITE_KEYS).")
     if not candidate:
-        raise Unauthorized("Missing write key (HTTP Basic username or writeKey).")
+        raise Unauthorized(MISSING_KEY)
     if not key_matches(candidate, allowed):
         raise Unauthorized("Invalid write key.")
     return candidate

@@ -7,15 +7,18 @@ restarts of any of them. With ``METRICS_TOKEN`` set, scrapes need ``Authorizatio
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
-from typing import cast
+from typing import Any, cast
 
+import redis
 from flask import Blueprint, Response, jsonify, request
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from app.auth import bearer_matches
+from app.processmetrics import ProcessCollector
 from app.relay import Relay, relay
 from worker import keys
 from worker.metrics import LATENCY_BUCKETS
@@ -32,10 +35,23 @@ def _counter(name: str, text: str, label: str, values: dict[str, int]) -> Counte
 
 
 class RelayCollector(Collector):
+    """Everything the relay keeps in Redis. When Redis does not answer, the scrape still succeeds with
+    ``relay_redis_up 0`` (and the API's own counters), so the alerts that matter then can fire."""
+
     def __init__(self, handle: Relay) -> None:
         self.handle = handle
 
     def collect(self) -> Iterator[Metric]:
+        try:
+            families = list(self._from_redis())
+        except redis.RedisError:
+            families = []
+        yield GaugeMetricFamily(
+            "relay_redis_up", "1 when Redis answered this scrape", value=1 if families else 0
+        )
+        yield from families
+
+    def _from_redis(self) -> Iterator[Metric]:
         client = self.handle.stores.redis
         snap = snapshot(client, self.handle.settings)
         received = CounterMetricFamily(
@@ -78,7 +94,50 @@ class RelayCollector(Collector):
                                     value=budget["daily_limit"])  # fmt: skip
         yield GaugeMetricFamily("relay_promoter_paused_seconds", "Seconds left of a 429 pause",
                                 value=budget["paused_for_seconds"])  # fmt: skip
+        yield from _waiting(snap)
+        yield CounterMetricFamily(
+            "relay_lost_task_messages_requeued",
+            "Messages the reconciler queued again because the broker had lost their task message",
+            value=snap["requeued"],
+        )
+        replayed = snap["replayed"]
+        yield CounterMetricFamily("relay_dead_letters_replayed", "Dead letters replayed", value=replayed)
         yield from _latency(cast(dict[str, str], client.hgetall(keys.LATENCY)))
+        yield from _memory(client)
+
+
+def _waiting(snap: dict[str, Any]) -> Iterator[Metric]:
+    oldest = GaugeMetricFamily(
+        "relay_oldest_message_age_seconds",
+        "Age of the oldest message waiting: queued (or a retry due and not yet taken), held for an identify",
+        labels=["where"],
+    )
+    for where, age in snap["oldest_age_seconds"].items():
+        oldest.add_metric([where], age)
+    yield oldest
+    beats = GaugeMetricFamily(
+        "relay_heartbeat_age_seconds",
+        "Seconds since beat, and the most recent of the workers, last wrote a heartbeat (+Inf: none)",
+        labels=["service"],
+    )
+    for service, age in snap["heartbeat_age_seconds"].items():
+        beats.add_metric([service], math.inf if age is None else age)
+    yield beats
+    yield GaugeMetricFamily(
+        "relay_workers_alive", "Workers whose heartbeat is under a minute old", value=snap["workers_alive"]
+    )
+
+
+def _memory(client: redis.Redis) -> Iterator[Metric]:
+    """Redis' memory against its maxmemory: with ``noeviction``, writes (and so ingest) stop at the limit."""
+    try:
+        info = client.info("memory")
+    except redis.ResponseError:  # INFO refused (an ACL without it): the rest of the scrape still counts
+        return
+    yield GaugeMetricFamily("relay_redis_memory_used_bytes", "Redis used_memory",
+                            value=float(info.get("used_memory", 0)))  # fmt: skip
+    yield GaugeMetricFamily("relay_redis_maxmemory_bytes", "Redis maxmemory (0: no limit)",
+                            value=float(info.get("maxmemory", 0)))  # fmt: skip
 
 
 def _latency(raw: dict[str, str]) -> Iterator[Metric]:
@@ -112,6 +171,7 @@ def metrics() -> Response | tuple[Response, int]:
         return jsonify(error="Missing or invalid bearer token (METRICS_TOKEN)."), 401
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RelayCollector(relay()))
+    registry.register(ProcessCollector())
     response = Response(generate_latest(registry))
     # CONTENT_TYPE_LATEST already names its charset; set it whole so Flask does not add a second one.
     response.headers["Content-Type"] = CONTENT_TYPE_LATEST

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Callable
@@ -234,6 +235,13 @@ def test_without_admin_token_the_api_is_disabled(redis_url: str) -> None:
     assert client.get("/admin/api/openapi.json").status_code == 200, "the description needs no token"
 
 
+def test_the_favicon_is_served(client: FlaskClient) -> None:
+    response = client.get("/favicon.ico")
+    assert response.status_code == 200
+    assert response.mimetype == "image/svg+xml"
+    assert response.get_data().startswith(b"<svg")
+
+
 def test_dashboard_shell_has_no_data_and_no_token(client: FlaskClient, stores: Stores) -> None:
     dead_track(stores, "secret-looking-id")
     page = client.get("/admin/")
@@ -270,6 +278,34 @@ def test_stats_reflect_ingest(client: FlaskClient, openapi: Conformance) -> None
     assert stats["totals"]["skipped"] == 1
     assert stats["per_minute"]["received"] > 0
     openapi.check(stats, "/admin/api/stats")
+
+
+def test_stats_per_minute_count_each_minute_for_the_chart(
+    client: FlaskClient, relay_harness: Relay, openapi: Conformance
+) -> None:
+    """Received, delivered and dead, minute by minute, from the counters the scripts keep."""
+    relay_harness.clock.now = (time.time() // 60 - 30) * 60 + 5  # 30 minutes ago
+    relay_harness.send(make_event("id-1", "identify", "u1"), make_event("nps-1", user="u1"))
+    relay_harness.clock.advance(60)
+    relay_harness.drain()
+    relay_harness.clock.advance(600)
+    relay_harness.sandbox.state.configure({"fail_next": [400]})
+    relay_harness.send(make_event("id-2", "identify", "u2"))
+    relay_harness.drain()
+    answer = api(client, "stats/minutes?minutes=45")
+    openapi.check(answer, "/admin/api/stats/minutes")
+    minutes = answer["minutes"]
+    assert len(minutes) == 46, "45 whole minutes and the current one"
+    assert answer["kept_minutes"] == keys.MINUTE_TTL // 60
+    times = [iso(m["at"]) for m in minutes]
+    assert times == sorted(times)
+    assert all((b - a).total_seconds() == 60 for a, b in itertools.pairwise(times))
+    busy = {m["at"]: (m["received"], m["delivered"], m["dead"]) for m in minutes if any(
+        (m["received"], m["delivered"], m["dead"]))}  # fmt: skip
+    assert list(busy.values()) == [(2, 0, 0), (0, 2, 0), (1, 0, 1)]
+    first = iso(next(iter(busy)))
+    assert first.timestamp() == (relay_harness.clock.now - 660) // 60 * 60
+    assert len(api(client, "stats/minutes?minutes=1000")["minutes"]) == keys.MINUTE_TTL // 60, "no more than kept"
 
 
 def test_message_detail_has_history_from_received_by_message_id_and_by_ref(client: FlaskClient) -> None:
@@ -398,6 +434,7 @@ def test_every_endpoint_answers_numbers_as_numbers_and_times_as_iso(
     relay_harness.redis.hset(keys.message(refs[0]), "survey", f"inflight:{time.time() + 30:.3f}")
 
     openapi.check(api(client, "stats"), "/admin/api/stats")
+    openapi.check(api(client, "stats/minutes"), "/admin/api/stats/minutes")
     listing = api(client, "messages")
     openapi.check(listing, "/admin/api/messages")
     assert len(listing["messages"]) == 6
@@ -592,12 +629,12 @@ def test_openapi_is_served_and_describes_every_route(client: FlaskClient, app: F
     assert doc["info"]["version"] == version("promoter-relay")
     described = {(path, method) for path, item in doc["paths"].items() for method in item}
     routes = admin_routes(app)
-    assert len(routes) == 10
+    assert len(routes) == 11
     assert described == routes
     assert {rule.endpoint for rule in app.url_map.iter_rules() if rule.rule.startswith("/admin/api")} == {
         f"{admin_bp.name}.{name}"
-        for name in ("openapi", "stats", "recent_messages", "message", "user", "dead_letters", "replay_one",
-                     "replay_all", "discard_one", "discard_many")
+        for name in ("openapi", "stats", "stats_minutes", "recent_messages", "message", "user",
+                     "dead_letters", "replay_one", "replay_all", "discard_one", "discard_many")
     }  # fmt: skip
 
 

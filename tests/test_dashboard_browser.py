@@ -18,6 +18,7 @@ from werkzeug.serving import make_server
 
 from app import create_app
 from app.devtools.sandbox import SandboxServer
+from app.records import when
 from tests.conftest import ADMIN_TOKEN, ARTIFACTS, Processes, ref, settings_for
 from tests.factories import accept, make_event, queued_refs, stores_for
 from tests.harness import make_relay
@@ -148,6 +149,8 @@ def test_dashboard_shows_the_relay_and_replays_until_delivered(
     refs = seed(stores, live_url)
     processes.worker()
     dialogs = Dialogs(page)
+    missing: list[str] = []
+    page.on("response", lambda r: missing.append(r.url) if r.status == 404 else None)
 
     page.goto(f"{live_url}/admin/")
     page.fill("#token", "wrong-token")
@@ -197,7 +200,8 @@ def test_dashboard_shows_the_relay_and_replays_until_delivered(
     page.click("#search button[type=submit]")
     expect(page.locator("#messages-title")).to_have_text("Messages matching \u201ch1\u201d")
     expect(page.locator("#messages tr")).to_have_count(1)
-    expect(page.locator("#user-title")).to_have_text("User u:h1 (not known to Promoter)")
+    expect(page.locator("#user-title")).to_have_text("User h1 (not known to Promoter)")
+    expect(page.locator("#messages tr", has_text="held-1").locator("button.user")).to_have_text("h1")
     expect(page.locator("#user-held tr")).to_have_count(1)
     expect(page.locator("#user-held tr")).to_contain_text("held-1")
     page.locator("#messages tr", has_text="held-1").locator("button.open").click()
@@ -205,6 +209,11 @@ def test_dashboard_shows_the_relay_and_replays_until_delivered(
     expect(page.locator("#detail-history tr")).to_have_count(2)
     expect(page.locator("#detail-history tr").last).to_contain_text("waiting for an identify of u:h1")
     expect(page.locator("#detail-dead")).to_be_hidden()
+    # A second search that finds no user leaves no user of the first one open.
+    page.fill("#q", "nobody-by-this-id")
+    page.click("#search button[type=submit]")
+    expect(page.locator("#messages-title")).to_contain_text("nobody-by-this-id")
+    expect(page.locator("#user")).to_be_hidden()
     page.click("#clear-search")
     expect(page.locator("#messages-title")).to_have_text("Recent messages")
 
@@ -235,6 +244,7 @@ def test_dashboard_shows_the_relay_and_replays_until_delivered(
     assert stores.dead.count() == 0
     assert replayed_count(stores) == 2
     assert page.title() == "promoter-relay"
+    assert missing == [], "nothing the page asks for is missing (the favicon included)"
     assert stores.ledger.state(refs["xss"]) == "delivered"
     [contact] = sandbox.state.contacts()
     assert (contact["email"], contact["first_name"]) == ("b1@example.com", XSS)
@@ -303,7 +313,9 @@ def test_dashboard_opens_a_known_user(
     assert relay.state(ref("order-7")) == "delivered"
     log_in(page, live_url)
     page.locator("#messages tr", has_text="order-7").locator("button.user").click()
-    expect(page.locator("#user-title")).to_have_text("User u:u7 (known to Promoter)")
+    expect(page.locator("#user-title")).to_have_text("User u7 (known to Promoter)")
+    expect(page.locator("#user-fields tr", has_text="identities")).to_contain_text("u7")
+    expect(page.locator("#user-fields tr", has_text="identities")).not_to_contain_text("u:u7")
     fields = page.locator("#user-fields")
     expect(fields.locator("tr", has_text="contact (merged)")).to_contain_text("email: u7@example.com")
     expect(fields.locator("tr", has_text="contact (merged)")).to_contain_text("first_name: Ada")
@@ -364,3 +376,50 @@ def test_a_late_refusal_of_an_old_token_does_not_log_out_the_new_one(live_url: s
     expect(page.locator("#main")).to_be_visible()
     expect(page.locator("#login")).to_be_hidden()
     expect(page.locator("#error")).to_have_text("")
+
+
+def test_dashboard_charts_received_delivered_and_dead_per_minute(
+    live_url: str, page: Page, redis_client: redis.Redis, sandbox: SandboxServer
+) -> None:
+    """Traffic spread over the last hour (the scripts count each minute at the clock they are given),
+    drawn as three lines; the legend totals match what was sent. Its screenshot goes to
+    test-artifacts/dashboard-chart.png."""
+    from playwright.sync_api import expect
+
+    relay = make_relay(redis_client, sandbox)
+    this_minute = int(time.time() // 60)
+    sent = {"received": 0, "delivered": 0, "dead": 0}
+    busiest = (0, 0)
+    for ago in range(58, 0, -2):
+        users, refused = 2 + (ago * 7) % 9, int(ago % 10 == 0)
+        relay.clock.now = (this_minute - ago) * 60 + 5.0
+        sandbox.state.configure({"fail_next": [400] * refused})
+        for n in range(users):
+            user = f"c{ago}-{n}"
+            relay.send(make_event(f"id-{user}", "identify", user), make_event(f"nps-{user}", user=user))
+        busiest = max(busiest, (2 * users, ago))
+        if ago % 6 == 0:
+            relay.clock.advance(60)  # delivered a minute after they were received
+        relay.drain()
+        sent["received"] += 2 * users
+        sent["dead"] += refused * 2  # a refused identify dead-letters its person's track too
+        sent["delivered"] += 2 * (users - refused)
+    log_in(page, live_url)
+    chart = page.locator("#chart")
+    for name, total in sent.items():
+        expect(page.locator(f"#chart-total-{name}")).to_have_text(f"{name} {total}")
+    for name in sent:
+        points = page.locator(f"#chart-svg polyline.series-{name}").get_attribute("points") or ""
+        assert len(points.split()) == 61, "60 whole minutes and the current one"
+    expect(page.locator("#chart-title")).to_have_text("Per minute, last 60 minutes")
+    peak, ago = busiest
+    minute = when((this_minute - ago) * 60)
+    expect(page.locator(f'#chart-svg rect.hover[data-at="{minute}"] title')).to_contain_text(
+        f"{peak} received"
+    )
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "dashboard-chart.png"
+    shot.unlink(missing_ok=True)
+    chart.screenshot(path=str(shot))
+    assert shot.stat().st_size > 0
+    page.screenshot(path=str(ARTIFACTS / "dashboard-with-chart.png"), full_page=True)

@@ -24,9 +24,12 @@ BIN = Path(sys.executable).parent
 AUTH = (DEV_WRITE_KEY, "")
 
 
-def _env() -> dict[str, str]:
+def _env(work: Path, **extra: str) -> dict[str, str]:
+    """The environment without the relay's settings, and with a registry of running instances of
+    this test's own (another ``make run`` on this machine must not be found)."""
     prefixes = ("PROMOTER_", "SEGMENT_", "REDIS_", "ADMIN_", "GUNICORN_", "RELAY_")
-    return {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
+    return {**env, "XDG_RUNTIME_DIR": str(work / "run"), **extra}
 
 
 def _process_groups() -> dict[int, int]:
@@ -66,7 +69,7 @@ def dev(
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [str(BIN / "promoter-relay"), "dev", "--port", str(port), "--workers", "4", *args],
-            cwd=work, env=_env(), stdout=log, stderr=subprocess.STDOUT,
+            cwd=work, env=_env(work), stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         try:
             wait_until(lambda: "Ctrl-C stops everything" in log_path.read_text(), timeout=90)
@@ -84,7 +87,7 @@ def delivered(api: str) -> int:
 
 
 def cli(work: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BIN / "promoter-relay"), *args], cwd=work, env=_env(), capture_output=True,
+    return subprocess.run([str(BIN / "promoter-relay"), *args], cwd=work, env=_env(work), capture_output=True,
                           text=True, timeout=30, check=False)  # fmt: skip
 
 
@@ -94,6 +97,11 @@ def test_dev_runs_everything_and_any_stop_signal_leaves_no_process(tmp_path: Pat
         banner = log.read_text()
         assert f"curl -u {DEV_WRITE_KEY}:" in banner
         assert f"{api}/admin/" in banner
+        [status] = [
+            line.split()[0] for line in banner.splitlines() if line.strip().endswith("from any folder)")
+        ]
+        assert os.access(status, os.X_OK), f"{status}: the banner names a command that runs (not on PATH)"
+        assert "/_sandbox/contacts" in banner
         assert requests.post(
             f"{api}/v1/track", json={"userId": "dev1", "event": "NPS"}, auth=AUTH, timeout=5
         ).ok
@@ -122,12 +130,17 @@ def test_data_survives_a_restart_and_fresh_starts_empty(tmp_path: Path) -> None:
         access = [line for line in log.read_text().splitlines() if "POST /v1/identify" in line]
         assert access, "the access log is on"
         assert all(DEV_WRITE_KEY not in line for line in access), "no write key in the access log"
-    with dev(tmp_path) as (api, _, _):
+    with dev(tmp_path) as (api, log, _):
         assert delivered(api) == 1, "kept between runs"
+        [promoter] = [
+            line.split()[1] for line in log.read_text().splitlines() if line.startswith("  Promoter:")
+        ]
+        [contact] = requests.get(f"{promoter}/_sandbox/contacts", timeout=5).json()["contacts"]
+        assert (contact["id"], contact["email"]) == (1, "keep@example.com"), "so does the sandbox"
     with dev(tmp_path, "--fresh") as (api, _, _):
         assert delivered(api) == 0
     stopped = cli(tmp_path, "status")
-    assert "default; set REDIS_URL" in stopped.stderr, "says which Redis it reads when no dev runs"
+    assert "the default: no `promoter-relay dev` is running" in stopped.stderr, "says which Redis it reads"
 
 
 def test_a_busy_port_fails_at_once_with_one_line(tmp_path: Path) -> None:
@@ -137,9 +150,75 @@ def test_a_busy_port_fails_at_once_with_one_line(tmp_path: Path) -> None:
         port = taken.getsockname()[1]
         result = subprocess.run(
             [str(BIN / "promoter-relay"), "dev", "--port", str(port)],
-            cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=30, check=False,
+            cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=30, check=False,
         )  # fmt: skip
     assert result.returncode != 0
     assert f"port {port} is already in use" in result.stderr
     assert "is running" not in result.stdout
     assert "Traceback" not in result.stderr
+
+
+def test_a_second_instance_on_the_same_data_folder_refuses_with_one_line(tmp_path: Path) -> None:
+    """Before, it started a second Redis on the same append-only file, and deleted the first one's
+    dev.json when it stopped."""
+    with dev(tmp_path) as (api, _, _):
+        second = subprocess.Popen(
+            [str(BIN / "promoter-relay"), "dev", "--port", str(free_port())],
+            cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            out, err = second.communicate(timeout=60)
+        finally:
+            if second.poll() is None:  # it started: SIGINT makes it stop what it started, too
+                second.send_signal(signal.SIGINT)
+                second.wait(timeout=60)
+        assert second.returncode == 1
+        [line] = err.strip().splitlines()
+        assert f"is in use by another `promoter-relay dev` (API {api})" in line
+        assert "--data-dir" in line
+        assert "is running" not in out
+        assert (tmp_path / ".promoter-relay" / "dev.json").exists(), "the first one's state is intact"
+        assert "the running `promoter-relay dev` of this folder" in cli(tmp_path, "status").stderr
+        assert delivered(api) == 0
+
+
+def run_dev_quickly(work: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """A ``promoter-relay dev`` expected to stop at once; killed (with what it started) if it does not."""
+    process = subprocess.Popen(
+        [str(BIN / "promoter-relay"), "dev", "--port", str(free_port()), *args],
+        cwd=work, env=_env(work, **env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        out, err = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+        pytest.fail(f"it started instead of stopping at once:\n{out[-1500:]}")
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+def test_fresh_with_an_external_redis_refuses_and_deletes_nothing(tmp_path: Path) -> None:
+    """Before, --fresh deleted the local folder while the relay's keys stayed in the external Redis,
+    and the banner said it started empty."""
+    kept = tmp_path / ".promoter-relay" / "keep-me"
+    kept.parent.mkdir()
+    kept.write_text("data")
+    result = run_dev_quickly(tmp_path, "--fresh", REDIS_URL="redis://127.0.0.1:1/0")
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert "--fresh empties the embedded Redis only" in line
+    assert "unset REDIS_URL" in line
+    assert kept.exists()
+
+
+def test_a_bad_setting_stops_dev_before_anything_starts_or_prints(tmp_path: Path) -> None:
+    """Before, the sandbox had already printed "Promoter sandbox on ..." above the error."""
+    result = run_dev_quickly(tmp_path, HOLD_TTL_SECONDS="soon")
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.strip().splitlines() == [
+        "Error: HOLD_TTL_SECONDS must be a whole number, got 'soon'"
+    ]
+    assert not (tmp_path / ".promoter-relay" / "redis").exists(), "no Redis was started"

@@ -21,6 +21,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from app import create_app
+from app.ingest import MISSING_KEY
 from tests.conftest import SOURCE, WRITE_KEY, basic, ref, settings_for
 from tests.factories import queued_events, queued_refs, status, text, text_map, texts
 from worker import keys
@@ -394,7 +395,41 @@ def test_empty_batch_is_acknowledged(client: FlaskClient, redis_client: redis.Re
 def test_get_on_an_ingest_route_is_405_json(client: FlaskClient) -> None:
     response = client.get("/v1/track", headers=basic())
     assert response.status_code == 405
-    assert response.get_json()["success"] is False
+    assert response.get_json() == {
+        "success": False,
+        "code": "method_not_allowed",
+        "message": "The method is not allowed for the requested URL.",
+        "errors": {"_request": ["The method is not allowed for the requested URL."]},
+    }
+    assert "POST" in response.headers["Allow"]
+
+
+@pytest.mark.parametrize(
+    ("path", "message", "expected"),
+    [
+        ("/v1/track", {"userId": "u1", "event": ""}, "event: Missing data for required field."),
+        (
+            "/v1/identify",
+            {"userId": "u1", "traits": {"email": "nope"}},
+            "traits.email: Not a valid email address.",
+        ),
+        ("/v1/track", {"event": "NPS"}, "userId: userId or anonymousId is required."),
+    ],
+)
+def test_the_top_level_message_names_the_field(
+    client: FlaskClient, path: str, message: dict[str, Any], expected: str
+) -> None:
+    response = post(client, path, message)
+    assert response.status_code == 400
+    assert response.get_json()["message"] == expected
+
+
+def test_the_missing_key_message_names_every_way_to_send_one(client: FlaskClient) -> None:
+    response = post(client, "/v1/track", track(), auth=False)
+    assert response.status_code == 401
+    assert response.get_json()["message"] == MISSING_KEY
+    for way in ("HTTP Basic username", "X-Write-Key", "writeKey"):
+        assert way in MISSING_KEY
 
 
 def test_a_track_whose_context_traits_hold_an_unreadable_email_is_accepted(
@@ -677,30 +712,28 @@ def test_unsupported_content_encoding_is_415(client: FlaskClient, redis_client: 
 @pytest.mark.parametrize(
     ("headers", "body_key", "message"),
     [
-        pytest.param({}, None, "Missing write key (HTTP Basic username or writeKey).", id="none"),
+        pytest.param({}, None, MISSING_KEY, id="none"),
         pytest.param(basic("wrong-key"), None, "Invalid write key.", id="wrong-basic"),
         pytest.param({}, "wrong-key", "Invalid write key.", id="wrong-body-key"),
-        pytest.param(
-            {}, 12345, "Missing write key (HTTP Basic username or writeKey).", id="body-key-not-string"
-        ),
-        pytest.param({}, "", "Missing write key (HTTP Basic username or writeKey).", id="empty-body-key"),
+        pytest.param({}, 12345, MISSING_KEY, id="body-key-not-string"),
+        pytest.param({}, "", MISSING_KEY, id="empty-body-key"),
         pytest.param(
             {"Authorization": "Bearer " + WRITE_KEY},
             None,
-            "Missing write key (HTTP Basic username or writeKey).",
+            MISSING_KEY,
             id="bearer-is-not-basic",
         ),
         pytest.param(
             {"Authorization": "Basic !!!not-base64"},
             None,
-            "Missing write key (HTTP Basic username or writeKey).",
+            MISSING_KEY,
             id="garbled-basic",
         ),
         # Header values arrive as latin-1 text: base64 of anything but ASCII is a ValueError of its own.
         pytest.param(
             {"Authorization": "Basic \u00e9"},
             None,
-            "Missing write key (HTTP Basic username or writeKey).",
+            MISSING_KEY,
             id="non-ascii-basic",
         ),
         pytest.param({"X-Write-Key": "wrong-key"}, None, "Invalid write key.", id="wrong-x-write-key"),

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
 from app.devtools.sandbox import CAMPAIGN_PAGE, SandboxControl, SandboxServer, SandboxState, create_sandbox
-from worker.promoter import AccountError, PromoterClient
+from worker.promoter import AccountError, PermanentError, PromoterClient
 
 KEY = "s3cret-sandbox-key"
 CONTACT = {"email": "ada@example.com", "first_name": "Ada", "last_name": "Lovelace"}
@@ -407,3 +408,25 @@ def test_promoter_client_reads_campaign_pages(server: SandboxServer, control: Sa
     assert (caught.value.call.endpoint, caught.value.call.status) == ("campaigns", "404")
     with pytest.raises(AccountError, match=r"401: Invalid token\."):
         PromoterClient(server.url, "not-" + KEY, timeout=5).campaigns(1)
+
+
+def test_a_sandbox_with_a_state_file_remembers_its_contacts_across_restarts(tmp_path: Path) -> None:
+    """The relay remembers the contacts it created across restarts of ``promoter-relay dev``; the
+    sandbox must too, or a new contact is given id 1 again."""
+    state_file = tmp_path / "sandbox.json"
+    contact = {"email": "ada@example.com", "first_name": "Ada", "attributes": {"plan": "pro"}}
+    with SandboxServer(SandboxState(api_key=KEY, state_file=state_file)) as first:
+        client = PromoterClient(first.url, KEY)
+        assert client.upsert_contact(contact).data["id"] == 1
+        client.survey({"campaign_id": 1, "contact": {"email": "ada@example.com"}})
+    with SandboxServer(
+        SandboxState(api_key=KEY, state_file=state_file, survey_cooldown_seconds=3600)
+    ) as again:
+        client = PromoterClient(again.url, KEY)
+        [kept] = SandboxControl(again.url).contacts()
+        assert (kept["id"], kept["first_name"], kept["attributes"]) == (1, "Ada", {"plan": "pro"})
+        assert client.upsert_contact({"email": "bob@example.com"}).data["id"] == 2, "ids are not reused"
+        with pytest.raises(PermanentError, match="not eligible"):
+            client.survey({"campaign_id": 1, "contact": {"email": "ada@example.com"}})
+        assert SandboxControl(again.url).calls() != [], "the call log is per run"
+    assert not state_file.with_suffix(".partial").exists()

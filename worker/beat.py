@@ -1,4 +1,4 @@
-"""Celery beat's scheduler, plus a heartbeat in Redis that the beat health check reads.
+"""Celery beat's scheduler, plus a heartbeat in Redis (``worker.heartbeat``) that health checks read.
 
 A beat that hangs or lost Redis still has a live process; the heartbeat says it is actually ticking.
 """
@@ -12,13 +12,11 @@ from typing import Any, cast
 import redis
 from celery.beat import PersistentScheduler
 
-from worker import keys
+from worker import heartbeat
 from worker.celery_app import RelayCelery
 from worker.stores import redis_client
 
 log = logging.getLogger(__name__)
-HEARTBEAT = keys.HEARTBEAT + "beat"
-HEARTBEAT_TTL = 60
 
 
 class HeartbeatScheduler(PersistentScheduler):
@@ -33,7 +31,7 @@ class HeartbeatScheduler(PersistentScheduler):
         now = time.time()
         if now - self._beaten >= 5:
             try:
-                self._client.set(HEARTBEAT, f"{now:.3f}", ex=HEARTBEAT_TTL)
+                self._client.set(heartbeat.BEAT, f"{now:.3f}", ex=heartbeat.BEAT_TTL)
                 self._beaten = now
             except redis.RedisError:
                 log.warning("could not write beat's heartbeat; the health check will say so")

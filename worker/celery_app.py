@@ -18,6 +18,7 @@ from celery import Celery, signals
 from kombu.entity import Queue
 
 from worker import logs, tasks
+from worker.heartbeat import WorkerHeartbeat
 from worker.runtime import RuntimeSlot
 from worker.settings import Settings
 
@@ -68,6 +69,7 @@ def create_celery(settings: Settings) -> RelayCelery:
         beat_scheduler="worker.beat:HeartbeatScheduler",
     )
     tasks.register(app, app.relay)
+    app.steps["worker"].add(WorkerHeartbeat)
 
     def setup_logging(**_: Any) -> None:
         logs.configure(settings.log_format, settings.log_level, quiet=tasks.HOUSEKEEPING)

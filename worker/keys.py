@@ -15,6 +15,8 @@ PREFIX = "relay"
 
 STATS = f"{PREFIX}:stats"
 STATS_MINUTE = f"{PREFIX}:stats:m:"
+# Each minute's counts are kept six hours: the dashboard's chart of the last hours reads them.
+MINUTE_TTL = 6 * 3600 + 300
 SCHEDULE = f"{PREFIX}:schedule"
 PENDING = f"{PREFIX}:pending"
 HOLDS_USERS = f"{PREFIX}:holds:u"

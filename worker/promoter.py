@@ -257,7 +257,12 @@ class PromoterClient:
     (environment and netrc lookups, hooks, cookies) cost more CPU than the call itself.
     """
 
-    def __init__(self, base_url: str, api_key: str, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        timeout: float = 10.0,
+    ) -> None:
         # A header value with whitespace or control characters would be refused by the HTTP layer in
         # an error that quotes the whole header, key included; refuse it here, without echoing it.
         if any(char.isspace() or not char.isprintable() for char in api_key):

@@ -119,6 +119,7 @@ def head(settings: Settings) -> str:
         f"local TASK_ID_SEPARATOR = {_lua(taskmessages.TASK_ID_SEPARATOR)}",
         f"local SYNC_OWED = {_lua(SYNC_OWED)}",
         f"local HISTORY_LIMIT = {HISTORY_LIMIT}",
+        f"local MINUTE_TTL = {keys.MINUTE_TTL}",
         f"local RECENT_LIMIT = {RECENT_LIMIT}",
         f"local LATENCY_BUCKETS = {_lua(list(LATENCY_BUCKETS))}",
         f"local CONTACT_LISTS = {_lua(','.join(map(str, settings.promoter_contact_list_ids)))}",

@@ -12,6 +12,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -154,6 +155,11 @@ def _words(_: str, value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
+def _keys(_: str, value: str) -> tuple[str, ...]:
+    """Write keys, separated by commas or line breaks (a secrets file holds one per line)."""
+    return tuple(part for part in re.split(r"[,\s]+", value) if part)
+
+
 def _int_list(name: str, value: str) -> tuple[int, ...]:
     return tuple(_positive_int(name, part) for part in _words(name, value))
 
@@ -193,7 +199,7 @@ _PARSERS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "PROMOTER_API_KEY": ("promoter_api_key", _token),
     "PROMOTER_CAMPAIGN_ID": ("promoter_campaign_id", _optional_int),
     "PROMOTER_CONTACT_LIST_IDS": ("promoter_contact_list_ids", _int_list),
-    "SEGMENT_WRITE_KEYS": ("segment_write_keys", _words),
+    "SEGMENT_WRITE_KEYS": ("segment_write_keys", _keys),
     "SEGMENT_SHARED_SECRET": ("segment_shared_secret", _text),
     "SEGMENT_SIGNATURE_ONLY_BATCHES_UNSAFE": ("segment_signature_only_batches_unsafe", _bool),
     "ADMIN_TOKEN": ("admin_token", _token),
@@ -226,6 +232,32 @@ _PARSERS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
 }
 
 ENV_VARS: tuple[str, ...] = tuple(_PARSERS)
+# Secrets that may also come from a file (``<NAME>_FILE``), as Docker and Kubernetes secrets are mounted.
+FILE_VARIANTS: tuple[str, ...] = (
+    "PROMOTER_API_KEY",
+    "ADMIN_TOKEN",
+    "SEGMENT_WRITE_KEYS",
+    "SEGMENT_SHARED_SECRET",
+    "METRICS_TOKEN",
+)
+
+
+def _raw(env: Mapping[str, str], name: str) -> str | None:
+    """The text of a variable, or of the file its ``_FILE`` twin names; never both.
+
+    Errors name the variable and the path, never the content: the content is a secret.
+    """
+    value = env.get(name)
+    path = env.get(f"{name}_FILE") if name in FILE_VARIANTS else None
+    if not path or not path.strip():
+        return value
+    if value is not None and value.strip():
+        raise SettingsError(f"{name} and {name}_FILE are both set; keep one")
+    try:
+        return Path(path.strip()).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
+        raise SettingsError(f"{name}_FILE: cannot read {path.strip()!r} ({reason})") from None
 
 
 def load(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -233,7 +265,7 @@ def load(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     for name, (attr, parse) in _PARSERS.items():
-        raw = env.get(name)
+        raw = _raw(env, name)
         if raw is not None and raw.strip() != "":
             values[attr] = parse(name, raw)
     known = {f.name for f in fields(Settings)}
@@ -296,3 +328,56 @@ def load_for_service(environ: Mapping[str, str] | None = None, **overrides: Any)
             + "; ".join(problems)
         )
     return settings
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """How gunicorn serves the API (``GUNICORN_*``); ``workers`` None means one per core, at least 2."""
+
+    bind: str = "0.0.0.0:8000"
+    workers: int | None = None
+    threads: int = 4
+    accesslog: str | None = None
+
+
+def _bind(name: str, value: str) -> str:
+    """``host:port``, ``[v6]:port``, ``unix:/path`` or ``fd://N``, as gunicorn's ``--bind`` takes."""
+    text = value.strip()
+    if text.startswith("unix:") and len(text) > len("unix:"):
+        return text
+    if re.fullmatch(r"fd://\d+", text):
+        return text
+    host, sep, port = text.rpartition(":")
+    if sep and host and port.isdigit() and 0 < int(port) < 65536 and not any(c.isspace() for c in host):
+        return text
+    raise SettingsError(f"{name} must be host:port, unix:/path or fd://N, got {value!r}")
+
+
+def _accesslog(_: str, value: str) -> str | None:
+    return value.strip() or None
+
+
+_SERVER_PARSERS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
+    "GUNICORN_BIND": ("bind", _bind),
+    "GUNICORN_WORKERS": ("workers", _positive_int),
+    "GUNICORN_THREADS": ("threads", _positive_int),
+    "GUNICORN_ACCESSLOG": ("accesslog", _accesslog),
+}
+# gunicorn reads this one itself (extra command-line arguments); it is not a typo.
+_GUNICORN_OWN = ("GUNICORN_CMD_ARGS",)
+
+
+def load_server(environ: Mapping[str, str] | None = None) -> ServerSettings:
+    """``GUNICORN_*`` from the environment. A name the relay does not know is refused too: gunicorn
+    would ignore ``GUNICORN_WORKRES=8`` without a word."""
+    env = os.environ if environ is None else environ
+    known = (*_SERVER_PARSERS, *_GUNICORN_OWN)
+    unknown = sorted(name for name in env if name.startswith("GUNICORN_") and name not in known)
+    if unknown:
+        raise SettingsError(f"unknown setting {unknown[0]} (known: {', '.join(known)})")
+    values: dict[str, Any] = {}
+    for name, (attr, parse) in _SERVER_PARSERS.items():
+        raw = env.get(name)
+        if raw is not None and raw.strip() != "":
+            values[attr] = parse(name, raw)
+    return ServerSettings(**values)

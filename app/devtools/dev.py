@@ -1,22 +1,29 @@
 """``promoter-relay dev`` (what ``make run`` starts): the whole relay on one machine, one command.
 
 An embedded redis-server keeps its append-only file in a project-local data folder
-(``.promoter-relay/``), so data survives a restart (``--fresh`` starts empty); ``dev.json`` there tells
-``promoter-relay status`` and ``dead-letters`` which Redis to read. Ctrl-C, SIGTERM and SIGHUP all stop
-every process it started.
+(``.promoter-relay/``), so data survives a restart (``--fresh`` starts empty); so does the sandbox's
+state (its contacts and their ids). The folder is locked while an instance runs: a second one on the
+same folder would start a second Redis on the same append-only file. ``dev.json`` there, and a file
+per running instance in a per-user folder (``running_instances``), tell ``promoter-relay status`` and
+``dead-letters`` which Redis to read, from any folder. Ctrl-C, SIGTERM and SIGHUP all stop every
+process it started.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
 import signal
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import IO, Any
 
 import click
 
@@ -29,6 +36,8 @@ DEV_SANDBOX_KEY = "sandbox-key"
 DEV_CAMPAIGN = "1"
 DATA_DIR = Path(".promoter-relay")
 STATE_FILE = "dev.json"
+LOCK_FILE = "lock"
+SANDBOX_STATE = "sandbox.json"
 
 
 class Shutdown(Exception):
@@ -48,30 +57,101 @@ def read_state(data_dir: Path = DATA_DIR) -> dict[str, Any] | None:
     return state
 
 
+def registry_dir() -> Path:
+    """Where running instances announce themselves: per user, cleared at reboot."""
+    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    return Path(base) / f"promoter-relay-{os.getuid()}"
+
+
+def running_instances() -> list[dict[str, Any]]:
+    """Every ``dev`` of this user that is still running (files of dead ones are removed)."""
+    found = []
+    for path in sorted(registry_dir().glob("*.json")):
+        try:
+            state: dict[str, Any] = json.loads(path.read_text())
+            os.kill(int(state["pid"]), 0)
+        except ProcessLookupError:
+            path.unlink(missing_ok=True)
+            continue
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        found.append(state)
+    return found
+
+
+@contextlib.contextmanager
+def locked(data_dir: Path) -> Iterator[IO[str]]:
+    """Hold the data folder for this instance; a second one stops with one line."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with open(data_dir / LOCK_FILE, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = read_state(data_dir) or {}
+            where = f" (API {other['api']})" if other.get("api") else ""
+            raise click.ClickException(
+                f"{data_dir} is in use by another `promoter-relay dev`{where}: stop it, or give this one "
+                "its own folder (--data-dir DIR)"
+            ) from None
+        yield lock
+
+
+def _empty(data_dir: Path) -> None:
+    """--fresh: everything in the data folder but the lock this instance holds."""
+    for entry in data_dir.iterdir():
+        if entry.name == LOCK_FILE:
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
 def run(port: int, workers: int, fresh: bool, data_dir: Path) -> None:
     if port_in_use(port):
         raise click.ClickException(f"port {port} is already in use: stop what runs there, or pick another "
                                    f"port (promoter-relay dev --port N, make run PORT=N)")  # fmt: skip
-    data_dir = data_dir.resolve()
-    if fresh and data_dir.exists():
-        shutil.rmtree(data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env.setdefault("RELAY_ENV", "development")
+    if fresh and env.get("REDIS_URL"):
+        raise click.ClickException(
+            "--fresh empties the embedded Redis only; with REDIS_URL set, the relay's keys would stay in "
+            "that Redis: unset REDIS_URL, or clear that Redis yourself"
+        )
+    data_dir = data_dir.resolve()
+    with locked(data_dir):
+        if fresh:
+            _empty(data_dir)
+        _run_locked(env, port, workers, data_dir)
+
+
+def _run_locked(env: dict[str, str], port: int, workers: int, data_dir: Path) -> None:
+    # Every setting is checked before anything starts, or prints that it started.
+    redis_server = None if env.get("REDIS_URL") else EmbeddedRedis(data_dir / "redis", durable=True)
+    if redis_server is not None:
+        env["REDIS_URL"] = redis_server.url
+    sandbox_port = None if env.get("PROMOTER_API_KEY") else free_port()
+    if sandbox_port is not None:
+        env.update(
+            PROMOTER_API_URL=f"http://127.0.0.1:{sandbox_port}",
+            PROMOTER_API_KEY=DEV_SANDBOX_KEY,
+            PROMOTER_CAMPAIGN_ID=env.get("PROMOTER_CAMPAIGN_ID") or DEV_CAMPAIGN,
+        )
+    _check(env)
     children = Children()
-    redis_server: EmbeddedRedis | None = None
+    announced = registry_dir() / f"{os.getpid()}.json"
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        if not env.get("REDIS_URL"):
-            redis_server = EmbeddedRedis(data_dir / "redis", durable=True).start()
-            env["REDIS_URL"] = redis_server.url
-        if not env.get("PROMOTER_API_KEY"):
-            _start_sandbox(children, env)
-        _check(env)
+        if redis_server is not None:
+            redis_server.start()
+        if sandbox_port is not None:
+            _start_sandbox(children, env, sandbox_port, data_dir)
         _start_relay(children, env, port, workers, data_dir)
         api = f"http://127.0.0.1:{port}"
-        state = {"redis_url": env["REDIS_URL"], "api": api, "pid": os.getpid()}
+        state = {"redis_url": env["REDIS_URL"], "api": api, "pid": os.getpid(), "data_dir": str(data_dir)}
         (data_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
+        announced.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        announced.write_text(json.dumps(state, indent=2))
         _banner(env, api, data_dir)
         while not (exited := children.exited()):
             time.sleep(0.5)
@@ -85,19 +165,17 @@ def run(port: int, workers: int, fresh: bool, data_dir: Path) -> None:
         if redis_server is not None:
             redis_server.stop()
         (data_dir / STATE_FILE).unlink(missing_ok=True)
+        announced.unlink(missing_ok=True)
 
 
-def _start_sandbox(children: Children, env: dict[str, str]) -> None:
-    port = free_port()
+def _start_sandbox(children: Children, env: dict[str, str], port: int, data_dir: Path) -> None:
     children.start(
-        "sandbox", [str(Path(sys.executable).parent / "promoter-relay"), "sandbox", "--port", str(port)], env
-    )
+        "sandbox",
+        [str(Path(sys.executable).parent / "promoter-relay"), "sandbox", "--port", str(port),
+         "--state-file", str(data_dir / SANDBOX_STATE)],
+        env,
+    )  # fmt: skip
     wait_for_port(port)
-    env.update(
-        PROMOTER_API_URL=f"http://127.0.0.1:{port}",
-        PROMOTER_API_KEY=DEV_SANDBOX_KEY,
-        PROMOTER_CAMPAIGN_ID=env.get("PROMOTER_CAMPAIGN_ID") or DEV_CAMPAIGN,
-    )
 
 
 def _check(env: dict[str, str]) -> None:
@@ -134,6 +212,10 @@ def _banner(env: dict[str, str], api: str, data_dir: Path) -> None:
     key = env["SEGMENT_WRITE_KEYS"].split(",")[0].strip()
     shown_key = key if key == DEV_WRITE_KEY else "<your write key>"
     shown_token = env["ADMIN_TOKEN"] if env["ADMIN_TOKEN"] == DEV_ADMIN_TOKEN else "<ADMIN_TOKEN>"
+    status = Path(sys.executable).parent / "promoter-relay"  # the venv's: often not on PATH
+    promoter = env["PROMOTER_API_URL"]
+    if env["PROMOTER_API_KEY"] == DEV_SANDBOX_KEY:
+        promoter += f"   (sandbox: what it got at {promoter}/_sandbox/calls and /_sandbox/contacts)"
     click.echo(
         f"""
 promoter-relay is running.
@@ -141,7 +223,7 @@ promoter-relay is running.
   Ingest (Webhooks):           {api}/segment
   Dashboard:                   {api}/admin/   (token: {shown_token})
   Metrics / health:            {api}/metrics  {api}/readyz
-  Promoter:                    {env["PROMOTER_API_URL"]}
+  Promoter:                    {promoter}
   Redis:                       {env["REDIS_URL"]}
   Data (kept between runs):    {data_dir}   (promoter-relay dev --fresh starts empty)
 
@@ -150,7 +232,7 @@ Try it:
     -d '{{"userId": "u1", "traits": {{"email": "ada@example.com", "name": "Ada Lovelace"}}}}'
   curl -u {shown_key}: -H 'Content-Type: application/json' {api}/v1/track \\
     -d '{{"userId": "u1", "event": "Order Completed", "properties": {{"order_id": "o1", "total": 42}}}}'
-  promoter-relay status        (reads this instance's Redis)
+  {status} status   (or make status: reads this instance's Redis, from any folder)
 
 Ctrl-C stops everything.
 """,

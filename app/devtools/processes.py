@@ -55,12 +55,16 @@ def redis_server_binary() -> str:
 class EmbeddedRedis:
     """A real redis-server on a free TCP port (Celery needs redis://), restartable in place.
 
-    ``durable`` keeps an append-only file fsynced on every write, as compose's Redis does.
+    ``durable`` keeps an append-only file fsynced on every write, as compose's Redis does;
+    ``maxmemory`` (``"8mb"``) makes it refuse writes when full (``noeviction``), as compose's should.
     """
 
-    def __init__(self, directory: Path, *, durable: bool = False, port: int | None = None) -> None:
+    def __init__(
+        self, directory: Path, *, durable: bool = False, port: int | None = None, maxmemory: str | None = None
+    ) -> None:
         self.directory = directory
         self.durable = durable
+        self.maxmemory = maxmemory
         self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -73,6 +77,7 @@ class EmbeddedRedis:
         args = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
                 "--dir", str(self.directory), "--save", "", "--maxmemory-policy", "noeviction"]  # fmt: skip
         args += ["--appendonly", "yes", "--appendfsync", "always"] if self.durable else ["--appendonly", "no"]
+        args += ["--maxmemory", self.maxmemory] if self.maxmemory else []
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + timeout
         while not redis_answers(self.url):

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any, NamedTuple, Self, TypeGuard
 
 import flask
@@ -106,6 +107,11 @@ class SandboxState:
     Every random draw comes from one seeded generator, two per call, so a seeded run fails the same calls
     whatever the rates are changed to. `seq` and contact ids are never reused, even across `reset()`, so a
     stale id held by the relay cannot silently match a different contact.
+
+    With a `state_file`, what Promoter itself would remember (contacts, the next contact id, who was
+    surveyed when) is kept there across restarts, as the relay remembers its contacts across restarts of
+    `promoter-relay dev`; it is rewritten whole after each change (a dev tool's few thousand contacts).
+    The call log is not kept: it describes one run.
     """
 
     api_key: str = field(default="sandbox-key", repr=False)
@@ -123,6 +129,7 @@ class SandboxState:
     delay_next: list[float] = field(default_factory=list)
     # Promoter's own throttle: a contact surveyed for a campaign within this window is "not eligible".
     survey_cooldown_seconds: float = 0
+    state_file: Path | None = None
     _surveyed: dict[tuple[int, str], float] = field(default_factory=dict, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
     _random: random.Random = field(init=False, repr=False, compare=False)
@@ -135,6 +142,24 @@ class SandboxState:
         for name in _CONFIG:
             setattr(self, name, _normalise(name, getattr(self, name)))
         self._random = random.Random(self.seed)
+        if self.state_file is not None and self.state_file.exists():
+            kept = json.loads(self.state_file.read_text())
+            self._contacts = {c["email"].lower(): c for c in kept["contacts"]}
+            self._next_id = int(kept["next_id"])
+            self._surveyed = {(int(c), e): float(at) for c, e, at in kept["surveyed"]}
+
+    def _save(self) -> None:
+        """Called with the lock held. Written aside, then renamed: a crash never leaves half a file."""
+        if self.state_file is None:
+            return
+        kept = {
+            "contacts": list(self._contacts.values()),
+            "next_id": self._next_id,
+            "surveyed": [[c, e, at] for (c, e), at in self._surveyed.items()],
+        }
+        partial = self.state_file.with_suffix(".partial")
+        partial.write_text(json.dumps(kept))
+        partial.replace(self.state_file)
 
     def configure(self, fields: Mapping[str, Any]) -> JSON:
         """Validate everything before changing anything, so a bad request leaves the config as it was."""
@@ -193,6 +218,7 @@ class SandboxState:
             self._calls.clear()
             self._contacts.clear()
             self._surveyed.clear()
+            self._save()
 
     def is_ineligible(self, email: str) -> bool:
         with self._lock:
@@ -206,6 +232,7 @@ class SandboxState:
             if last is not None and now - last < self.survey_cooldown_seconds:
                 return False
             self._surveyed[key] = now
+            self._save()
             return True
 
     def upsert(self, data: Mapping[str, Any]) -> JSON:
@@ -223,6 +250,7 @@ class SandboxState:
                     contact[name] = data[name]
             contact["attributes"].update(data.get("attributes") or {})
             contact["contact_list"] = sorted({*contact["contact_list"], *(data.get("contact_list") or [])})
+            self._save()
             return {k: dict(v) if k == "attributes" else v for k, v in contact.items() if k != "contact_list"}
 
 

@@ -25,7 +25,7 @@ local function flush_counts()
       states = true
     end
   end
-  if states then redis.call('EXPIRE', minute, 3900) end
+  if states then redis.call('EXPIRE', minute, MINUTE_TTL) end
 end
 
 -- One Promoter call's latency and answer, recorded in the step that settles it.

@@ -1,0 +1,1 @@
+"""Deployment files that are generated from code (the Grafana dashboard)."""
