@@ -8,7 +8,7 @@ comma := ,
 # The browser extra (Playwright, for the dashboard test) only where a Chromium is there to drive.
 EXTRAS := dev,test,lint,bench$(if $(shell command -v chromium 2>/dev/null),$(comma)browser)
 
-.PHONY: install run test lint bench chaos clean
+.PHONY: install run test lint bench chaos compose-test clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ bench: $(STAMP)
 
 chaos: $(STAMP)
 	$(BIN)/python -m tests.chaos
+
+# docker-compose.yml on a real Docker engine: started here as root when none runs, with a local
+# base image (debootstrap, cached). About 4 minutes once the base image is cached.
+compose-test: $(STAMP)
+	bash tests/compose/engine.sh run $(BIN)/python -m pytest tests/compose/stack.py -v -s -p no:cacheprovider --timeout=1500
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache test-artifacts
