@@ -15,6 +15,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_
     VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH
 RUN python3 -m venv /opt/venv && useradd --create-home --uid 10001 relay
 WORKDIR /srv/relay
+# Declared here, not after the code: every step after the code is rebuilt on each code change.
+EXPOSE 8000
+CMD ["gunicorn", "--config", "python:app.gunicorn_conf", "app:create_app()"]
 COPY pyproject.toml ./
 RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb')); \
 print('\n'.join(p['build-system']['requires'] + p['project']['dependencies']))" > /tmp/requirements.txt \
@@ -26,11 +29,10 @@ COPY app ./app
 COPY worker ./worker
 RUN pip install --no-deps --no-build-isolation . && rm -rf build ./*.egg-info /root/.cache
 USER relay
-EXPOSE 8000
-CMD ["gunicorn", "--config", "python:app.gunicorn_conf", "app:create_app()"]
 
 # The same image plus Flower (the `flower` extra), for the compose `flower` service only.
 FROM dependencies AS flower-dependencies
+EXPOSE 5555
 RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb')); \
 print('\n'.join(p['project']['optional-dependencies']['flower']))" > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt && rm -rf /tmp/requirements.txt /root/.cache
@@ -41,4 +43,3 @@ COPY app ./app
 COPY worker ./worker
 RUN pip install --no-deps --no-build-isolation . && rm -rf build ./*.egg-info /root/.cache
 USER relay
-EXPOSE 5555
