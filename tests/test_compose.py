@@ -187,10 +187,16 @@ def test_stack_as_written_delivers_end_to_end(stack: dict[str, Any], sandbox: Sa
 
     wait_until(lambda: surveyed() == {f"{u}@example.com" for u in users}, timeout=90)
     assert len([c for c in sandbox.state.calls("/v2/survey/") if c["status"] == 200]) == len(users)
-    stats = requests.get(
-        f"{api}/admin/api/stats", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=5
-    )
-    assert stats.json()["totals"]["delivered"] == 2 * len(users)
+
+    def delivered() -> int:
+        stats = requests.get(
+            f"{api}/admin/api/stats", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=5
+        )
+        return int(stats.json()["totals"]["delivered"])
+
+    # The sandbox records a survey when it answers; the worker records delivery once it has the answer.
+    wait_until(lambda: delivered() >= 2 * len(users), timeout=30, interval=0.2)
+    assert delivered() == 2 * len(users)
     # Several gunicorn workers answer /metrics in turn; each must report the same, whole totals.
     for _ in range(4):
         metrics = requests.get(f"{api}/metrics", timeout=5).text
