@@ -3,9 +3,9 @@
 The compose file as operators run it (plus tests/compose/override.yml: a sandbox Promoter, a short
 visibility timeout) on a real Docker engine, with three workers. Checks go through the published
 ports on 127.0.0.1, ``docker compose exec`` and ``docker kill``; containers talk to each other on
-the compose network only. The test runs in order against one stack: services healthy, README's
-example delivered, the CLI in a container, workers SIGKILLed and SIGTERMed under load, Redis
-restarted under load, and a full Redis answering 503.
+the compose network only. The tests run in order against one stack: services healthy, the
+monitoring profile and secrets override valid, README's example delivered, the CLI in a container,
+workers SIGKILLed and SIGTERMed under load, Redis restarted under load, a full Redis answering 503.
 
 ``make test`` does not collect this module (its name is not ``test_*.py``): it needs a Docker
 engine and local base images, which tests/compose/engine.sh provides (``RELAY_BASE_IMAGE`` and
