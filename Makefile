@@ -38,7 +38,7 @@ chaos: $(STAMP)
 	$(BIN)/python -m tests.chaos
 
 # docker-compose.yml on a real Docker engine: started here as root when none runs, with a local
-# base image (debootstrap, cached). About 4 minutes once the base image is cached.
+# base image (debootstrap, cached). About 5 minutes once the base image is cached.
 compose-test: $(STAMP)
 	bash tests/compose/engine.sh run $(BIN)/python -m pytest tests/compose/stack.py -v -s -p no:cacheprovider --timeout=1500
 
