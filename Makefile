@@ -9,7 +9,7 @@ EXTRAS := dev,test,lint,bench$(if $(shell command -v chromium 2>/dev/null),$(com
 # One stamp per set of extras: installing Chromium later makes the next `make` add Playwright.
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: install run status dead-letters test lint bench chaos sim grafana clean
+.PHONY: install run status dead-letters test lint bench chaos sim grafana compose-test clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,11 @@ grafana: $(STAMP)
 sim: $(STAMP)
 	PYTHONHASHSEED=0 $(BIN)/python -m tests.sim $(if $(SEED),--seed $(SEED) -v) $(if $(SEEDS),--seeds $(SEEDS)) \
 		$(if $(SECONDS),--seconds $(SECONDS)) $(if $(WITHOUT),--without $(WITHOUT))
+
+# docker-compose.yml on a real Docker engine: started here as root when none runs, with a local
+# base image (debootstrap, cached). About 5 minutes once the base image is cached.
+compose-test: $(STAMP)
+	bash tests/compose/engine.sh run $(BIN)/python -m pytest tests/compose/stack.py -v -s -p no:cacheprovider --timeout=1500
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache test-artifacts

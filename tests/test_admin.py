@@ -305,7 +305,9 @@ def test_stats_per_minute_count_each_minute_for_the_chart(
     assert list(busy.values()) == [(2, 0, 0), (0, 2, 0), (1, 0, 1)]
     first = iso(next(iter(busy)))
     assert first.timestamp() == (relay_harness.clock.now - 660) // 60 * 60
-    assert len(api(client, "stats/minutes?minutes=1000")["minutes"]) == keys.MINUTE_TTL // 60, "no more than kept"
+    assert len(api(client, "stats/minutes?minutes=1000")["minutes"]) == keys.MINUTE_TTL // 60, (
+        "no more than kept"
+    )
 
 
 def test_message_detail_has_history_from_received_by_message_id_and_by_ref(client: FlaskClient) -> None:
