@@ -11,6 +11,8 @@ Every key either expires or is one of the bounded global structures in ``BOUNDED
 
 from __future__ import annotations
 
+import hashlib
+
 PREFIX = "relay"
 
 STATS = f"{PREFIX}:stats"
@@ -29,6 +31,10 @@ LATENCY = f"{PREFIX}:latency"
 BUDGET_DAY = f"{PREFIX}:budget:"
 PERSON_SEQUENCE = f"{PREFIX}:person-seq"
 HEARTBEAT = f"{PREFIX}:heartbeat:"
+FEEDBACK_CURSOR = f"{PREFIX}:feedback:cursor"
+FEEDBACK_LOCK = f"{PREFIX}:feedback:lock"
+NPS_DAY = f"{PREFIX}:nps:day:"
+NPS_LATEST = f"{PREFIX}:nps:latest"
 
 # Global keys without a TTL, and why each stays bounded.
 BOUNDED: dict[str, str] = {
@@ -43,6 +49,7 @@ BOUNDED: dict[str, str] = {
     RECENT: "the last 200 message refs",
     LATENCY: "one field per endpoint, bucket and status",
     PERSON_SEQUENCE: "a counter",
+    FEEDBACK_CURSOR: "one small hash: where the feedback poll stands",
 }
 
 
@@ -67,6 +74,10 @@ person_waiting = KeyFormat(person + ":waiting")
 person_orders = KeyFormat(person + ":orders")
 surveyed = KeyFormat(PREFIX + ":surveyed:{%s}")
 budget = KeyFormat(BUDGET_DAY + "%s")
+# The person whose contact Promoter accepted with this email (the key part is ``email_digest``).
+email = KeyFormat(PREFIX + ":email:{%s}")
+# What was last sent to Segment for one Promoter feedback id (worker/feedback.py).
+feedback_seen = KeyFormat(PREFIX + ":feedback:seen:{%s}")
 
 # What the Lua prelude gets as key_<name>(x) functions.
 FORMATS: dict[str, KeyFormat] = {
@@ -81,8 +92,19 @@ FORMATS: dict[str, KeyFormat] = {
     "person_waiting": person_waiting,
     "person_orders": person_orders,
     "surveyed": surveyed,
+    "email": email,
 }
 
 
 def minute(number: int) -> str:
     return f"{STATS_MINUTE}{number}"
+
+
+def email_digest(address: str) -> str:
+    """The key part of ``email``: 16 hex of SHA-1 over the ASCII-lowercased address.
+
+    SHA-1 because it is the only digest Redis gives its scripts (``redis.sha1hex``), and
+    ``bytes.lower`` because it lowercases exactly what Lua's ``string.lower`` does (ASCII only), so the
+    script that writes the key and the Python that reads it always agree.
+    """
+    return hashlib.sha1(address.encode().lower(), usedforsecurity=False).hexdigest()[:16]

@@ -218,6 +218,30 @@ class People:
     ) -> None:
         self.lua.settle_survey(ref, outcome, detail, email, campaign, *(call or NO_CALL).args())
 
+    def user_of_email(self, email: str) -> str | None:
+        """The userId of the person whose contact Promoter has under ``email`` now, if the relay knows one.
+
+        The index (written when Promoter accepts a contact) may be stale: the person may have merged
+        into another since, or changed email, so the person's own ``s:email`` has the last word.
+        """
+        pid = cast(str | None, self.client.get(keys.email(keys.email_digest(email))))
+        record: dict[str, str] = {}
+        for _ in range(8):
+            if not pid:
+                return None
+            record = cast(dict[str, str], self.client.hgetall(keys.person(pid)))
+            if "merged_into" not in record:
+                break
+            pid = record["merged_into"]
+        if record.get("s:email", "").encode().lower() != email.encode().lower():
+            return None
+        users = sorted(
+            i[2:]
+            for i in cast(set[str], self.client.smembers(keys.person_ids(str(pid))))
+            if i.startswith("u:")
+        )
+        return users[0] if users else None
+
     def person_of(self, identity: str) -> dict[str, Any] | None:
         """A person as the admin API shows it: contact as merged, as Promoter has it, orders."""
         pid = cast(str | None, self.client.get(keys.identity(identity)))

@@ -16,6 +16,8 @@ if rev >= tonumber(redis.call('HGET', person, 'synced_rev') or '-1') then
   redis.call('HSET', person, 'synced_rev', rev, 'synced_fp', fp, 'synced_by', holder, 's:email', ARGV[6],
     's:first_name', ARGV[7], 's:last_name', ARGV[8], 'contact_id', ARGV[9])
   redis.call('HDEL', person, 'refused')
+  -- the email -> person index that the NPS feedback poll reads (keys.email_digest)
+  redis.call('SET', key_email(string.sub(redis.sha1hex(string.lower(ARGV[6])), 1, 16)), pid, 'EX', CONFIG.person_ttl)
 end
 local function carried(ref) finish_sync(ref, holder) end
 settle_waiting(pid, rev, carried)
