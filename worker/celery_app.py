@@ -17,7 +17,7 @@ from typing import Any
 from celery import Celery, signals
 from kombu.entity import Queue
 
-from worker import logs, tasks
+from worker import feedback, logs, tasks
 from worker.runtime import RuntimeSlot
 from worker.settings import Settings
 
@@ -26,6 +26,8 @@ BEAT_SCHEDULE = {
     "expire-holds": {"task": tasks.EXPIRE_TASK, "schedule": 60.0},
     "reconcile": {"task": tasks.RECONCILE_TASK, "schedule": 15.0},
     "prune-dead-letters": {"task": tasks.PRUNE_TASK, "schedule": 600.0},
+    # A no-op unless FEEDBACK_SEGMENT_WRITE_KEY is set and the poll is due (worker/feedback.py).
+    "poll-feedback": {"task": tasks.FEEDBACK_TASK, "schedule": feedback.BEAT_SECONDS},
 }
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import redis
 from celery import Celery, Task
 
-from worker import delivery, taskmessages
+from worker import delivery, feedback, taskmessages
 from worker.events import Event
 from worker.ledger import Start
 from worker.promoter import PermanentError, ThrottledError, TransientError
@@ -40,7 +40,8 @@ DISPATCH_TASK = "relay.dispatch_due"
 RECONCILE_TASK = "relay.reconcile"
 EXPIRE_TASK = "relay.expire_holds"
 PRUNE_TASK = "relay.prune_dead_letters"
-HOUSEKEEPING = (DISPATCH_TASK, RECONCILE_TASK, EXPIRE_TASK, PRUNE_TASK)
+FEEDBACK_TASK = "relay.poll_feedback"
+HOUSEKEEPING = (DISPATCH_TASK, RECONCILE_TASK, EXPIRE_TASK, PRUNE_TASK, FEEDBACK_TASK)
 
 
 def deliver(ref: str, handler: Handler, rt: Runtime, task_id: str = "-") -> str:
@@ -174,3 +175,4 @@ def register(app: Celery, slot: RuntimeSlot) -> None:
     )
     housekeeping(EXPIRE_TASK, lambda rt: rt.stores.holds.expire(), "held messages expired (never identified)")
     housekeeping(PRUNE_TASK, lambda rt: rt.stores.dead.prune(), "dead letters dropped by retention")
+    housekeeping(FEEDBACK_TASK, feedback.run_task, "NPS responses sent to Segment")
