@@ -6,6 +6,7 @@ Segment outage loses nothing."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -13,12 +14,14 @@ from typing import Any
 
 import pytest
 import redis
+from flask.testing import FlaskClient
 
-from app.devtools.segment_receiver import ReceiverServer, ReceiverState
 from app.devtools.sandbox import SandboxServer
-from tests.conftest import CAMPAIGN_ID, Processes, wait_until
+from app.devtools.segment_receiver import ReceiverServer, ReceiverState
+from tests.conftest import ADMIN_TOKEN, CAMPAIGN_ID, Processes, wait_until
 from tests.factories import make_event
 from tests.harness import Relay, make_relay
+from tests.test_admin import Conformance, document
 from tests.test_key_audit import allowed_without_ttl
 from worker import feedback, keys, nps
 from worker.nps_store import DAYS_KEPT, NpsStore
@@ -136,7 +139,7 @@ def test_each_response_arrives_once_as_a_track_and_an_identify_under_its_user(
     loop.sandbox.state.edit_feedback(edited_id, {"comment": "Changed my mind: great support"})
     assert tick(loop, sender, 300).sent == 1
     assert tick(loop, sender, 300).sent == 0
-    edits = [m for m in received(receiver)[8:]]
+    edits = received(receiver)[8:]
     assert sorted(m["type"] for m in edits) == ["identify", "track"]
     assert all(m["userId"] == "u2" and not m["duplicate"] for m in edits)
     [new_track] = [m for m in edits if m["type"] == "track"]
@@ -166,7 +169,7 @@ def test_a_429_on_the_poll_loses_nothing_and_resumes_at_the_page_it_failed(
 
     outcome = tick(loop, ThrottleAfterFirstPage())
     assert (outcome.status, outcome.pages, outcome.sent) == ("failed", 1, 2)
-    cursor = feedback.load_cursor(loop.runtime)
+    cursor = feedback.load_cursor(loop.redis)
     assert (cursor.page, cursor.failures) == (2, 1)
     assert "429" in cursor.last_error
     assert loop.stores.budget.wait_seconds("low")[1] == "paused after a 429 from Promoter"
@@ -189,7 +192,7 @@ def test_a_5xx_is_retried_after_a_backoff(
     loop.sandbox.state.configure({"fail_next": [503]})
     failed = tick(loop, sender)
     assert (failed.status, failed.sent) == ("failed", 0)
-    assert feedback.load_cursor(loop.runtime).next_at > loop.clock()
+    assert feedback.load_cursor(loop.redis).next_at > loop.clock()
     retried = tick(loop, sender, loop.runtime.settings.retry_max_delay_seconds)
     assert (retried.status, retried.sent) == ("done", 1)
     assert [m["userId"] for m in received(receiver)] == ["a1", "a1"]
@@ -202,7 +205,7 @@ def test_a_segment_outage_moves_no_cursor_and_the_page_is_sent_later(
     receiver.state.configure({"fail_next": [500] * 4})  # the client's first try and its 3 retries
     failed = tick(loop, sender)
     assert (failed.status, failed.sent) == ("failed", 0)
-    assert "Segment did not take page 1" in feedback.load_cursor(loop.runtime).last_error
+    assert "Segment did not take page 1" in feedback.load_cursor(loop.redis).last_error
     assert received(receiver) == []
     assert NpsStore(loop.redis, loop.clock).summary(1, "day")["totals"]["responses"] == 0
     sent = tick(loop, sender, 3600)
@@ -237,7 +240,7 @@ def test_polling_waits_for_the_low_priority_share_of_the_daily_budget(
     relay.redis.set(keys.budget(str(int(relay.clock() // 86400))), 8)  # what low priority may use: 8
     waiting = tick(relay, sender)
     assert waiting.status == "waiting"
-    assert "daily Promoter budget used up" in feedback.load_cursor(relay.runtime).last_error
+    assert "daily Promoter budget used up" in feedback.load_cursor(relay.redis).last_error
     assert feedback_calls(relay) == []
     assert used == 2
 
@@ -318,4 +321,37 @@ def test_the_beat_task_runs_the_loop_in_real_worker_processes(
         processes.stop()
     assert sorted(m["userId"] for m in received(receiver, "track")) == ["w1", "w2"]
     assert len(received(receiver)) == 4
-    assert feedback.load_cursor(relay.runtime).sent_total == 2
+    assert feedback.load_cursor(relay.redis).sent_total == 2
+
+
+def test_the_admin_api_shows_nps_per_day_and_week_and_the_latest_masked(
+    client: FlaskClient, loop: Relay, receiver: ReceiverServer, sender: SegmentSender
+) -> None:
+    ids = survey_users(loop, ("d1", "d2", "d3"))
+    for user, score in (("d1", 10), ("d2", 9), ("d3", 3)):
+        loop.sandbox.state.edit_feedback(ids[user], {"score": score})
+    tick(loop, sender)
+    bearer = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    openapi = Conformance(document())
+    for by in ("day", "week"):
+        answer = client.get(f"/admin/api/nps?by={by}&days=14", headers=bearer)
+        assert answer.status_code == 200
+        body = answer.get_json()
+        openapi.check(body, "/admin/api/nps")
+        assert body["totals"] == {"period": "total", "responses": 3, "promoters": 2, "passives": 0,
+                                  "detractors": 1, "nps": 33.3}  # fmt: skip
+        assert sum(p["responses"] for p in body["series"]) == 3
+        assert body["series"][-1]["responses"] == 3, "today's responses are in the last period"
+    assert len(client.get("/admin/api/nps?days=14", headers=bearer).get_json()["series"]) == 14
+    body = client.get("/admin/api/nps", headers=bearer).get_json()
+    assert body["enabled"] is False, "this app has no FEEDBACK_SEGMENT_WRITE_KEY"
+    assert body["poll"]["sent_total"] == 3
+    assert body["poll"]["last_run_at"]
+    shown = json.dumps(body["latest"])
+    assert "@Example.com" in shown
+    assert all(f"{user.upper()}@" not in shown for user in ids)
+    assert sorted(item["user"] for item in body["latest"]) == ["d1", "d2", "d3"]
+    refused = client.get("/admin/api/nps?by=month", headers=bearer)
+    assert refused.status_code == 400
+    openapi.check(refused.get_json(), "/admin/api/nps", status=400)
+    assert client.get("/admin/api/nps").status_code == 401

@@ -92,8 +92,8 @@ def enabled(settings: Settings) -> bool:
     return bool(settings.feedback_segment_write_key)
 
 
-def load_cursor(rt: Runtime) -> Cursor:
-    return Cursor.load(cast(dict[str, str], rt.stores.redis.hgetall(keys.FEEDBACK_CURSOR)))
+def load_cursor(client: redis.Redis) -> Cursor:
+    return Cursor.load(cast(dict[str, str], client.hgetall(keys.FEEDBACK_CURSOR)))
 
 
 def _day(moment: float, days_before: int = 0) -> str:
@@ -108,7 +108,7 @@ class Poll:
         self.sender = sender
         self.sleep = sleep
         self.store = NpsStore(rt.stores.redis, rt.clock)
-        self.cursor = load_cursor(rt)
+        self.cursor = load_cursor(rt.stores.redis)
         self.pages = 0
         self.sent = 0
 
@@ -237,7 +237,7 @@ def poll(rt: Runtime, sender: Sender, sleep: Callable[[float], None] = time.slee
     """One beat tick's worth of polling (a no-op when off, not due, or another poll is running)."""
     if not enabled(rt.settings):
         return Outcome("off")
-    if rt.clock() < load_cursor(rt).next_at:
+    if rt.clock() < load_cursor(rt.stores.redis).next_at:
         return Outcome("not due")
     lock = rt.stores.redis.lock(keys.FEEDBACK_LOCK, timeout=rt.settings.visibility_timeout, blocking=False)
     if not lock.acquire():

@@ -21,12 +21,16 @@ from typing import Any
 import click
 
 from app.devtools.processes import Children, EmbeddedRedis, free_port, port_in_use, wait_for_port
+from app.devtools.segment_receiver import ReceiverServer, ReceiverState, describe
 from worker.settings import SettingsError, load_for_service
 
 DEV_WRITE_KEY = "dev-write-key"
 DEV_ADMIN_TOKEN = "dev-admin-token"  # noqa: S105 - printed on purpose, dev only
 DEV_SANDBOX_KEY = "sandbox-key"
 DEV_CAMPAIGN = "1"
+DEV_FEEDBACK_KEY = "dev-feedback-write-key"
+# The sandbox answers surveys at once: poll often, so the loop shows within seconds.
+DEV_FEEDBACK_POLL_SECONDS = "10"
 DATA_DIR = Path(".promoter-relay")
 STATE_FILE = "dev.json"
 
@@ -60,6 +64,7 @@ def run(port: int, workers: int, fresh: bool, data_dir: Path) -> None:
     env.setdefault("RELAY_ENV", "development")
     children = Children()
     redis_server: EmbeddedRedis | None = None
+    receiver: ReceiverServer | None = None
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         if not env.get("REDIS_URL"):
@@ -67,6 +72,7 @@ def run(port: int, workers: int, fresh: bool, data_dir: Path) -> None:
             env["REDIS_URL"] = redis_server.url
         if not env.get("PROMOTER_API_KEY"):
             _start_sandbox(children, env)
+        receiver = _start_segment_receiver(env)
         _check(env)
         _start_relay(children, env, port, workers, data_dir)
         api = f"http://127.0.0.1:{port}"
@@ -82,6 +88,8 @@ def run(port: int, workers: int, fresh: bool, data_dir: Path) -> None:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         children.stop()
+        if receiver is not None:
+            receiver.stop()
         if redis_server is not None:
             redis_server.stop()
         (data_dir / STATE_FILE).unlink(missing_ok=True)
@@ -98,6 +106,18 @@ def _start_sandbox(children: Children, env: dict[str, str]) -> None:
         PROMOTER_API_KEY=DEV_SANDBOX_KEY,
         PROMOTER_CAMPAIGN_ID=env.get("PROMOTER_CAMPAIGN_ID") or DEV_CAMPAIGN,
     )
+
+
+def _start_segment_receiver(env: dict[str, str]) -> ReceiverServer | None:
+    """With the sandbox and no Segment write key of the user's, a local Segment (in this process) that
+    the sandbox's NPS responses are sent back to; it prints each one."""
+    if env.get("FEEDBACK_SEGMENT_WRITE_KEY") or env.get("PROMOTER_API_KEY") != DEV_SANDBOX_KEY:
+        return None  # a real Promoter is not polled unless asked to
+    state = ReceiverState(write_key=DEV_FEEDBACK_KEY, on_message=lambda m: click.echo(describe(m)))
+    receiver = ReceiverServer(state).start()
+    env.update(FEEDBACK_SEGMENT_WRITE_KEY=DEV_FEEDBACK_KEY, FEEDBACK_SEGMENT_HOST=receiver.url)
+    env.setdefault("FEEDBACK_POLL_SECONDS", DEV_FEEDBACK_POLL_SECONDS)
+    return receiver
 
 
 def _check(env: dict[str, str]) -> None:
@@ -142,6 +162,7 @@ promoter-relay is running.
   Dashboard:                   {api}/admin/   (token: {shown_token})
   Metrics / health:            {api}/metrics  {api}/readyz
   Promoter:                    {env["PROMOTER_API_URL"]}
+  NPS responses to Segment:    {_feedback_target(env)}
   Redis:                       {env["REDIS_URL"]}
   Data (kept between runs):    {data_dir}   (promoter-relay dev --fresh starts empty)
 
@@ -156,3 +177,11 @@ Ctrl-C stops everything.
 """,
         nl=False,
     )
+
+
+def _feedback_target(env: dict[str, str]) -> str:
+    if not env.get("FEEDBACK_SEGMENT_WRITE_KEY"):
+        return "off (FEEDBACK_SEGMENT_WRITE_KEY)"
+    host = env.get("FEEDBACK_SEGMENT_HOST") or "https://api.segment.io"
+    local = env["FEEDBACK_SEGMENT_WRITE_KEY"] == DEV_FEEDBACK_KEY
+    return f"{host}/v1/batch" + ("   (local receiver: each response is printed here)" if local else "")

@@ -67,7 +67,9 @@ class ReceiverState:
 
     def configure(self, fields: Mapping[str, Any]) -> None:
         fail_next, retry_after = fields.get("fail_next", []), fields.get("retry_after", self.retry_after)
-        if not isinstance(fail_next, list) or not all(isinstance(s, int) and 400 <= s <= 599 for s in fail_next):
+        if not isinstance(fail_next, list) or not all(
+            isinstance(s, int) and 400 <= s <= 599 for s in fail_next
+        ):
             raise ValueError("fail_next must be a list of HTTP status codes from 400 to 599")
         if not isinstance(retry_after, int) or retry_after < 0:
             raise ValueError("retry_after must be an integer >= 0")
@@ -198,7 +200,9 @@ class ReceiverServer:
     def start(self) -> Self:
         if self._server is None:
             app = create_receiver(self.state)
-            self._server = make_server(self.host, self.port, app, threaded=True, request_handler=_QuietHandler)
+            self._server = make_server(
+                self.host, self.port, app, threaded=True, request_handler=_QuietHandler
+            )
             self._thread = threading.Thread(
                 target=self._server.serve_forever, args=(0.05,), name="segment-receiver", daemon=True
             )
@@ -222,7 +226,11 @@ class ReceiverServer:
 
 def describe(message: Mapping[str, Any]) -> str:
     """One line for a terminal: who and what, never the email a stranger's identify carries."""
-    who = f"userId={message['userId']}" if message.get("userId") else f"anonymousId={message.get('anonymousId')}"
+    who = (
+        f"userId={message['userId']}"
+        if message.get("userId")
+        else f"anonymousId={message.get('anonymousId')}"
+    )
     if message.get("type") == "track":
         props = message.get("properties") or {}
         what = f'track "{message.get("event")}" score={props.get("score")} ({props.get("category")})'
