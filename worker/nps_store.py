@@ -24,7 +24,7 @@ from typing import Any, cast
 import redis
 
 from worker import keys
-from worker.nps import CATEGORIES, Response, mask_email, nps
+from worker.nps import CATEGORIES, Response, mask_email, nps, posted_moment
 
 DAY = 86400
 SEEN_TTL = 30 * DAY
@@ -82,7 +82,7 @@ class NpsStore:
     def unsent(self, responses: Sequence[Response]) -> list[Pending]:
         """The responses whose current content was never sent, oldest first (so the last identify a
         person gets is their newest answer); ``newest`` says whether the identify should go too."""
-        ordered = sorted(responses, key=lambda r: (r.posted, r.feedback_id))
+        ordered = sorted(responses, key=lambda r: (r.posted, len(r.feedback_id), r.feedback_id))
         respondents = [_respondent(r) for r in ordered]
         pipe = self.client.pipeline(transaction=False)
         for response, respondent in zip(ordered, respondents, strict=True):
@@ -152,17 +152,13 @@ class NpsStore:
         }
 
     def latest(self, limit: int) -> list[dict[str, Any]]:
-        """The newest answers, each feedback once (its latest content)."""
-        shown: list[dict[str, Any]] = []
-        ids: set[str] = set()
+        """The most recently posted answers among the last sent, each feedback once (its latest content)."""
+        shown: dict[str, dict[str, Any]] = {}
         for raw in cast(list[str], self.client.lrange(keys.NPS_LATEST, 0, LATEST_KEPT - 1)):
             item = json.loads(raw)
-            if item.get("feedback_id") not in ids:
-                ids.add(item.get("feedback_id"))
-                shown.append(item)
-            if len(shown) >= limit:
-                break
-        return shown
+            shown.setdefault(str(item.get("feedback_id")), item)
+        ordered = sorted(shown.values(), key=_posted_order, reverse=True)
+        return ordered[:limit]
 
 
 def _period(label: str, counts: dict[str, int]) -> dict[str, Any]:
@@ -191,6 +187,15 @@ def _shown(item: Sent, now: float) -> dict[str, Any]:
         "edited": item.pending.before is not None,
         "sent_at": datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
     }
+
+
+def _posted_order(item: dict[str, Any]) -> tuple[datetime, int, str]:
+    feedback_id = str(item.get("feedback_id"))
+    try:
+        posted = posted_moment(str(item.get("posted_date")))
+    except ValueError:
+        posted = datetime.min.replace(tzinfo=UTC)
+    return posted, len(feedback_id), feedback_id
 
 
 def _respondent(response: Response) -> str:
