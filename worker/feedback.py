@@ -39,6 +39,7 @@ log = logging.getLogger("relay.feedback")
 OVERLAP_DAYS = 1
 # A wait for a budget slot shorter than this is slept in the task; a longer one ends the attempt.
 MAX_SLEEP_SECONDS = 2.0
+MAX_SLEEPS = 10
 # One task keeps polling at most this long; a longer run goes on at the next beat tick.
 TIME_BUDGET_SECONDS = 20.0
 BEAT_SECONDS = 5.0
@@ -172,14 +173,17 @@ class Poll:
         return ""
 
     def wait_for_budget(self) -> str:
-        while True:
+        """Take a low-priority slot of Promoter's budget, sleeping a few short waits for one; a long
+        wait (a 429's pause, the day's budget used up) ends this attempt until the slot is due."""
+        for _ in range(MAX_SLEEPS):
             wait, why = self.rt.stores.budget.wait_seconds("low")
             if wait <= 0:
                 return ""
             if wait > MAX_SLEEP_SECONDS:
-                self.save(next_at=self.rt.clock() + wait, last_error=f"waiting {wait:.0f}s: {why}")
-                return "waiting"
+                break
             self.sleep(wait)
+        self.save(next_at=self.rt.clock() + max(wait, 1.0), last_error=f"waiting {wait:.0f}s: {why}")
+        return "waiting"
 
     def hand_over(self, results: list[Any]) -> None:
         campaign = self.rt.settings.promoter_campaign_id
