@@ -17,7 +17,9 @@ from flask import Blueprint, Response, jsonify, render_template, request
 from app import records
 from app.auth import bearer_matches
 from app.relay import relay
+from worker import feedback
 from worker.events import WEBHOOK_SOURCE, anonymous_identity, split_ref, user_identity
+from worker.nps_store import DAYS_KEPT, NpsStore
 from worker.scripts import RECENT_LIMIT
 from worker.stats import KEPT_MINUTES, per_minute, snapshot
 
@@ -225,3 +227,28 @@ def discard_many() -> tuple[Response, int]:
     if not isinstance(refs, list) or not all(isinstance(r, str) for r in refs):
         return jsonify(error='Expected {"refs": [...]} or {"all": true}.'), 400
     return jsonify(discarded=dead.discard([dead.resolve(r) for r in refs])), 200
+
+
+@bp.get("/api/nps")
+def nps() -> tuple[Response, int]:
+    """NPS per day or week over the last ``days`` days, the latest responses (emails masked), and where
+    the poll of Promoter's feedback stands."""
+    by = request.args.get("by", "day")
+    if by not in ("day", "week"):
+        return jsonify(error="by must be day or week.", errors={"by": ["Must be one of: day, week."]}), 400
+    days = _int_arg("days", 90, 1, DAYS_KEPT)
+    rt = relay()
+    cursor = feedback.load_cursor(rt.stores.redis)
+    poll = {
+        "since": cursor.since or None,
+        "page": cursor.page,
+        "last_run_at": records.when(cursor.last_run_at or None),
+        "next_at": records.when(cursor.next_at or None),
+        "failures": cursor.failures,
+        "last_error": cursor.last_error or None,
+        "sent_total": cursor.sent_total,
+    }
+    summary = NpsStore(rt.stores.redis).summary(days, by, latest=_int_arg("latest", 20, 0, 100))
+    return jsonify(
+        enabled=feedback.enabled(rt.settings), event=rt.settings.feedback_event, poll=poll, **summary
+    ), 200

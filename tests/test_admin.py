@@ -631,12 +631,12 @@ def test_openapi_is_served_and_describes_every_route(client: FlaskClient, app: F
     assert doc["info"]["version"] == version("promoter-relay")
     described = {(path, method) for path, item in doc["paths"].items() for method in item}
     routes = admin_routes(app)
-    assert len(routes) == 11
+    assert len(routes) == 12
     assert described == routes
     assert {rule.endpoint for rule in app.url_map.iter_rules() if rule.rule.startswith("/admin/api")} == {
         f"{admin_bp.name}.{name}"
         for name in ("openapi", "stats", "stats_minutes", "recent_messages", "message", "user",
-                     "dead_letters", "replay_one", "replay_all", "discard_one", "discard_many")
+                     "dead_letters", "replay_one", "replay_all", "discard_one", "discard_many", "nps")
     }  # fmt: skip
 
 

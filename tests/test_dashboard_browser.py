@@ -5,10 +5,12 @@ that "Replay all" asks for), and see a replayed dead letter delivered by a real 
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import pytest
@@ -18,12 +20,14 @@ from werkzeug.serving import make_server
 
 from app import create_app
 from app.devtools.sandbox import SandboxServer
+from app.devtools.segment_receiver import ReceiverServer, ReceiverState
 from app.records import when
-from tests.conftest import ADMIN_TOKEN, ARTIFACTS, Processes, ref, settings_for
+from tests.conftest import ADMIN_TOKEN, ARTIFACTS, CAMPAIGN_ID, Processes, ref, settings_for
 from tests.factories import accept, make_event, queued_refs, stores_for
 from tests.harness import make_relay
 from tests.test_admin import EVIDENCE, UNKNOWN_REASON, dead_track, held_track, retrying_track
-from worker import keys
+from worker import feedback, keys
+from worker.segment_sender import SegmentSender
 from worker.stores import Stores
 
 if TYPE_CHECKING:
@@ -423,3 +427,99 @@ def test_dashboard_charts_received_delivered_and_dead_per_minute(
     chart.screenshot(path=str(shot))
     assert shot.stat().st_size > 0
     page.screenshot(path=str(ARTIFACTS / "dashboard-with-chart.png"), full_page=True)
+
+
+@pytest.fixture
+def receiver() -> Iterator[ReceiverServer]:
+    with ReceiverServer(ReceiverState(write_key=NPS_WRITE_KEY)) as server:
+        yield server
+
+
+@pytest.fixture
+def nps_url(redis_client: redis.Redis, redis_url: str, receiver: ReceiverServer) -> Iterator[str]:
+    feedback_settings = {"feedback_segment_write_key": NPS_WRITE_KEY, "feedback_segment_host": receiver.url}
+    app = create_app(settings_for(redis_url, **feedback_settings))
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+NPS_WRITE_KEY = "nps-write-key"
+
+
+def nps_history(redis_client: redis.Redis, sandbox: SandboxServer, receiver: ReceiverServer) -> int:
+    """Twelve users surveyed through the relay (they answer today), three weeks of earlier answers of
+    theirs at Promoter, one with markup in its comment; the poll sends them all. Returns how many."""
+    relay = make_relay(
+        redis_client, sandbox, feedback_segment_write_key=NPS_WRITE_KEY, feedback_segment_host=receiver.url
+    )
+    relay.clock.now = time.time()
+    users = [f"n{n}" for n in range(12)]
+    for user in users:
+        relay.send(make_event(f"id-{user}", "identify", user, traits={"email": f"{user}@example.com"}))
+    relay.drain()
+    for user in users:
+        relay.send(make_event(f"nps-{user}", "track", user))
+    relay.drain()
+    contacts = {c["email"]: c for c in sandbox.state.contacts()}
+    draw = random.Random(24)
+    for days_ago in range(1, 22):
+        posted = time.strftime("%Y-%m-%dT10:00:00Z", time.gmtime(relay.clock() - days_ago * 86400))
+        for _ in range(draw.randint(1, 4)):
+            contact = contacts[f"{draw.choice(users)}@example.com"]
+            # Getting better over time: fewer detractors lately.
+            score = min(10, max(0, round(draw.gauss(9 - days_ago / 6, 2))))
+            sandbox.state.add_feedback(
+                CAMPAIGN_ID, contact, score, draw.choice(["", "ok", "Great support"]), posted
+            )
+    sandbox.state.add_feedback(CAMPAIGN_ID, contacts["n0@example.com"], 2, XSS, None)
+    since = time.strftime("%Y-%m-%d", time.gmtime(relay.clock() - 30 * 86400))
+    relay.redis.hset(keys.FEEDBACK_CURSOR, "since", since)  # as after a month without polls
+    sender = SegmentSender(NPS_WRITE_KEY, receiver.url)
+    try:
+        outcome = feedback.poll(relay.runtime, sender)
+    finally:
+        sender.close()
+    assert outcome.status == "done"
+    return outcome.sent
+
+
+def test_dashboard_nps_panel_charts_the_responses_sent_back_to_segment(
+    nps_url: str, page: Page, redis_client: redis.Redis, sandbox: SandboxServer, receiver: ReceiverServer
+) -> None:
+    from playwright.sync_api import expect
+
+    sent = nps_history(redis_client, sandbox, receiver)
+    assert sent > 40
+    assert len([m for m in receiver.state.messages() if m["type"] == "track"]) == sent
+    log_in(page, nps_url)
+    panel = page.locator("#nps")
+    expect(panel.locator("#tile-nps-responses .n")).to_have_text(str(sent))
+    expect(panel.locator("#nps-status")).to_contain_text(f"{sent} sent")
+    expect(panel.locator("#nps-status")).to_contain_text("NPS Survey Responded")
+    expect(panel.locator("#nps-chart rect.bar")).to_have_count(30)
+    expect(panel.locator("#nps-chart polyline.line")).to_have_count(1)
+    expect(panel.locator("#nps-latest tr")).to_have_count(20)
+    first = panel.locator("#nps-latest tr").first
+    expect(first).to_contain_text(XSS)  # shown as text, never run
+    expect(first).to_contain_text("n***@example.com")
+    expect(first.locator("button.user")).to_have_text("u:n0")
+    expect(panel.locator("#nps-latest")).not_to_contain_text("n0@example.com")
+    expect(page.locator("#main img")).to_have_count(0)
+    assert page.title() == "promoter-relay"
+
+    panel.locator(".nps-by button[data-by=week]").click()
+    expect(panel.locator(".nps-by button.on")).to_have_text("Per week")
+    today = datetime.now(UTC).date()
+    first_monday = today - timedelta(days=181 + (today - timedelta(days=181)).weekday())
+    expect(panel.locator("#nps-chart rect.bar")).to_have_count((today - first_monday).days // 7 + 1)
+    expect(panel.locator("#tile-nps-score .l")).to_contain_text("last 182 days")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "dashboard-nps.png"
+    shot.unlink(missing_ok=True)
+    panel.locator(".nps-by button[data-by=day]").click()
+    expect(panel.locator("#nps-chart rect.bar")).to_have_count(30)
+    panel.screenshot(path=str(shot))
+    assert shot.stat().st_size > 0

@@ -222,3 +222,26 @@ def test_a_bad_setting_stops_dev_before_anything_starts_or_prints(tmp_path: Path
         "Error: HOLD_TTL_SECONDS must be a whole number, got 'soon'"
     ]
     assert not (tmp_path / ".promoter-relay" / "redis").exists(), "no Redis was started"
+
+
+def test_make_run_shows_an_nps_response_come_back_into_a_local_segment(tmp_path: Path) -> None:
+    """README's example identify and track: the sandbox surveys and answers, and the response comes back
+    into the local Segment receiver, which prints it."""
+    with dev(tmp_path) as (api, log, _):
+        banner = log.read_text()
+        assert "NPS responses to Segment:" in banner
+        assert "(local receiver: each response is printed here)" in banner
+        identify = {"userId": "u1", "traits": {"email": "ada@example.com", "name": "Ada Lovelace"}}
+        assert requests.post(f"{api}/v1/identify", json=identify, auth=AUTH, timeout=5).ok
+        track = {"userId": "u1", "event": "Order Completed", "properties": {"order_id": "o1", "total": 42}}
+        assert requests.post(f"{api}/v1/track", json=track, auth=AUTH, timeout=5).ok
+
+        def came_back() -> list[str]:
+            lines = [line for line in log.read_text().splitlines() if line.startswith("segment receiver:")]
+            return lines if len(lines) >= 2 else []
+
+        lines = wait_until(came_back, timeout=120, interval=0.5)
+        assert any(line.startswith('segment receiver: track "NPS Survey Responded"') for line in lines)
+        assert any(line.startswith("segment receiver: identify nps_score=") for line in lines)
+        assert all(line.endswith("userId=u1") for line in lines)
+        assert "ada@example.com" not in "\n".join(lines)

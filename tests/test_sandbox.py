@@ -265,6 +265,8 @@ def test_config_round_trip(control: SandboxControl) -> None:
         "retry_after": 30,
         "delay_next": [0.5],
         "survey_cooldown_seconds": 60.0,
+        "feedback_rate": 0.5,
+        "feedback_page_size": 3,
     }
     assert control.configure(**wanted) == wanted
     assert control.config() == wanted
@@ -430,3 +432,96 @@ def test_a_sandbox_with_a_state_file_remembers_its_contacts_across_restarts(tmp_
             client.survey({"campaign_id": 1, "contact": {"email": "ada@example.com"}})
         assert SandboxControl(again.url).calls() != [], "the call log is per run"
     assert not state_file.with_suffix(".partial").exists()
+
+
+def feedback_page(server: SandboxServer, query: str = "") -> requests.Response:
+    return get(server, "/feedback/" + query)
+
+
+def test_a_surveyed_contact_answers_with_a_seeded_score(
+    server: SandboxServer, control: SandboxControl
+) -> None:
+    """Scores come from the seed, apart from the draws that decide injected failures."""
+    scores = []
+    for _ in range(2):
+        control.reset()
+        control.configure(seed=5, failure_rate=0.0)
+        for n in range(6):
+            assert call(server, "/v2/survey/", survey(f"p{n}@example.com")).status_code == 200
+        listed = feedback_page(server).json()
+        scores.append([(r["contact"]["email"], r["score"]) for r in listed["results"]])
+        assert listed["count"] == 6
+    assert scores[0] == scores[1]
+    [first, *_] = feedback_page(server).json()["results"]
+    assert set(first) == {"id", "href", "contact", "score", "score_type", "comment", "posted_date"}
+    assert set(first["contact"]) == {"id", "email", "first_name", "last_name"}
+    assert first["score_type"] == ("promoter" if first["score"] >= 9 else "passive" if first["score"] >= 7
+                                   else "detractor")  # fmt: skip
+
+
+def test_no_answer_when_feedback_rate_is_zero(server: SandboxServer, control: SandboxControl) -> None:
+    control.configure(feedback_rate=0)
+    assert call(server, "/v2/survey/", survey()).status_code == 200
+    assert feedback_page(server).json() == {"count": 0, "next": None, "previous": None, "results": []}
+
+
+def test_feedback_is_paginated_newest_first_and_filtered(
+    server: SandboxServer, control: SandboxControl
+) -> None:
+    control.configure(feedback_rate=0, feedback_page_size=2)
+    for n in range(3):
+        assert call(server, "/v2/survey/", survey(f"p{n}@example.com", campaign=7 + n % 2)).status_code == 200
+    days = ["2026-11-28T10:00:00Z", "2026-11-29T10:00:00Z", "2026-11-30T10:00:00Z"]
+    for n, day in enumerate(days):
+        control.add_feedback(email=f"p{n}@example.com", campaign=7 + n % 2, score=n + 8, posted_date=day)
+    page1 = feedback_page(server, "?page=1").json()
+    assert page1["count"] == 3
+    assert [r["posted_date"] for r in page1["results"]] == days[:0:-1]
+    assert page1["next"].endswith("/feedback/?page=2")
+    page2 = requests.get(page1["next"], headers={"Authorization": f"Token {KEY}"}, timeout=10).json()
+    assert [r["posted_date"] for r in page2["results"]] == days[:1]
+    assert page2["next"] is None
+    assert page2["previous"].endswith("page=1")
+    since = feedback_page(server, "?posted_date_0=2026-11-29").json()
+    assert [r["posted_date"] for r in since["results"]] == days[:0:-1]
+    until = feedback_page(server, "?posted_date_1=2026-11-29").json()
+    assert [r["posted_date"] for r in until["results"]] == days[1::-1]
+    by_campaign = feedback_page(server, "?survey__campaign=8&posted_date_0=2026-11-01").json()
+    assert [r["contact"]["email"] for r in by_campaign["results"]] == ["p1@example.com"]
+    kept = feedback_page(server, "?posted_date_0=2026-11-01&page=1").json()["next"]
+    assert "posted_date_0=2026-11-01" in kept
+    assert kept.endswith("page=2")
+
+
+def test_feedback_pages_and_filters_are_checked_like_drf(server: SandboxServer) -> None:
+    assert feedback_page(server, "?page=2").status_code == 404
+    assert feedback_page(server, "?page=x").json() == {"detail": "Invalid page."}
+    bad_date = feedback_page(server, "?posted_date_0=yesterday")
+    assert (bad_date.status_code, bad_date.json()) == (400, {"posted_date": ["Enter a valid date/time."]})
+    assert feedback_page(server, "?survey__campaign=x").status_code == 400
+    assert get(server, "/feedback/", auth=None).status_code == 401
+
+
+def test_an_edited_response_keeps_its_id_and_date(server: SandboxServer, control: SandboxControl) -> None:
+    assert call(server, "/v2/survey/", survey()).status_code == 200
+    [before] = feedback_page(server).json()["results"]
+    edited = control.edit_feedback(before["id"], comment="Changed my mind", score=3)
+    assert (edited["id"], edited["posted_date"]) == (before["id"], before["posted_date"])
+    [after] = feedback_page(server).json()["results"]
+    assert (after["comment"], after["score"], after["score_type"]) == ("Changed my mind", 3, "detractor")
+    missing = requests.patch(f"{server.url}/_sandbox/feedback/999", json={"comment": "x"}, timeout=10)
+    assert missing.status_code == 404
+
+
+def test_promoter_client_reads_feedback_pages(server: SandboxServer, control: SandboxControl) -> None:
+    control.configure(feedback_page_size=1)
+    for n in range(2):
+        assert call(server, "/v2/survey/", survey(f"p{n}@example.com")).status_code == 200
+    client = PromoterClient(server.url, KEY)
+    first = client.feedback(1, posted_since="2000-01-01", campaign=7)
+    assert first.data["count"] == 2
+    assert first.data["next"]
+    assert client.feedback(2, posted_since="2000-01-01", campaign=7).data["next"] is None
+    assert client.feedback(1, posted_since="2000-01-01", campaign=8).data["count"] == 0
+    [call_one, *_] = control.calls("/feedback/")
+    assert call_one["method"] == "GET"

@@ -17,7 +17,7 @@ from typing import Any
 from celery import Celery, signals
 from kombu.entity import Queue
 
-from worker import logs, tasks
+from worker import feedback, logs, tasks
 from worker.heartbeat import WorkerHeartbeat
 from worker.runtime import RuntimeSlot
 from worker.settings import Settings
@@ -28,6 +28,8 @@ BEAT_SCHEDULE = {
     "reconcile": {"task": tasks.RECONCILE_TASK, "schedule": 15.0},
     "prune-dead-letters": {"task": tasks.PRUNE_TASK, "schedule": 600.0},
     "watch-account": {"task": tasks.ACCOUNT_TASK, "schedule": 60.0},
+    # A no-op unless FEEDBACK_SEGMENT_WRITE_KEY is set and the poll is due (worker/feedback.py).
+    "poll-feedback": {"task": tasks.FEEDBACK_TASK, "schedule": feedback.BEAT_SECONDS},
 }
 
 

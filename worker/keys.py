@@ -11,6 +11,8 @@ Every key either expires or is one of the bounded global structures in ``BOUNDED
 
 from __future__ import annotations
 
+import hashlib
+
 PREFIX = "relay"
 
 STATS = f"{PREFIX}:stats"
@@ -35,6 +37,10 @@ ACCOUNT = f"{PREFIX}:account"
 # The version of the stored data's layout, and the lock of a migration to it (worker/migrate.py).
 SCHEMA = f"{PREFIX}:schema"
 MIGRATION_LOCK = f"{PREFIX}:migration-lock"
+FEEDBACK_CURSOR = f"{PREFIX}:feedback:cursor"
+FEEDBACK_LOCK = f"{PREFIX}:feedback:lock"
+NPS_DAY = f"{PREFIX}:nps:day:"
+NPS_LATEST = f"{PREFIX}:nps:latest"
 
 # Global keys without a TTL, and why each stays bounded.
 BOUNDED: dict[str, str] = {
@@ -49,6 +55,7 @@ BOUNDED: dict[str, str] = {
     RECENT: "the last 200 message refs",
     LATENCY: "one field per endpoint, bucket and status",
     SCHEMA: "one number",
+    FEEDBACK_CURSOR: "one small hash: where the feedback poll stands",
 }
 
 
@@ -74,6 +81,10 @@ person = KeyFormat(PREFIX + ":person:{%s}")
 person_waiting = KeyFormat(person + ":waiting")
 surveyed = KeyFormat(PREFIX + ":surveyed:{%s}")
 budget = KeyFormat(BUDGET_DAY + "%s")
+# The person whose contact Promoter accepted with this email (the key part is ``email_digest``).
+email = KeyFormat(PREFIX + ":email:{%s}")
+# What was last sent to Segment for one Promoter feedback id (worker/feedback.py).
+feedback_seen = KeyFormat(PREFIX + ":feedback:seen:{%s}")
 
 # What the Lua prelude gets as key_<name>(x) functions.
 FORMATS: dict[str, KeyFormat] = {
@@ -87,8 +98,19 @@ FORMATS: dict[str, KeyFormat] = {
     "person": person,
     "person_waiting": person_waiting,
     "surveyed": surveyed,
+    "email": email,
 }
 
 
 def minute(number: int) -> str:
     return f"{STATS_MINUTE}{number}"
+
+
+def email_digest(address: str) -> str:
+    """The key part of ``email``: 16 hex of SHA-1 over the ASCII-lowercased address.
+
+    SHA-1 because it is the only digest Redis gives its scripts (``redis.sha1hex``), and
+    ``bytes.lower`` because it lowercases exactly what Lua's ``string.lower`` does (ASCII only), so the
+    script that writes the key and the Python that reads it always agree.
+    """
+    return hashlib.sha1(address.encode().lower(), usedforsecurity=False).hexdigest()[:16]

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
 
-from worker.events import user_identity
+from worker import keys
+from worker.events import USER_PREFIX, user_identity
 from worker.mapping import Order
 from worker.promoter import NO_CALL, Call
 from worker.scripts import Scripts, encode
@@ -244,6 +245,21 @@ class People:
             ref, SurveyOutcome(outcome).value, detail, email, campaign, *(call or NO_CALL).args()
         )
         return state
+
+    def user_of_email(self, email: str) -> str | None:
+        """The userId of the person whose contact Promoter has under ``email`` now, if the relay knows one.
+
+        The index (written when Promoter accepts a contact) may be stale: the person may have merged
+        into another since, or changed email, so the person's own record has the last word.
+        """
+        person = cast(str | None, self.client.get(keys.email(keys.email_digest(email))))
+        view = self.person_of(person) if person else None
+        if view is None or not view["at_promoter"]:
+            return None
+        if view["at_promoter"]["email"].encode().lower() != email.encode().lower():
+            return None
+        ref: str = view["person"]
+        return ref[len(USER_PREFIX) :] if ref.startswith(USER_PREFIX) else None
 
     def person_of(self, identity: str) -> dict[str, Any] | None:
         """A person as the admin API shows it: the contact as merged, as Promoter has it, its orders.

@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urlencode
 
 import urllib3
 from requests.utils import get_auth_from_url, get_environ_proxies, select_proxy
@@ -299,6 +300,17 @@ class PromoterClient:
     def campaigns(self, page: int = 1) -> Reply:
         """``GET /campaigns/?page=N`` (DRF pagination: ``results``, ``next``); used by ``check``."""
         return self._call("campaigns", "GET", f"/campaigns/?page={page}", None)
+
+    def feedback(self, page: int = 1, *, posted_since: str = "", campaign: int | None = None) -> Reply:
+        """``GET /feedback/?page=N`` (DRF pagination, 100 a page), responses posted from the day
+        ``posted_since`` on (``YYYY-MM-DD``: Promoter's ``posted_date_0``), of one campaign
+        (``survey__campaign``) when given: the results do not name their campaign."""
+        query: dict[str, str | int] = {"page": page}
+        if posted_since:
+            query["posted_date_0"] = posted_since
+        if campaign is not None:
+            query["survey__campaign"] = campaign
+        return self._call("feedback", "GET", f"/feedback/?{urlencode(query)}", None)
 
     def _redact(self, text: str) -> str:
         return text.replace(self._api_key, _REDACTED) if self._api_key else text

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 DEFAULT_PROMOTER_API_URL = "https://app.promoter.io/api"
+DEFAULT_SEGMENT_HOST = "https://api.segment.io"
 ENVIRONMENTS = ("production", "development", "test")
 UNKNOWN_OUTCOME_POLICIES = ("dead-letter", "resend")
 ANONYMOUS_EXPIRY = ("skip", "dead-letter")
@@ -66,6 +67,11 @@ class Settings:
     log_level: str = "INFO"
     queue_name: str = "relay"
     environment: str = "production"
+    # NPS responses back into Segment (worker/feedback.py): off while the write key is empty.
+    feedback_segment_write_key: str = field(default="", repr=False)
+    feedback_segment_host: str = DEFAULT_SEGMENT_HOST
+    feedback_poll_seconds: int = 300
+    feedback_event: str = "NPS Survey Responded"
 
     @property
     def low_queue(self) -> str:
@@ -229,6 +235,10 @@ _PARSERS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "LOG_LEVEL": ("log_level", lambda n, v: _choice(("debug", "info", "warning", "error"))(n, v).upper()),
     "RELAY_QUEUE": ("queue_name", lambda n, v: _text(n, v) or "relay"),
     "RELAY_ENV": ("environment", _choice(ENVIRONMENTS)),
+    "FEEDBACK_SEGMENT_WRITE_KEY": ("feedback_segment_write_key", _token),
+    "FEEDBACK_SEGMENT_HOST": ("feedback_segment_host", lambda n, v: _url(n, v, ("http", "https"))),
+    "FEEDBACK_POLL_SECONDS": ("feedback_poll_seconds", _positive_int),
+    "FEEDBACK_EVENT": ("feedback_event", _text),
 }
 
 ENV_VARS: tuple[str, ...] = tuple(_PARSERS)

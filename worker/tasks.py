@@ -20,7 +20,7 @@ from typing import Any
 import redis
 from celery import Celery, Task
 
-from worker import delivery, taskmessages
+from worker import delivery, feedback, taskmessages
 from worker.events import Event
 from worker.ledger import Start
 from worker.promoter import AccountError, PermanentError, ThrottledError, TransientError
@@ -43,7 +43,8 @@ RECONCILE_TASK = "relay.reconcile"
 EXPIRE_TASK = "relay.expire_holds"
 PRUNE_TASK = "relay.prune_dead_letters"
 ACCOUNT_TASK = "relay.watch_account"
-HOUSEKEEPING = (DISPATCH_TASK, RECONCILE_TASK, EXPIRE_TASK, PRUNE_TASK, ACCOUNT_TASK)
+FEEDBACK_TASK = "relay.poll_feedback"
+HOUSEKEEPING = (DISPATCH_TASK, RECONCILE_TASK, EXPIRE_TASK, PRUNE_TASK, ACCOUNT_TASK, FEEDBACK_TASK)
 
 
 def deliver(ref: str, handler: Handler, rt: Runtime, task_id: str = "-") -> str:
@@ -175,6 +176,7 @@ def register(app: Celery, slot: RuntimeSlot) -> None:
     housekeeping(EXPIRE_TASK, lambda rt: rt.stores.holds.expire(), "held messages expired (never identified)")
     housekeeping(PRUNE_TASK, lambda rt: rt.stores.dead.prune(), "dead letters dropped by retention")
     housekeeping(ACCOUNT_TASK, watch_account, "")
+    housekeeping(FEEDBACK_TASK, feedback.run_task, "NPS responses sent to Segment")
 
 
 def watch_account(rt: Runtime) -> int:

@@ -28,12 +28,16 @@ from typing import IO, Any
 import click
 
 from app.devtools.processes import Children, EmbeddedRedis, free_port, port_in_use, wait_for_port
+from app.devtools.segment_receiver import ReceiverServer, ReceiverState, describe
 from worker.settings import SettingsError, load_for_service
 
 DEV_WRITE_KEY = "dev-write-key"
 DEV_ADMIN_TOKEN = "dev-admin-token"  # noqa: S105 - printed on purpose, dev only
 DEV_SANDBOX_KEY = "sandbox-key"
 DEV_CAMPAIGN = "1"
+DEV_FEEDBACK_KEY = "dev-feedback-write-key"
+# The sandbox answers surveys at once: poll often, so the loop shows within seconds.
+DEV_FEEDBACK_POLL_SECONDS = "10"
 DATA_DIR = Path(".promoter-relay")
 STATE_FILE = "dev.json"
 LOCK_FILE = "lock"
@@ -125,8 +129,9 @@ def run(port: int, workers: int, fresh: bool, data_dir: Path) -> None:
         _run_locked(env, port, workers, data_dir)
 
 
-def _run_locked(env: dict[str, str], port: int, workers: int, data_dir: Path) -> None:
-    # Every setting is checked before anything starts, or prints that it started.
+def _planned(env: dict[str, str], data_dir: Path) -> tuple[EmbeddedRedis | None, int | None]:
+    """The embedded Redis and the sandbox's port, when the environment names neither; ``env`` is
+    completed to point at them."""
     redis_server = None if env.get("REDIS_URL") else EmbeddedRedis(data_dir / "redis", durable=True)
     if redis_server is not None:
         env["REDIS_URL"] = redis_server.url
@@ -137,6 +142,13 @@ def _run_locked(env: dict[str, str], port: int, workers: int, data_dir: Path) ->
             PROMOTER_API_KEY=DEV_SANDBOX_KEY,
             PROMOTER_CAMPAIGN_ID=env.get("PROMOTER_CAMPAIGN_ID") or DEV_CAMPAIGN,
         )
+    return redis_server, sandbox_port
+
+
+def _run_locked(env: dict[str, str], port: int, workers: int, data_dir: Path) -> None:
+    # Every setting is checked before anything starts, or prints that it started.
+    redis_server, sandbox_port = _planned(env, data_dir)
+    receiver = _segment_receiver(env, free_port())
     _check(env)
     children = Children()
     announced = registry_dir() / f"{os.getpid()}.json"
@@ -146,6 +158,8 @@ def _run_locked(env: dict[str, str], port: int, workers: int, data_dir: Path) ->
             redis_server.start()
         if sandbox_port is not None:
             _start_sandbox(children, env, sandbox_port, data_dir)
+        if receiver is not None:
+            receiver.start()
         _start_relay(children, env, port, workers, data_dir)
         api = f"http://127.0.0.1:{port}"
         state = {"redis_url": env["REDIS_URL"], "api": api, "pid": os.getpid(), "data_dir": str(data_dir)}
@@ -162,6 +176,8 @@ def _run_locked(env: dict[str, str], port: int, workers: int, data_dir: Path) ->
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         children.stop()
+        if receiver is not None:
+            receiver.stop()
         if redis_server is not None:
             redis_server.stop()
         (data_dir / STATE_FILE).unlink(missing_ok=True)
@@ -176,6 +192,19 @@ def _start_sandbox(children: Children, env: dict[str, str], port: int, data_dir:
         env,
     )  # fmt: skip
     wait_for_port(port)
+
+
+def _segment_receiver(env: dict[str, str], port: int) -> ReceiverServer | None:
+    """With the sandbox and no Segment write key of the user's, a local Segment (in this process, on
+    ``port``) that the sandbox's NPS responses are sent back to; it prints each one. Made, not started:
+    the settings are checked first."""
+    if env.get("FEEDBACK_SEGMENT_WRITE_KEY") or env.get("PROMOTER_API_KEY") != DEV_SANDBOX_KEY:
+        return None  # a real Promoter is not polled unless asked to
+    state = ReceiverState(write_key=DEV_FEEDBACK_KEY, on_message=lambda m: click.echo(describe(m)))
+    receiver = ReceiverServer(state, port=port)
+    env.update(FEEDBACK_SEGMENT_WRITE_KEY=DEV_FEEDBACK_KEY, FEEDBACK_SEGMENT_HOST=f"http://127.0.0.1:{port}")
+    env.setdefault("FEEDBACK_POLL_SECONDS", DEV_FEEDBACK_POLL_SECONDS)
+    return receiver
 
 
 def _check(env: dict[str, str]) -> None:
@@ -224,6 +253,7 @@ promoter-relay is running.
   Dashboard:                   {api}/admin/   (token: {shown_token})
   Metrics / health:            {api}/metrics  {api}/readyz
   Promoter:                    {promoter}
+  NPS responses to Segment:    {_feedback_target(env)}
   Redis:                       {env["REDIS_URL"]}
   Data (kept between runs):    {data_dir}   (promoter-relay dev --fresh starts empty)
 
@@ -238,3 +268,11 @@ Ctrl-C stops everything.
 """,
         nl=False,
     )
+
+
+def _feedback_target(env: dict[str, str]) -> str:
+    if not env.get("FEEDBACK_SEGMENT_WRITE_KEY"):
+        return "off (FEEDBACK_SEGMENT_WRITE_KEY)"
+    host = env.get("FEEDBACK_SEGMENT_HOST") or "https://api.segment.io"
+    local = env["FEEDBACK_SEGMENT_WRITE_KEY"] == DEV_FEEDBACK_KEY
+    return f"{host}/v1/batch" + ("   (local receiver: each response is printed here)" if local else "")

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any, NamedTuple, Self, TypeGuard
+from urllib.parse import urlencode
 
 import flask
 import requests
@@ -38,6 +39,14 @@ _EMAIL_RE = re.compile(
 _ATTRIBUTE_NAME_RE = re.compile(r"[A-Za-z0-9_ ]+")
 _INELIGIBLE = {"non_field_errors": ["Contact is not eligible for survey."]}
 CAMPAIGN_PAGE = 10
+FEEDBACK_PAGE = 100
+# Roughly what NPS surveys get: many 8-10s, a tail of detractors.
+_SCORE_WEIGHTS = (2, 1, 1, 2, 2, 4, 5, 9, 14, 16, 14)
+_COMMENTS = {
+    "promoter": ("Love it, keep going!", "Support answered in minutes.", ""),
+    "passive": ("Good, but the reports are slow.", "Does the job.", ""),
+    "detractor": ("Too expensive for what it does.", "The export keeps failing.", ""),
+}
 
 
 def _is_int(value: Any) -> TypeGuard[int]:
@@ -81,6 +90,8 @@ _CONFIG: dict[str, tuple[str, Callable[[Any], bool], Callable[[Any], Any]]] = {
     "retry_after": ("an integer >= 0", lambda v: _is_int(v) and v >= 0, int),
     "delay_next": ("a list of numbers >= 0", _items(_is_number), lambda v: [float(x) for x in v]),
     "survey_cooldown_seconds": ("a number >= 0", _is_number, float),
+    "feedback_rate": ("a number from 0 to 1", lambda v: _is_number(v) and v <= 1, float),
+    "feedback_page_size": ("an integer >= 1", lambda v: _is_int(v) and v >= 1, int),
 }
 
 
@@ -130,6 +141,9 @@ class SandboxState:
     # Promoter's own throttle: a contact surveyed for a campaign within this window is "not eligible".
     survey_cooldown_seconds: float = 0
     state_file: Path | None = None
+    # NPS responses: the share of surveyed contacts who answer at once, and /feedback/'s page size.
+    feedback_rate: float = 1.0
+    feedback_page_size: int = FEEDBACK_PAGE
     _surveyed: dict[tuple[int, str], float] = field(default_factory=dict, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
     _random: random.Random = field(init=False, repr=False, compare=False)
@@ -137,16 +151,23 @@ class SandboxState:
     _contacts: dict[str, JSON] = field(default_factory=dict, init=False, repr=False)
     _seq: int = field(default=0, init=False, repr=False)
     _next_id: int = field(default=1, init=False, repr=False)
+    _feedback: dict[int, JSON] = field(default_factory=dict, init=False, repr=False)
+    _next_feedback_id: int = field(default=1, init=False, repr=False)
+    # Apart from ``_random``, so answering surveys does not shift which calls a seeded run fails.
+    _answers: random.Random = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name in _CONFIG:
             setattr(self, name, _normalise(name, getattr(self, name)))
         self._random = random.Random(self.seed)
+        self._answers = random.Random(self.seed)
         if self.state_file is not None and self.state_file.exists():
             kept = json.loads(self.state_file.read_text())
             self._contacts = {c["email"].lower(): c for c in kept["contacts"]}
             self._next_id = int(kept["next_id"])
             self._surveyed = {(int(c), e): float(at) for c, e, at in kept["surveyed"]}
+            self._feedback = {int(f["id"]): f for f in kept.get("feedback", [])}
+            self._next_feedback_id = int(kept.get("next_feedback_id", 1))
 
     def _save(self) -> None:
         """Called with the lock held. Written aside, then renamed: a crash never leaves half a file."""
@@ -156,6 +177,8 @@ class SandboxState:
             "contacts": list(self._contacts.values()),
             "next_id": self._next_id,
             "surveyed": [[c, e, at] for (c, e), at in self._surveyed.items()],
+            "feedback": list(self._feedback.values()),
+            "next_feedback_id": self._next_feedback_id,
         }
         partial = self.state_file.with_suffix(".partial")
         partial.write_text(json.dumps(kept))
@@ -169,6 +192,7 @@ class SandboxState:
                 setattr(self, name, value)
             if "seed" in normalised:
                 self._random = random.Random(self.seed)
+                self._answers = random.Random(self.seed)
         return self.config()
 
     def config(self) -> JSON:
@@ -218,6 +242,7 @@ class SandboxState:
             self._calls.clear()
             self._contacts.clear()
             self._surveyed.clear()
+            self._feedback.clear()
             self._save()
 
     def is_ineligible(self, email: str) -> bool:
@@ -252,6 +277,83 @@ class SandboxState:
             contact["contact_list"] = sorted({*contact["contact_list"], *(data.get("contact_list") or [])})
             self._save()
             return {k: dict(v) if k == "attributes" else v for k, v in contact.items() if k != "contact_list"}
+
+    def answer_survey(self, campaign: int, contact: Mapping[str, Any]) -> JSON | None:
+        """A surveyed contact answers at once (with ``feedback_rate``), a score drawn from the seed."""
+        with self._lock:
+            if self._answers.random() >= self.feedback_rate:
+                return None
+            score = self._answers.choices(range(11), weights=_SCORE_WEIGHTS)[0]
+            comment = self._answers.choice(_COMMENTS[_score_type(score)])
+        return self.add_feedback(campaign, contact, score, comment)
+
+    def add_feedback(
+        self, campaign: int, contact: Mapping[str, Any], score: int, comment: str, posted: str | None = None
+    ) -> JSON:
+        with self._lock:
+            feedback_id = self._next_feedback_id
+            self._next_feedback_id += 1
+            record: JSON = {"id": feedback_id, "campaign": campaign, "score": score, "comment": comment}
+            record["contact"] = {k: contact.get(k, "") for k in ("id", "email", "first_name", "last_name")}
+            record["posted_date"] = posted or _now_iso()
+            self._feedback[feedback_id] = record
+            self._save()
+            return _public_feedback(record)
+
+    def edit_feedback(self, feedback_id: int, changes: Mapping[str, Any]) -> JSON | None:
+        """What a respondent does when they come back to change their comment or score."""
+        with self._lock:
+            record = self._feedback.get(feedback_id)
+            if record is None:
+                return None
+            record.update({k: changes[k] for k in ("score", "comment") if k in changes})
+            self._save()
+            return _public_feedback(record)
+
+    def feedback_list(
+        self, since: datetime | None, until: datetime | None, campaign: int | None
+    ) -> list[JSON]:
+        """Newest first, as a DRF list ordered by ``-posted_date``."""
+        with self._lock:
+            records = [dict(r) for r in self._feedback.values()]
+        chosen = [
+            r
+            for r in records
+            if (campaign is None or r["campaign"] == campaign)
+            and (since is None or _parse_moment(r["posted_date"]) >= since)
+            and (until is None or _parse_moment(r["posted_date"]) <= until)
+        ]
+        chosen.sort(key=lambda r: (_parse_moment(r["posted_date"]), r["id"]), reverse=True)
+        return [_public_feedback(r) for r in chosen]
+
+
+def _score_type(score: int) -> str:
+    return "promoter" if score >= 9 else "passive" if score >= 7 else "detractor"
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _parse_moment(text: str, end_of_day: bool = False) -> datetime:
+    """A date (the whole day when ``end_of_day``) or an ISO datetime, as django-filter reads them."""
+    moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    if len(text.strip()) == 10 and end_of_day:
+        moment = moment.replace(hour=23, minute=59, second=59, microsecond=999999)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _public_feedback(record: JSON) -> JSON:
+    """A feedback as Promoter lists it: no campaign in it (``survey__campaign`` filters by it)."""
+    return {
+        "id": record["id"],
+        "href": f"/api/feedback/{record['id']}/",
+        "contact": dict(record["contact"]),
+        "score": record["score"],
+        "score_type": _score_type(record["score"]),
+        "comment": record["comment"],
+        "posted_date": record["posted_date"],
+    }
 
 
 class _Rejected(Exception):
@@ -426,7 +528,9 @@ def survey() -> flask.Response:
         raise _Rejected(400, errors)
     if state.is_ineligible(contact["email"]) or not state.take_survey_slot(campaign, contact["email"]):
         raise _Rejected(400, _INELIGIBLE)
-    answer = {"campaign": campaign, "contact": state.upsert(contact)}
+    surveyed = state.upsert(contact)
+    state.answer_survey(campaign, surveyed)
+    answer = {"campaign": campaign, "contact": surveyed}
     return _response(200, answer | {"attributes": body.get("attributes") or {}})
 
 
@@ -437,6 +541,86 @@ def campaigns() -> flask.Response:
     state = _state()
     ids = sorted(state.campaigns) if state.campaigns is not None else [1, 2, 3]
     return _response(200, _campaign_page(ids, flask.request.args.get("page", "1"), flask.request.base_url))
+
+
+def _feedback_filters(args: Mapping[str, str]) -> tuple[datetime | None, datetime | None, int | None]:
+    errors: JSON = {}
+    bounds: list[datetime | None] = []
+    for name, end_of_day in (("posted_date_0", False), ("posted_date_1", True)):
+        raw = args.get(name, "").strip()
+        try:
+            bounds.append(_parse_moment(raw, end_of_day) if raw else None)
+        except ValueError:
+            errors["posted_date"] = ["Enter a valid date/time."]
+    campaign = args.get("survey__campaign", "").strip()
+    if campaign and not campaign.isdigit():
+        errors["survey__campaign"] = ["Enter a number."]
+    if errors:
+        raise _Rejected(400, errors)
+    return bounds[0], bounds[1], int(campaign) if campaign else None
+
+
+@api.get("/feedback/")
+def feedback() -> flask.Response:
+    """NPS responses as Promoter's ``GET /feedback/`` gives them: DRF page-number pagination, newest
+    first, filtered by ``posted_date_0`` / ``posted_date_1`` (dates or datetimes) and ``survey__campaign``."""
+    state, args = _state(), flask.request.args
+    since, until, campaign = _feedback_filters(args)
+    found = state.feedback_list(since, until, campaign)
+    size, page = state.feedback_page_size, args.get("page", "1")
+    if not page.isdigit() or int(page) < 1 or (int(page) - 1) * size >= max(len(found), 1):
+        raise _Rejected(404, {"detail": "Invalid page."})
+    number = int(page)
+
+    def link(to: int) -> str:
+        query = {k: v for k, v in args.items() if k != "page"} | {"page": str(to)}
+        return f"{flask.request.base_url}?{urlencode(query)}"
+
+    return _response(
+        200,
+        {
+            "count": len(found),
+            "next": link(number + 1) if number * size < len(found) else None,
+            "previous": link(number - 1) if number > 1 else None,
+            "results": found[(number - 1) * size : number * size],
+        },
+    )
+
+
+@control.post("/feedback")
+def add_feedback() -> tuple[JSON, int]:
+    """A response for a contact the sandbox knows: ``{"email", "campaign", "score", "comment"?,
+    "posted_date"?}`` (a posted date in the past fills a chart)."""
+    body = flask.request.get_json(silent=True)
+    state = _state()
+    if not isinstance(body, dict) or not isinstance(body.get("email"), str):
+        raise _Rejected(400, {"detail": 'Expected {"email", "campaign", "score", ...}.'})
+    contact = next((c for c in state.contacts() if c["email"].lower() == body["email"].lower()), None)
+    score, campaign = body.get("score"), body.get("campaign")
+    if contact is None or not _is_int(score) or not 0 <= score <= 10 or not _is_int(campaign):
+        raise _Rejected(400, {"detail": "Unknown contact, or score not 0-10, or campaign not an integer."})
+    posted = body.get("posted_date")
+    try:
+        if posted is not None:
+            _parse_moment(str(posted))
+    except ValueError as exc:
+        raise _Rejected(400, {"posted_date": ["Enter a valid date/time."]}) from exc
+    record = state.add_feedback(campaign, contact, score, str(body.get("comment") or ""), posted)
+    return record, 201
+
+
+@control.patch("/feedback/<int:feedback_id>")
+def edit_feedback(feedback_id: int) -> JSON:
+    body = flask.request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise _Rejected(400, {"detail": 'Expected {"comment": ..., "score": ...}.'})
+    score = body.get("score", 0)
+    if not _is_int(score) or not 0 <= score <= 10 or not isinstance(body.get("comment", ""), str):
+        raise _Rejected(400, {"detail": "score must be 0-10 and comment a string."})
+    record = _state().edit_feedback(feedback_id, body)
+    if record is None:
+        raise _Rejected(404, {"detail": "Not found."})
+    return record
 
 
 @control.get("/calls")
@@ -585,3 +769,9 @@ class SandboxControl:
     def contacts(self) -> list[JSON]:
         contacts: list[JSON] = self._call("GET", "/contacts")["contacts"]
         return contacts
+
+    def add_feedback(self, **fields: Any) -> JSON:
+        return self._call("POST", "/feedback", json=fields)
+
+    def edit_feedback(self, feedback_id: int, **changes: Any) -> JSON:
+        return self._call("PATCH", f"/feedback/{feedback_id}", json=changes)
