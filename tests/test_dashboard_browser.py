@@ -505,7 +505,7 @@ def test_dashboard_nps_panel_charts_the_responses_sent_back_to_segment(
     first = panel.locator("#nps-latest tr").first
     expect(first).to_contain_text(XSS)  # shown as text, never run
     expect(first).to_contain_text("n***@example.com")
-    expect(first.locator("button.user")).to_have_text("u:n0")
+    expect(first.locator("button.user")).to_have_text("n0")
     expect(panel.locator("#nps-latest")).not_to_contain_text("n0@example.com")
     expect(page.locator("#main img")).to_have_count(0)
     assert page.title() == "promoter-relay"
@@ -523,3 +523,5 @@ def test_dashboard_nps_panel_charts_the_responses_sent_back_to_segment(
     expect(panel.locator("#nps-chart rect.bar")).to_have_count(30)
     panel.screenshot(path=str(shot))
     assert shot.stat().st_size > 0
+    first.locator("button.user").click()
+    expect(page.locator("#user-title")).to_have_text("User n0 (known to Promoter)")
