@@ -41,22 +41,22 @@ def use_url(relay: Relay, url: str) -> None:
     relay.runtime = dataclasses.replace(relay.runtime, promoter=client)
 
 
-def refuse_by_url(relay: Relay, sandbox: SandboxServer) -> Callable[[], None]:
+def refuse_by_url(relay: Relay, sandbox: SandboxServer) -> Callable[[], object]:
     use_url(relay, sandbox.url + "/wrong-prefix")
     return lambda: use_url(relay, sandbox.url)
 
 
-def refuse_by_key(relay: Relay, sandbox: SandboxServer) -> Callable[[], None]:
+def refuse_by_key(relay: Relay, sandbox: SandboxServer) -> Callable[[], object]:
     sandbox.state.configure({"api_key": "rotated-key"})
     return lambda: sandbox.state.configure({"api_key": SANDBOX_KEY})
 
 
-def refuse_by_403(relay: Relay, sandbox: SandboxServer) -> Callable[[], None]:
+def refuse_by_403(relay: Relay, sandbox: SandboxServer) -> Callable[[], object]:
     sandbox.state.configure({"fail_next": [403] * 10_000})
     return lambda: sandbox.state.configure({"fail_next": []})
 
 
-PROBLEMS: dict[str, tuple[Callable[[Relay, SandboxServer], Callable[[], None]], int]] = {
+PROBLEMS: dict[str, tuple[Callable[[Relay, SandboxServer], Callable[[], object]], int]] = {
     "wrong URL (404)": (refuse_by_url, 404),
     "revoked key (401)": (refuse_by_key, 401),
     "forbidden (403)": (refuse_by_403, 403),
