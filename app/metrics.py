@@ -94,6 +94,16 @@ class RelayCollector(Collector):
                                     value=budget["daily_limit"])  # fmt: skip
         yield GaugeMetricFamily("relay_promoter_paused_seconds", "Seconds left of a 429 pause",
                                 value=budget["paused_for_seconds"])  # fmt: skip
+        account = snap["account"]
+        yield GaugeMetricFamily(
+            "relay_promoter_account_refused",
+            "1 while Promoter refuses the account (401/403: the key; 404/405: the URL): delivery is paused",
+            value=int(account["refused"]),
+        )
+        yield GaugeMetricFamily(
+            "relay_promoter_account_refused_seconds", "How long Promoter has refused the account",
+            value=account["refused_for_seconds"],
+        )  # fmt: skip
         yield from _waiting(snap)
         yield CounterMetricFamily(
             "relay_lost_task_messages_requeued",

@@ -14,11 +14,13 @@ from typing import Any
 
 import pytest
 import redis
+from flask.testing import FlaskClient
 
 from app.devtools.sandbox import SandboxServer
 from tests.conftest import SANDBOX_KEY
 from tests.factories import make_event
 from tests.harness import Relay, make_relay
+from tests.test_admin import BEARER
 from worker import keys
 from worker.promoter import PromoterClient
 from worker.scripts import PROBE_SECONDS
@@ -71,9 +73,16 @@ def answered(sandbox: SandboxServer, status: int) -> int:
     return len([c for c in sandbox.state.calls() if c["status"] == status])
 
 
+def metric(client: FlaskClient, name: str) -> float:
+    for line in client.get("/metrics").get_data(as_text=True).splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
 @pytest.mark.parametrize("problem", list(PROBLEMS))
 def test_an_account_level_refusal_pauses_everything_and_resumes_alone(
-    redis_client: redis.Redis, sandbox: SandboxServer, problem: str
+    redis_client: redis.Redis, sandbox: SandboxServer, client: FlaskClient, problem: str
 ) -> None:
     relay = make_relay(redis_client, sandbox, retry_window_seconds=4 * 3600)
     refuse, status = PROBLEMS[problem]
@@ -91,6 +100,10 @@ def test_an_account_level_refusal_pauses_everything_and_resumes_alone(
     # One probe a minute, not one call per message per retry.
     assert answered(sandbox, status) <= 3 * 60 + 2
     assert relay.surveys() == []
+    assert metric(client, "relay_promoter_account_refused") == 1
+    account = client.get("/admin/api/stats", headers=BEARER).get_json()["account"]
+    assert account["refused"] is True
+    assert str(status) in account["why"]
 
     fix()
     relay.later(PROBE_SECONDS)
@@ -100,6 +113,7 @@ def test_an_account_level_refusal_pauses_everything_and_resumes_alone(
     assert states(relay, identifies + tracks) == {State.DELIVERED}
     assert sorted(s["contact"]["email"] for s in relay.surveys()) == sorted(f"{u}@example.com" for u in USERS)
     assert relay.stores.dead.count() == 0
+    assert metric(client, "relay_promoter_account_refused") == 0
 
 
 def test_a_pause_longer_than_the_retry_window_ends_in_dead_letters_and_replay_all_recovers_them(

@@ -525,3 +525,20 @@ def test_dashboard_nps_panel_charts_the_responses_sent_back_to_segment(
     assert shot.stat().st_size > 0
     first.locator("button.user").click()
     expect(page.locator("#user-title")).to_have_text("User n0 (known to Promoter)")
+
+
+def test_a_red_banner_says_while_promoter_refuses_the_account(
+    live_url: str, page: Page, stores: Stores
+) -> None:
+    from playwright.sync_api import expect
+
+    log_in(page, live_url)
+    banner = page.locator("#account")
+    expect(banner).to_be_hidden()
+    assert stores.budget.refused_account('HTTP 401: {"detail":"Invalid token."}')
+    expect(banner).to_be_visible(timeout=LATE)
+    expect(banner).to_contain_text("Delivery is paused: Promoter refuses the account")
+    expect(banner).to_contain_text("Invalid token.")
+    expect(banner).to_contain_text("PROMOTER_API_KEY or PROMOTER_API_URL")
+    stores.redis.delete(keys.ACCOUNT)
+    expect(banner).to_be_hidden(timeout=LATE)

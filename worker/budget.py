@@ -61,8 +61,12 @@ class Budget:
 
     def account_problem(self) -> dict[str, Any] | None:
         """Since when, and why, Promoter refuses the account (None when it does not)."""
-        raw = cast(str | None, self.client.get(keys.ACCOUNT))
-        if not raw:
-            return None
-        _, since, why = raw.split("|", 2)
-        return {"since": float(since), "why": why}
+        return account_problem(cast(str | None, self.client.get(keys.ACCOUNT)))
+
+
+def account_problem(raw: str | None) -> dict[str, Any] | None:
+    """``relay:account`` ('<next probe ms>|<since>|<why>') read: since when, and Promoter's answer."""
+    if not raw:
+        return None
+    _, since, why = raw.split("|", 2)
+    return {"since": float(since), "why": why}

@@ -18,6 +18,7 @@ from typing import Any
 import redis
 
 from worker import heartbeat, keys
+from worker.budget import account_problem
 from worker.settings import Settings
 from worker.states import State
 
@@ -54,6 +55,7 @@ def snapshot(client: redis.Redis, settings: Settings, now: float | None = None) 
     pipe.hgetall(keys.STATS)
     pipe.get(keys.budget(str(int(now // 86400))))
     pipe.get(keys.PAUSE)
+    pipe.get(keys.ACCOUNT)
     pipe.zrange(keys.PENDING, 0, 0, withscores=True)
     pipe.zrange(keys.HOLDS_USERS, 0, 0, withscores=True)
     pipe.zrange(keys.HOLDS_ANONYMOUS, 0, 0, withscores=True)
@@ -63,13 +65,13 @@ def snapshot(client: redis.Redis, settings: Settings, now: float | None = None) 
         pipe.hgetall(keys.minute(minute - offset))
     answers = pipe.execute()
     depths = dict(zip(queues, answers[: len(queues)], strict=True))
-    unacked, scheduled, held, held_users, held_anonymous, dead, counters, used, paused = answers[
-        len(queues) : len(queues) + 9
+    unacked, scheduled, held, held_users, held_anonymous, dead, counters, used, paused, account = answers[
+        len(queues) : len(queues) + 10
     ]
     oldest_pending, oldest_user_hold, oldest_anonymous_hold, beat, workers = answers[
-        len(queues) + 9 : len(queues) + 14
+        len(queues) + 10 : len(queues) + 15
     ]
-    minutes = answers[len(queues) + 14 :]
+    minutes = answers[len(queues) + 15 :]
     beats = heartbeat.read(beat, workers, now)
     # The current minute is partial: rate over the part of the window that has actually elapsed.
     elapsed = (RATE_WINDOW_MINUTES - 1) + (now % 60) / 60
@@ -83,6 +85,7 @@ def snapshot(client: redis.Redis, settings: Settings, now: float | None = None) 
         return {k.split(":", 1)[1]: int(v) for k, v in counters.items() if k.startswith(f"{prefix}:")}
 
     paused_until = float(paused) / 1000 if paused else 0.0
+    refused = account_problem(account)
     return {
         "queue": {
             "queued": sum(depths[name] for name in ("high", "low")),
@@ -102,6 +105,12 @@ def snapshot(client: redis.Redis, settings: Settings, now: float | None = None) 
             "daily_limit": settings.promoter_daily_limit,
             "rate_per_second": settings.promoter_rate_limit,
             "paused_for_seconds": round(max(0.0, paused_until - now), 1),
+        },
+        # While Promoter refuses the account (wrong URL, revoked key), delivery waits for a probe to pass.
+        "account": {
+            "refused": refused is not None,
+            "refused_for_seconds": round(max(0.0, now - refused["since"]), 1) if refused else 0.0,
+            "why": refused["why"] if refused else "",
         },
         "oldest_age_seconds": {
             "queued": _age(oldest_pending, now),
