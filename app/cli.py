@@ -293,6 +293,42 @@ def check() -> None:
         sys.exit(1)
 
 
+@main.group("scripts")
+def scripts_group() -> None:
+    """The Lua scripts as Redis runs them: a Redis error's ``user_script:<line>`` points into this text."""
+
+
+@scripts_group.command("list")
+def scripts_list() -> None:
+    """Every script, with the first line of what it does."""
+    from worker import scripts
+
+    for name in scripts.names():
+        header = []
+        for line in scripts.source(name).splitlines():
+            if not line.startswith("-- ") or line.startswith("-- KEYS"):
+                break
+            header.append(line.removeprefix("-- "))
+        what = " ".join(header).split(": ", 1)[-1]
+        click.echo(f"{name:22} {what.split('. ')[0].rstrip('.')}")
+
+
+@scripts_group.command("show")
+@click.argument("name")
+def scripts_show(name: str) -> None:
+    """Script NAME (as `scripts list` names it) with the generated head and the library, numbered as
+    Redis numbers its lines; the settings of this environment fill in CONFIG."""
+    from worker import scripts
+
+    if name not in scripts.names():
+        raise click.ClickException(f"no script {name!r}; `promoter-relay scripts list` names them")
+    try:
+        settings = load(dict(os.environ))
+    except SettingsError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(scripts.numbered(name, settings), nl=False)
+
+
 @main.command()
 @click.argument("service", type=click.Choice(["beat", "worker"]))
 @click.option("--max-age", default=30.0, show_default=True, help="seconds")

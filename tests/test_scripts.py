@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 import redis
+from click.testing import CliRunner
 
+from app.cli import main
 from worker import keys, scripts
 from worker.ledger import STATUS_FIELDS, records_table
 from worker.settings import Settings, load
@@ -149,6 +151,18 @@ def test_a_redis_error_points_at_a_line_a_person_can_print(redis_client: redis.R
     with pytest.raises(redis.ResponseError) as raised:
         script("k00000000:x")
     line = int(re.search(r"user_script:(\d+)", str(raised.value)).group(1))  # type: ignore[union-attr]
-    printed = scripts.numbered("ledger.begin", settings).splitlines()
-    assert printed[line - 1].startswith(f"{line:5} ")
-    assert "HMGET" in printed[line - 1]
+    printed = CliRunner().invoke(main, ["scripts", "show", "ledger.begin"], env={"REDIS_URL": ""})
+    assert printed.exit_code == 0, printed.output
+    shown = printed.output.splitlines()
+    assert shown[line - 1].startswith(f"{line:5} ")
+    assert "HMGET" in shown[line - 1]
+    assert shown == scripts.numbered("ledger.begin", settings).splitlines()
+
+
+def test_scripts_list_names_every_script_and_show_refuses_an_unknown_one() -> None:
+    listed = CliRunner().invoke(main, ["scripts", "list"])
+    assert [line.split()[0] for line in listed.output.splitlines()] == scripts.names()
+    assert "a track reaches its person" in listed.output
+    unknown = CliRunner().invoke(main, ["scripts", "show", "lib/core"])
+    assert unknown.exit_code == 1
+    assert "no script 'lib/core'" in unknown.output
