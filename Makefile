@@ -9,7 +9,7 @@ EXTRAS := dev,test,lint,bench$(if $(shell command -v chromium 2>/dev/null),$(com
 # One stamp per set of extras: installing Chromium later makes the next `make` add Playwright.
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: install run status dead-letters test lint bench chaos sim grafana compose-test clean
+.PHONY: install run status dead-letters test check lint bench chaos sim grafana compose-test clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest
 
+# The fast tier: every test that starts no process (workers, CLIs, a browser) and is not slow, on the
+# run's own embedded Redis. Under a minute.
+check: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not integration and not slow"
+
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
@@ -50,10 +55,11 @@ grafana: $(STAMP)
 	$(BIN)/python -m deploy.grafana_dashboard
 
 # Deterministic simulation of delivery (tests/sim): SEED=n for one seed, SEEDS=n or SECONDS=n for a run,
-# WITHOUT=feature,... to leave traffic features out. About 10 minutes by default.
+# WITHOUT=feature,... to leave traffic features out, MUTATE=name to plant a bug of tests/sim/mutations.py
+# (it must fail). About 10 minutes by default.
 sim: $(STAMP)
 	PYTHONHASHSEED=0 $(BIN)/python -m tests.sim $(if $(SEED),--seed $(SEED) -v) $(if $(SEEDS),--seeds $(SEEDS)) \
-		$(if $(SECONDS),--seconds $(SECONDS)) $(if $(WITHOUT),--without $(WITHOUT))
+		$(if $(SECONDS),--seconds $(SECONDS)) $(if $(WITHOUT),--without $(WITHOUT)) $(if $(MUTATE),--mutate $(MUTATE))
 
 # docker-compose.yml on a real Docker engine: started here as root when none runs, with a local
 # base image (debootstrap, cached). About 5 minutes once the base image is cached.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +28,24 @@ from app.devtools.sandbox import SandboxControl, SandboxServer, SandboxState
 from worker.events import source_of_key
 
 WRITE_KEY = "test-write-key"
+
+
+@pytest.fixture(autouse=True)
+def _processes_only_in_integration_tests(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``make check`` is the tier without processes: a test that starts one (a worker, a CLI in a
+    subprocess, a browser) must be marked ``integration``. The run's own Redis, started once before
+    any test, is the one process both tiers share."""
+    if request.node.get_closest_marker("integration"):
+        return
+
+    def refuse(self: subprocess.Popen[Any], args: Any, *rest: Any, **kwargs: Any) -> None:
+        raise AssertionError(f"{request.node.nodeid} starts a process ({args!r}): mark it integration")
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+
+
 SOURCE = source_of_key(WRITE_KEY)
 SHARED_SECRET = "test-shared-secret"
 ADMIN_TOKEN = "test-admin-token"

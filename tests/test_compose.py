@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,12 +69,35 @@ def test_compose_services_and_properties() -> None:
         assert f"{variable}=" in example
 
 
-def test_flower_listens_on_loopback_only_and_beat_health_is_a_real_check() -> None:
+def test_flower_and_monitoring_are_published_on_loopback_only() -> None:
     assert SERVICES["flower"]["ports"] == ["127.0.0.1:${FLOWER_PORT:-5555}:5555"]
     for name in ("flower", "prometheus", "grafana"):
         assert all(str(p).startswith("127.0.0.1:") for p in SERVICES[name]["ports"]), name
-    beat_check = SERVICES["beat"]["healthcheck"]["test"]
-    assert beat_check[1:4] == ["promoter-relay", "health", "beat"], "not a grep of its own command line"
+
+
+def test_beats_health_check_fails_without_a_recent_heartbeat(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
+    """The compose file's own health check command, run: it fails with no heartbeat and with a stale
+    one, and passes only while beat writes one (a grep of beat's command line would always pass)."""
+    from click.testing import CliRunner
+
+    from app.cli import main
+    from worker import heartbeat
+
+    check = SERVICES["beat"]["healthcheck"]["test"]
+    assert check[:2] == ["CMD", "promoter-relay"]
+
+    def healthy() -> bool:
+        result = CliRunner().invoke(main, check[2:], env={"REDIS_URL": redis_url})
+        return result.exit_code == 0
+
+    assert not healthy()
+    max_age = float(check[check.index("--max-age") + 1])
+    redis_client.set(heartbeat.BEAT, f"{time.time() - max_age - 5:.3f}")
+    assert not healthy()
+    redis_client.set(heartbeat.BEAT, f"{time.time():.3f}")
+    assert healthy()
 
 
 def test_the_image_carries_the_runtime_only() -> None:

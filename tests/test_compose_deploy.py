@@ -51,6 +51,7 @@ def test_base_images_are_arguments_with_todays_defaults() -> None:
     assert default_of(SERVICES["redis"]["image"], "REDIS_IMAGE") == "redis:7.2-alpine"
 
 
+@pytest.mark.integration
 def test_dependencies_are_installed_in_a_layer_before_the_code(tmp_path: Path) -> None:
     """A code change rebuilds only the code layers: the dependency layer sees pyproject.toml alone."""
     stages = dockerfile_stages()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import random
 import threading
-import time
 import uuid
 from typing import Any
 
@@ -233,9 +232,17 @@ def test_logs_carry_message_and_task_ids_and_can_be_json(
 def test_housekeeping_logs_only_when_it_did_work(
     client: FlaskClient, redis_client: redis.Redis, processes: Processes
 ) -> None:
+    def script_calls() -> int:
+        stats = redis_client.info("commandstats")
+        return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
     processes.worker()
     processes.beat()
-    time.sleep(4)  # several idle dispatch rounds (every second) must leave no line
+    wait_until(lambda: "ready." in processes.logs() and "beat: Starting" in processes.logs(), timeout=30)
+    # Several idle housekeeping rounds (dispatch runs every second, one script call each) must run,
+    # and leave no line.
+    before = script_calls()
+    wait_until(lambda: script_calls() - before >= 4, timeout=30)
     quiet = processes.logs()
     assert "Task relay.dispatch_due[" not in quiet, "Celery's received/succeeded lines"
     assert "Sending due task" not in quiet

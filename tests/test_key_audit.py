@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fnmatch
 
+import pytest
 import redis
 from flask.testing import FlaskClient
 
@@ -12,6 +13,8 @@ from tests.conftest import Processes, basic, ref, wait_until
 from tests.factories import make_event, text
 from tests.harness import make_relay
 from worker import keys
+
+pytestmark = pytest.mark.integration  # each test starts processes
 
 QUEUES = {"relay", "relay.low", "relay.control"}
 # kombu's own: reserved messages of live workers, and the exchange bindings (one per queue).

@@ -9,7 +9,11 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import ROOT
+
+pytestmark = pytest.mark.integration  # each test starts processes
 
 MAKE = shutil.which("make")
 

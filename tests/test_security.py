@@ -143,6 +143,7 @@ def test_random_admin_paths_are_never_a_5xx(client: FlaskClient, path: str) -> N
     assert response.status_code < 500
 
 
+@pytest.mark.integration
 def test_no_secret_in_logs_errors_or_admin_output(
     redis_client: redis.Redis,
     redis_url: str,

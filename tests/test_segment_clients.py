@@ -342,6 +342,7 @@ def run_client_23(url: str, key: str, gzip: bool, prefix: str, tmp_path: Path) -
     return report
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("gzip", [False, True], ids=["plain", "gzip"])
 def test_client_2_3_body_write_key_only(
     live: LiveRelay, redis_client: redis.Redis, gzip: bool, tmp_path: Path
@@ -362,6 +363,7 @@ def test_client_2_3_body_write_key_only(
     assert {r["agent"] for r in live.seen} == {f"analytics-python/{report['version']}"}
 
 
+@pytest.mark.integration
 def test_client_2_3_wrong_write_key_is_a_401_api_error(
     live: LiveRelay, redis_client: redis.Redis, tmp_path: Path
 ) -> None:

@@ -14,6 +14,7 @@ from worker.settings import FILE_VARIANTS, ServerSettings, SettingsError, load, 
 GUNICORN = [str(BIN / "gunicorn"), "--config", "python:app.gunicorn_conf", "app:create_app()"]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("variable", "value", "message"),
     [
@@ -49,6 +50,7 @@ def test_gunicorn_settings_are_parsed_with_defaults() -> None:
         load_server({"GUNICORN_BIND": "0.0.0.0:99999"})
 
 
+@pytest.mark.integration
 def test_gunicorn_is_configured_from_its_settings() -> None:
     """The values reach gunicorn: it binds where GUNICORN_BIND says (checked through its own
     ``--print-config``, which loads the config module and exits)."""
@@ -109,6 +111,7 @@ def test_an_unreadable_secret_file_is_one_clear_line_without_the_secret(tmp_path
     assert "def-secret" not in str(error.value)
 
 
+@pytest.mark.integration
 def test_a_service_with_an_unreadable_secret_file_stops_with_one_line(tmp_path: Path) -> None:
     result = run(
         [sys.executable, "-m", "celery", "-A", "worker", "worker"],

@@ -13,6 +13,8 @@ import pytest
 from tests.conftest import ROOT
 from worker.settings import Settings, load, load_for_service, production_problems
 
+pytestmark = pytest.mark.integration  # each test starts processes
+
 BIN = Path(sys.executable).parent
 
 

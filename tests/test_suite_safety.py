@@ -20,6 +20,8 @@ import redis
 from app.devtools.processes import EmbeddedRedis
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.integration  # each test starts processes
+
 SUBSET = ["tests/test_stores.py", "-k", "dead_letter or discard"]
 NOT_INHERITED = ("RELAY_TEST_REDIS_URL", "PYTEST_CURRENT_TEST")
 SENTINELS = {0: ("user:settings", "db0-value"), 13: ("user:precious", "db13-value")}

@@ -4,6 +4,7 @@
     python -m tests.sim --seconds 60     # for a minute
     python -m tests.sim --seeds 500      # seeds 1..500 (--first to start elsewhere)
     python -m tests.sim --seed 123 -v    # one seed, with its trace and every violation
+    python -m tests.sim --mutate no-final-guard --seeds 1000   # must fail: a planted bug (mutations.py)
 
 Seeds run in ``--jobs`` processes, each with a redis-server of its own. The last line is always
 ``N seeds, F failures``; the exit status is 1 when any seed failed.
@@ -22,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from tests.sim import mutations
 from tests.sim.run import Outcome, run_seed, shrink
 from tests.sim.traffic import FEATURES
 
@@ -66,6 +68,8 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-shrink", action="store_true", help="report failures without shrinking them")
     parser.add_argument("--json", type=Path, help="write every failure here")
     parser.add_argument("--without", default="", help=f"traffic features to leave out: {', '.join(FEATURES)}")
+    parser.add_argument("--mutate", choices=sorted(mutations.MUTATIONS), help="plant this bug first")
+    parser.add_argument("--stop-at-first", action="store_true", help="stop at the first failing seed")
     parser.add_argument("-v", "--verbose", action="store_true")
     parser.add_argument("--trace", action="store_true", help="with --seed: print the run's trace and traffic")
     args = parser.parse_args(argv)
@@ -79,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     global _TRACE
     _TRACE = args.trace and args.seed is not None
     without = frozenset(word for word in args.without.split(",") if word)
+    if args.mutate:
+        mutations.apply(args.mutate)
     jobs = 1 if args.seed is not None else max(1, args.jobs)
     servers = [_server() for _ in range(jobs)]
     started = time.monotonic()
@@ -117,6 +123,8 @@ def _run(args: argparse.Namespace, servers: list[Any], without: frozenset[str]) 
             _show(outcome, args.verbose)
             if outcome.violations:
                 failures.append(outcome)
+                if args.stop_at_first:
+                    break
             if args.seconds is not None and time.monotonic() - started > args.seconds:
                 break
             if done % 200 == 0:

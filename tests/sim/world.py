@@ -43,6 +43,7 @@ from worker import keys, taskmessages
 from worker.events import source_of_key
 from worker.runtime import Runtime
 from worker.settings import Settings, load
+from worker.states import Begin
 from worker.stores import Stores, build_stores
 from worker.tasks import HANDLERS, deliver
 
@@ -140,9 +141,26 @@ class SimRedis(redis.Redis):
         if fault == "before":
             raise redis.ConnectionError("simulated: Redis unreachable")
         result = super().evalsha(sha, numkeys, *args)
+        world.check_answer(world.script_names.get(sha, ""), args[numkeys:], result)
         if fault == "after":
             raise redis.ConnectionError("simulated: the reply was lost")
         return result
+
+
+# Scripts that answer a message's state: which argument names the message, and where the state is in
+# the answer. Python logs and decides from that answer, so it must be what the record holds.
+_STATE_ANSWERS: dict[str, tuple[int, Callable[[Any], str | None]]] = {
+    "deadletters.bury": (1, lambda answer: answer),
+    "schedule.later": (1, lambda answer: answer),
+    "people.settle_survey": (1, lambda answer: answer),
+    "people.failed": (2, lambda answer: answer),
+    "people.alias": (1, lambda answer: json.loads(answer).get("state")),
+    "people.contact": (1, lambda answer: json.loads(answer).get("state")),
+    "people.track": (1, lambda answer: json.loads(answer).get("state")),
+    "people.synced": (2, lambda answer: json.loads(answer).get("state")),
+    "people.claim_survey": (1, lambda answer: json.loads(answer).get("state")),
+    "ledger.begin": (1, lambda answer: answer[1] if answer[0] in (Begin.FINAL, Begin.HELD) else None),
+}
 
 
 def draw_settings(rng: random.Random) -> dict[str, Any]:
@@ -349,6 +367,21 @@ class World:
         self.trace.update(line.encode() + b"\n")
         if self.lines is not None:
             self.lines.append(f"t={self.t:10.3f} {line}")
+
+    def check_answer(self, script: str, argv: tuple[Any, ...], answer: Any) -> None:
+        """A script that answers a message's state answers the one its record holds."""
+        if script not in _STATE_ANSWERS:
+            return
+        index, state_in = _STATE_ANSWERS[script]
+        said = state_in(answer)
+        if not said:
+            return
+        ref = str(argv[index])
+        held = self._plain.hget(keys.message(ref), "state")
+        if held is not None and said != held:
+            self.violate(
+                "script answer differs from the record", f"{script} said {said!r} for {ref}, record {held!r}"
+            )
 
     def violate(self, kind: str, detail: str) -> None:
         self.violations.append(Violation(kind, detail, self.steps))
