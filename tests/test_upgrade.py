@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 import redis
 
-from app.devtools.sandbox import SandboxServer
+from app.devtools.sandbox import SandboxControl, SandboxServer
+from tests.conftest import Processes, wait_until
 from tests.factories import make_event
 from tests.harness import Relay, make_relay
 from tests.upgrade import snapshot
@@ -138,3 +139,21 @@ def test_people_the_old_code_surveyed_or_synced_are_not_surveyed_or_sent_again(
     assert upserts_before == 7
     assert "alice@example.com" not in [call["contact"]["email"] for call in relay.surveys()]
     assert relay.stores.people.person_of("u:bob")["order_attributes"]["order_count"] == 1  # type: ignore[index]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_workers_started_on_the_old_data_migrate_it_once_then_run_the_old_task_messages(
+    redis_client: redis.Redis, processes: Processes, sandbox_control: SandboxControl, old: dict[str, Any]
+) -> None:
+    """Two real workers start at once on the old keyspace: one migrates (the other waits for it),
+    and the task messages ece91c4 left in the broker's list are consumed as they are."""
+    snapshot.restore(redis_client, old)
+    processes.env.update(SURVEY_COOLDOWN_DAYS="30", SURVEY_EVENTS="NPS")
+    processes.worker()
+    processes.worker()
+    carol = old["refs"]["carol_track"]
+    wait_until(lambda: redis_client.hget(keys.message(carol), "state") == "delivered", timeout=60)
+    assert redis_client.get(keys.SCHEMA) == str(migrate.CURRENT)
+    assert processes.logs().count("worker: schema 2: migrated") == 1
+    assert [call["json"]["contact"]["email"] for call in sandbox_control.surveys()] == ["carol@example.com"]

@@ -21,7 +21,6 @@ See docs/upgrading.md.
 
 from __future__ import annotations
 
-import logging
 import re
 import sys
 import time
@@ -320,14 +319,17 @@ def at_start(settings: Settings, who: str, *, wait_seconds: float = 3600.0) -> N
     is migrating. A failure stops the process with one line (a half-read layout must not be run)."""
     from worker.stores import redis_client
 
-    log = logging.getLogger("relay.migrate")
+    def say(line: str) -> None:
+        # Celery configures logging after worker_init: the lines go to stderr themselves.
+        print(f"promoter-relay {who}: {line}", file=sys.stderr, flush=True)
+
     client = redis_client(settings, timeout=60.0)
     try:
-        report = migrate(client, settings, wait_seconds=wait_seconds, progress=log.info)
+        report = migrate(client, settings, wait_seconds=wait_seconds, progress=say)
     except (MigrationError, redis.RedisError) as error:
         print(f"promoter-relay {who}: stored data not at schema {CURRENT}: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     finally:
         client.close()
     if report.steps or report.before is None:
-        log.info("%s: %s", who, describe(report).replace("\n", "; "))
+        say(describe(report).replace("\n", "; "))
