@@ -91,10 +91,17 @@ local function convert(pid)
 
   local record = {f = {}, vs = {}, rev = tonumber(h.rev or '0') or 0}
   local index_of = {}
+  local converted = {}
   for field, value in pairs(h) do
     local field_name = string.match(field, '^f:(.*)$')
     if field_name then
-      local v = old_version(h['v:' .. field_name])
+      -- One identify set most fields at once: each of its versions is converted once.
+      local text = h['v:' .. field_name] or ''
+      local v = converted[text]
+      if not v then
+        v = old_version(text)
+        converted[text] = v
+      end
       if not index_of[v] then
         record.vs[#record.vs + 1] = v
         index_of[v] = #record.vs
