@@ -64,9 +64,9 @@ def candidate_refs(text: str) -> list[str]:
 
 
 def find_message(text: str) -> tuple[str, dict[str, Any]] | None:
-    ledger = relay().stores.ledger
+    messages = relay().stores.messages
     for ref in candidate_refs(text):
-        record = ledger.status(ref)
+        record = messages.status(ref)
         if record is not None:
             return ref, record
     return None
@@ -115,7 +115,7 @@ def _recent() -> list[dict[str, Any]]:
     expired is on the list twice)."""
     seen: set[str] = set()
     unique = []
-    for record in relay().stores.ledger.recent(RECENT_LIMIT):
+    for record in relay().stores.messages.recent(RECENT_LIMIT):
         if record.get("ref") not in seen:
             seen.add(str(record.get("ref")))
             unique.append(record)
@@ -141,7 +141,7 @@ def message(message_id: str) -> Response | tuple[Response, int]:
     dead = stores.dead.get(ref)
     return jsonify(
         message=records.message(record),
-        event=dead["event"] if dead else stores.ledger.event(ref),
+        event=dead["event"] if dead else stores.messages.event(ref),
         dead_letter=records.dead_letter(dead) if dead else None,
     )
 
@@ -154,7 +154,7 @@ def user(user_id: str) -> Response:
     stores = relay().stores
     person = records.person(stores.people.person_of(identity))
     items = stores.holds.held_messages(identity)
-    found = stores.ledger.records([item["ref"] for item in items])
+    found = stores.messages.records([item["ref"] for item in items])
     held = [records.held(item, record) for item, record in zip(items, found, strict=True)]
     return jsonify(
         identity=identity,

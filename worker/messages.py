@@ -20,7 +20,7 @@ import redis
 from worker import keys
 from worker.events import Event, loaded, primary_identity, stored, user_identity, version
 from worker.scripts import Scripts, encode
-from worker.states import StartKind, Route, State
+from worker.states import Route, StartKind, State
 
 # Every field of a status record (relay:msg:{<ref>}), and what it holds. docs/records.md is made from
 # this table (``python -m worker.messages``), and a test keeps the scripts to these names.
