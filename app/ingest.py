@@ -30,8 +30,8 @@ from app.payload import (
     parse_json,
     read_body,
 )
-from app.relay import relay
 from app.schemas import MESSAGE_TYPES, SHORT_TYPES
+from app.services import services
 from worker import keys
 from worker.events import WEBHOOK_SOURCE
 from worker.messages import Admission
@@ -102,7 +102,7 @@ def failure(status: int, errors: dict[str, Any]) -> tuple[Response, int]:
 def count_refused(status: int) -> None:
     """Requests refused before any message was read (401, 413, 400 bodies): counted, best effort."""
     try:
-        relay().stores.redis.hincrby(keys.STATS, f"refused:{status}", 1)
+        services().stores.redis.hincrby(keys.STATS, f"refused:{status}", 1)
     except redis.RedisError:
         current_app.logger.warning("could not count a refused request (%d)", status)
 
@@ -143,7 +143,7 @@ def tracking_api(kind: str) -> tuple[Response, int]:
     if header_key is None:
         body_key = document.get("writeKey") if isinstance(document, dict) else None
         header_key = _require_write_key(body_key if isinstance(body_key, str) else None)
-    source = relay().sources[header_key]
+    source = services().sources[header_key]
     if kind != "batch":
         return _single(document, kind, source, len(body), webhook=False)
     if not isinstance(document, dict):
@@ -160,7 +160,7 @@ def webhook() -> tuple[Response, int]:
     an array therefore also needs a write key in a header, unless the operator opted into the unsafe
     signature-only mode, and an array whose signed element is refused is refused whole.
     """
-    settings = relay().settings
+    settings = services().settings
     header_key = header_write_key(request)
     if header_key is not None:
         _require_write_key(header_key)
@@ -189,7 +189,7 @@ def webhook() -> tuple[Response, int]:
 
 
 def _require_write_key(candidate: str | None) -> str:
-    allowed = relay().settings.segment_write_keys
+    allowed = services().settings.segment_write_keys
     if not allowed:
         raise Unauthorized("No write keys are configured on this relay (SEGMENT_WRITE_KEYS).")
     if not candidate:
@@ -253,7 +253,7 @@ def _accept(admissions: list[Admission]) -> list[str]:
     every message it queued (a message's first task id is its ref, so the refs name both), and a line
     per message at DEBUG: writing a log line costs about as much CPU as validating the message.
     """
-    tasks = relay().stores.messages.accept(admissions)
+    tasks = services().stores.messages.accept(admissions)
     if len(admissions) == 1:
         _log_one(log.info, admissions[0], tasks[0])
     elif admissions and log.isEnabledFor(logging.INFO):
@@ -313,7 +313,7 @@ def _validate(
     check_sizes: bool = True,
 ) -> Validated:
     return sort_messages(
-        items, kind, shared, source, relay().settings, webhook=webhook, now=datetime.now(UTC),
+        items, kind, shared, source, services().settings, webhook=webhook, now=datetime.now(UTC),
         check_sizes=check_sizes,
     )  # fmt: skip
 
@@ -360,7 +360,7 @@ def _count_rejected(items: list[Any], validated: Validated) -> None:
         kind = claimed if claimed in MESSAGE_TYPES else "unknown"
         by_type[kind] = by_type.get(kind, 0) + 1
     try:
-        pipe = relay().stores.redis.pipeline(transaction=False)
+        pipe = services().stores.redis.pipeline(transaction=False)
         for kind, count in by_type.items():
             pipe.hincrby(keys.STATS, f"rejected:{kind}", count)
         pipe.execute()
