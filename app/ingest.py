@@ -312,13 +312,13 @@ def _validate(
     webhook: bool,
     check_sizes: bool = True,
 ) -> Validated:
-    return sort_messages(
+    return validate_messages(
         items, kind, shared, source, services().settings, webhook=webhook, now=datetime.now(UTC),
         check_sizes=check_sizes,
     )  # fmt: skip
 
 
-def sort_messages(
+def validate_messages(
     items: list[Any],
     kind: str | None,
     shared: dict[str, Any],

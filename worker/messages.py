@@ -4,7 +4,7 @@ The status record doubles as the dedup marker: a ref whose record exists has bee
 so a Segment retry is acknowledged without being queued again. It is written in the same Lua step
 that stores the event and queues its task, which is what makes "answered 200" equal "queued".
 
-Every later state change goes through ``set_state`` in ``lua/prelude.lua``, so history, counters and
+Every later state change goes through ``set_state`` in ``lua/lib/core.lua``, so history, counters and
 TTLs cannot drift apart between code paths, and a final state is never left but by a replay.
 """
 

@@ -113,7 +113,7 @@ class Route(StrEnum):
     CONTACT = "contact"
 
 
-# Every enum the Lua prelude gets as a table of the same name.
+# Every enum the Lua scripts get as a table of the same name.
 LUA_ENUMS: dict[str, type[StrEnum]] = {
     "STATE": State,
     "START": StartKind,

@@ -601,13 +601,13 @@ class World:
         self.note(f"{self.steps}:{actor.name}:{outcome}")
 
     def _ingest(self, index: int) -> Any:
-        from app.ingest import batch_shared, sort_messages
+        from app.ingest import batch_shared, validate_messages
 
         batch = self.traffic.batches[index]
         document = traffic_module.body(batch)
         received_at = self.t
         received = traffic_module.moment(self.t)
-        validated = sort_messages(
+        validated = validate_messages(
             document["batch"],
             None,
             batch_shared(document),
