@@ -220,3 +220,13 @@ def test_the_migrate_command_prints_counts(old: redis.Redis, redis_url: str) -> 
     assert "schema 2: migrated" in done.output
     again = CliRunner().invoke(main, ["migrate"], env={"REDIS_URL": redis_url})
     assert "nothing to migrate" in again.output
+
+
+def test_a_worker_refuses_to_start_on_data_of_a_newer_version(
+    redis_client: redis.Redis, redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    redis_client.set(keys.SCHEMA, migrate.CURRENT + 1)
+    with pytest.raises(SystemExit) as stopped:
+        migrate.at_start(settings(redis_url), "worker")
+    assert stopped.value.code == 2
+    assert "newer than this version's" in capsys.readouterr().err

@@ -49,7 +49,6 @@ def surveyed_emails(old: dict[str, Any], relay: Relay) -> Counter[str]:
     return Counter([*old["surveys"], *(call["contact"]["email"] for call in relay.surveys())])
 
 
-@pytest.mark.integration
 def test_everything_queued_held_retrying_and_dead_is_delivered_once_after_the_upgrade(
     upgraded: Relay, old: dict[str, Any]
 ) -> None:
@@ -96,7 +95,6 @@ def test_everything_queued_held_retrying_and_dead_is_delivered_once_after_the_up
     assert relay.stores.dead.count() == 0
 
 
-@pytest.mark.integration
 def test_people_the_old_code_surveyed_or_synced_are_not_surveyed_or_sent_again(
     upgraded: Relay, old: dict[str, Any]
 ) -> None:
@@ -142,7 +140,6 @@ def test_people_the_old_code_surveyed_or_synced_are_not_surveyed_or_sent_again(
 
 
 @pytest.mark.integration
-@pytest.mark.slow
 def test_workers_started_on_the_old_data_migrate_it_once_then_run_the_old_task_messages(
     redis_client: redis.Redis, processes: Processes, sandbox_control: SandboxControl, old: dict[str, Any]
 ) -> None:
