@@ -24,6 +24,7 @@ Scenario (userIds; every track is "NPS" and a survey event unless it is an order
 - henry: identified as henry_old, then aliased henry_old -> henry (one person, two userIds).
 - ivy: an anonymous-only visitor (v2) identified with an email, delivered.
 - jack and kate: both seen with anonymousId v3, which ece91c4 merged into one person (two userIds).
+- lena: a trait update without an email, held in her person's waiting set until one arrives.
 """
 
 from __future__ import annotations
@@ -116,6 +117,10 @@ def scenario(relay: Any) -> dict[str, str]:
     send("frank_identify", identify("m-frank-1", "frank", "frank@example.com"))
     relay.drain()
     send("frank_track", track("m-frank-2", "frank"))
+    relay.drain()
+
+    # lena: traits before any email; the update waits for the identify that brings one.
+    send("lena_traits", make_event("m-lena-1", "identify", "lena", traits={"plan": "basic"}))
     relay.drain()
 
     # carol: accepted, never run: her task messages stay in the broker's queue list.
