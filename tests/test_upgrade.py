@@ -12,14 +12,14 @@ had already sent to Promoter.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
 
 from app.devtools.sandbox import SandboxControl, SandboxServer
 from tests.conftest import Processes, wait_until
-from tests.factories import make_event, texts
+from tests.factories import make_event
 from tests.harness import Relay, make_relay
 from tests.upgrade import snapshot
 from worker import keys, migrate, taskmessages
@@ -95,7 +95,7 @@ def test_everything_queued_held_retrying_and_dead_is_delivered_once_after_the_up
     # The hold indexes may name identities whose lists emptied (holds.expire prunes those): no list
     # holds anything.
     for index in (keys.HOLDS_USERS, keys.HOLDS_ANONYMOUS):
-        for identity in texts(client.zrange(index, 0, -1)):
+        for identity in cast(list[str], client.zrange(index, 0, -1)):
             assert client.llen(keys.held(identity)) == 0, identity
     assert int(client.get(keys.HELD_COUNT) or 0) == 0
     assert relay.stores.dead.count() == 0
