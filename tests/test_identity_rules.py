@@ -426,3 +426,33 @@ def test_the_legacy_action_key_is_read_as_the_type(
     assert response.status_code == 200, response.get_json()
     [event] = queued_events(redis_client)
     assert event["type"] == "identify"
+
+
+# Found by the simulator ------------------------------------------------------------------------------
+
+
+def test_a_message_gone_from_redis_is_not_written_again_when_its_visitor_signs_in(
+    redis_client: redis.Redis, sandbox: SandboxServer
+) -> None:
+    """Seed 3808: a visitor's trait update waits for their first contact update, its hold expires
+    (skipped) and later its status record; when the visitor signs in, the stitch moved the person's
+    waiting messages and wrote into the vanished one's key: a record with no state and no TTL."""
+    relay = make_relay(redis_client, sandbox, anonymous_hold_ttl_seconds=600)
+    relay.send(identify("visit", None, anonymous="d1", visits="1"))
+    relay.drain()
+    assert relay.state(ref("visit")) == State.HELD
+    relay.clock.advance(601)
+    relay.stores.holds.expire()
+    assert relay.state(ref("visit")) == State.SKIPPED
+    assert not redis_client.zscore(keys.person_waiting("a:d1"), ref("visit")), (
+        "a final message waits for nothing"
+    )
+    for key in (keys.message(ref("visit")), keys.history(ref("visit")), keys.event(ref("visit"))):
+        redis_client.delete(key)  # STATUS_TTL_SECONDS later
+    redis_client.zadd(keys.person_waiting("a:d1"), {ref("visit"): 1})  # as a release before the fix left it
+    relay.send(identify("signin", "u1", anonymous="d1", at="2026-11-29T11:00:00.000Z", email="v@example.com"))
+    relay.drain()
+    assert relay.state(ref("signin")) == State.DELIVERED
+    assert not redis_client.exists(keys.message(ref("visit"))), redis_client.hgetall(
+        keys.message(ref("visit"))
+    )

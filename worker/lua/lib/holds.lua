@@ -121,10 +121,13 @@ local function release_person(ref, record, reason)
 end
 
 -- What a message becoming final does to other records: the contact change it was is no longer
--- pending (whatever waited behind it is released), and it leaves any hold list. The record keeps
+-- pending (whatever waited behind it is released), and it leaves any hold list and its person's
+-- waiting set. The record keeps
 -- its 'barrier' field, so that a replay files the change again.
 on_final = function(ref, key)
-  local barrier, repeats = unpack(redis.call('HMGET', key, 'barrier', 'repeats'))
+  local barrier, repeats, person = unpack(redis.call('HMGET', key, 'barrier', 'repeats', 'person'))
+  -- Nothing is left for it to wait for; an entry left behind would outlive its record.
+  if person then redis.call('ZREM', key_person_waiting(person), ref) end
   if redis.call('HEXISTS', key, 'held_under') == 1 then
     unhold(ref)
     redis.call('HDEL', key, 'held_under')

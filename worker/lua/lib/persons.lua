@@ -265,16 +265,23 @@ end
 -- Meeting identities ------------------------------------------------------------------------------
 
 -- Messages waiting for ``from``'s contact update wait for ``to``'s: at revision ``rev``, or at the
--- revisions they had (a person taking over a visitor's record keeps its revisions).
+-- revisions they had (a person taking over a visitor's record keeps its revisions). An entry whose
+-- message is final or gone (its record expired) is dropped: writing to it would recreate a record
+-- with no state and no TTL.
 local function move_waiting(from, to, rev)
   local waiting = key_person_waiting(from)
   local entries = redis.call('ZRANGE', waiting, 0, -1, 'WITHSCORES')
   if #entries == 0 then return end
+  local moved = 0
   for i = 1, #entries, 2 do
-    redis.call('ZADD', key_person_waiting(to), rev or entries[i + 1], entries[i])
-    redis.call('HSET', key_message(entries[i]), 'person', to)
+    local state = state_of(entries[i])
+    if state and not is_final(state) then
+      redis.call('ZADD', key_person_waiting(to), rev or entries[i + 1], entries[i])
+      redis.call('HSET', key_message(entries[i]), 'person', to)
+      moved = moved + 1
+    end
   end
-  redis.call('EXPIRE', key_person_waiting(to), CONFIG.person_ttl)
+  if moved > 0 then redis.call('EXPIRE', key_person_waiting(to), CONFIG.person_ttl) end
   redis.call('DEL', waiting)
 end
 
