@@ -4,15 +4,18 @@ forget, and the forget itself, over a real Redis and the Promoter sandbox."""
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
 import redis
 from flask.testing import FlaskClient
 
+from app import create_app
 from app.admission import minimal
-from tests.conftest import basic
+from app.devtools.sandbox import SandboxServer
+from tests.conftest import ADMIN_TOKEN, basic, ref, settings_for, wait_until
 from tests.factories import make_event, queued_events
-from tests.harness import Relay
+from tests.harness import Relay, make_relay
 from worker.mapping import NO_FILTER, TraitFilter
 
 CONTEXT: dict[str, Any] = {
@@ -90,3 +93,104 @@ def test_an_identify_keeps_no_trait_that_traits_deny_keeps_from_promoter() -> No
         "lastName": "L",
         "address": {"city": "Paris", "street": "1 Rue"},
     }
+
+
+# ------------------------------------------------------------------------------- forget, suppression
+
+SUPPRESSION_KEY = "test-suppression-key-0123456789"
+ADA = "ada-7781"
+LEGACY = "ada-legacy-12"
+ANONYMOUS = ("anon-laptop-ada", "anon-phone-ada")
+ADA_TRAITS = {"email": "ada.lovelace@example.com", "firstName": "Augusta", "lastName": "Lovelace-King",
+              "plan": "analytical-engine-pro", "address": {"city": "Marylebone"}}  # fmt: skip
+# Everything that says who Ada is: none of it may be left anywhere in Redis after the forget.
+ADA_NEEDLES = (ADA, LEGACY, *ANONYMOUS, "ada.lovelace@example.com", "ada.old@example.com",
+               "ada.new@example.com", "Augusta", "Lovelace-King", "analytical-engine-pro", "Marylebone",
+               "ord-ada-991")  # fmt: skip
+
+
+def traces(client: redis.Redis, needles: tuple[str, ...]) -> list[str]:
+    """Every key whose name or value (string, hash, list, set, sorted set) holds one of ``needles``."""
+    lowered = [needle.lower() for needle in needles]
+    found = []
+    for key in map(str, client.scan_iter(count=1000)):
+        kind = str(client.type(key))
+        values: list[Any]
+        if kind == "string":
+            values = [client.get(key)]
+        elif kind == "hash":
+            values = [f"{k!s}={v!s}" for k, v in client.hgetall(key).items()]
+        elif kind == "list":
+            values = list(client.lrange(key, 0, -1))
+        elif kind == "set":
+            values = list(client.smembers(key))
+        elif kind == "zset":
+            values = list(client.zrange(key, 0, -1))
+        else:
+            values = [f"<{kind}>"]
+        text = (str(key) + "\n" + "\n".join(str(v) for v in values)).lower()
+        found += [f"{key}: {needle}" for needle in lowered if needle in text]
+    return found
+
+
+def ada_identify(relay: Relay, message_id: str, anonymous: str | None = None, **traits: Any) -> None:
+    relay.send(make_event(message_id, "identify", ADA, anonymous=anonymous, traits={**ADA_TRAITS, **traits}))
+
+
+def test_a_forgotten_person_leaves_no_trace_in_redis_and_is_suppressed(
+    redis_client: redis.Redis, redis_url: str, sandbox: SandboxServer
+) -> None:
+    """Ada: two anonymousIds, an alias of an older userId, traits, an order, a survey, a dead letter,
+    a held track and an identify whose Promoter call is stalled while she is forgotten. After the
+    forget (and after the stalled call returns), SCAN finds nothing of her anywhere in Redis (Celery's
+    queues included): only the keyed suppression markers. Her later events are acknowledged, not
+    delivered, counted as suppressed."""
+    relay = make_relay(redis_client, sandbox, suppression_key=SUPPRESSION_KEY)
+    ada_identify(relay, "ada-1", anonymous=ANONYMOUS[0])
+    relay.send(make_event("legacy-1", "identify", LEGACY, traits={"email": "ada.old@example.com"}))
+    relay.send(make_event("ada-alias", "alias", ADA, previousId=LEGACY))
+    relay.send(make_event("ada-order", "track", ADA, event="Order Completed",
+                          properties={"order_id": "ord-ada-991", "total": 18.43}))  # fmt: skip
+    relay.drain()
+    assert relay.surveys()
+    sandbox.state.configure({"fail_next": [400]})
+    ada_identify(relay, "ada-refused", plan="analytical-engine-pro", colour="Marylebone teal")
+    relay.drain()
+    assert relay.state(ref("ada-refused")) == "dead"
+    # An email change whose call stalls, and a track held behind it.
+    ada_identify(relay, "ada-new-email", email="ada.new@example.com")
+    relay.send(make_event("ada-held", "track", ADA, anonymous=ANONYMOUS[1]))
+    sandbox.state.configure({"delay_next": [2.0]})
+    stalled = threading.Thread(target=relay.step)
+    stalled.start()
+    wait_until(lambda: [c for c in sandbox.state.calls("/contacts/") if c["status"] is None])
+    assert relay.step() == ref("ada-held")
+    assert relay.state(ref("ada-held")) == "held"
+    assert traces(redis_client, ADA_NEEDLES)  # the scan can fail
+
+    result = relay.stores.forgetter.forget([ADA])
+    stalled.join()
+    relay.drain()
+
+    assert result.persons == 1
+    assert result.messages >= 6
+    assert traces(redis_client, ADA_NEEDLES) == []
+    assert [str(k) for k in redis_client.scan_iter(match="relay:suppressed:*")]
+    for message in ("ada-1", "ada-order", "ada-refused", "ada-new-email", "ada-held"):
+        assert relay.state(ref(message)) == "forgotten", message
+
+    calls = len(sandbox.state.calls())
+    app = create_app({"TESTING": True, **settings_for(redis_url, suppression_key=SUPPRESSION_KEY)})
+    client = app.test_client()
+    later = (("identify", {"userId": ADA, "traits": ADA_TRAITS}),
+             ("track", {"anonymousId": ANONYMOUS[1], "event": "NPS"}),
+             ("identify", {"userId": "someone", "traits": {"email": "ada.new@example.com"}}))  # fmt: skip
+    for kind, body in later:
+        response = client.post(f"/v1/{kind}", json=body, headers=basic())
+        assert response.status_code == 200
+        assert response.get_json() == {"success": True}
+    relay.drain()
+    assert len(sandbox.state.calls()) == calls
+    assert traces(redis_client, ADA_NEEDLES) == []
+    stats = client.get("/admin/api/stats", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).get_json()
+    assert stats["suppressed"] == {"identify": 2, "track": 1}

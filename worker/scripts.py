@@ -34,7 +34,7 @@ from worker.settings import DAY, Settings
 from worker.states import FINAL, LUA_ENUMS, SYNC_OWED
 
 LUA_DIR = Path(__file__).resolve().parent / "lua"
-LIBRARY = ("core", "persons", "holds", "budget", "updates", "surveys")
+LIBRARY = ("core", "persons", "holds", "budget", "updates", "surveys", "forget")
 HISTORY_LIMIT = 50
 RECENT_LIMIT = 200
 # A person keeps this many anonymousIds (the longest unseen dropped first), alias ids and attributes.
@@ -60,6 +60,7 @@ _GLOBAL_KEYS = {
     "latency": keys.LATENCY,
     "budget_day": keys.BUDGET_DAY,
     "account": keys.ACCOUNT,
+    "nps_latest": keys.NPS_LATEST,
 }
 
 
@@ -99,6 +100,12 @@ def config(settings: Settings) -> dict[str, Any]:
         "max_anonymous_ids": MAX_ANONYMOUS_IDS,
         "max_alias_ids": MAX_ALIAS_IDS,
         "max_attributes": MAX_ATTRIBUTES,
+        # The message index of an identity lasts as long as the longest-kept status record.
+        "messages_ttl": max(
+            settings.status_ttl_seconds,
+            settings.dead_letter_ttl_seconds,
+            max(settings.hold_ttl_seconds, settings.anonymous_hold_ttl_seconds) + DAY,
+        ),
     }
 
 
