@@ -5,18 +5,26 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from typing import Any
 
+import pytest
 import redis
+from click.testing import CliRunner
 from flask.testing import FlaskClient
 
 from app import create_app
 from app.admission import minimal
+from app.cli import main
 from app.devtools.sandbox import SandboxServer
-from tests.conftest import ADMIN_TOKEN, basic, ref, settings_for, wait_until
-from tests.factories import make_event, queued_events
+from tests.conftest import ADMIN_TOKEN, SANDBOX_KEY, basic, ref, settings_for, wait_until
+from tests.factories import make_event, queued_events, texts
 from tests.harness import Relay, make_relay
+from tests.test_admin import Conformance, document
+from worker import taskmessages
+from worker.forget import REMOVE_TASK
 from worker.mapping import NO_FILTER, TraitFilter
+from worker.tasks import remove_contacts
 
 CONTEXT: dict[str, Any] = {
     "ip": "203.0.113.77",
@@ -194,3 +202,163 @@ def test_a_forgotten_person_leaves_no_trace_in_redis_and_is_suppressed(
     assert traces(redis_client, ADA_NEEDLES) == []
     stats = client.get("/admin/api/stats", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).get_json()
     assert stats["suppressed"] == {"identify": 2, "track": 1}
+
+
+# ------------------------------------------------------------------------------ the three ways in
+
+BEARER = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def known_ada(relay: Relay) -> None:
+    """Ada, known to Promoter (contact in the sandbox), with a held track of her anonymous visitor; on
+    the wall clock, which the API and the CLI read."""
+    relay.clock.now = time.time()
+    ada_identify(relay, "ada-1", anonymous=ANONYMOUS[0])
+    relay.drain()
+    relay.send(make_event("visitor", "track", None, anonymous="anon-never-identified"))
+    relay.drain()
+    assert relay.contact("ada.lovelace@example.com")
+
+
+@pytest.fixture
+def privacy_client(redis_url: str, redis_client: redis.Redis) -> FlaskClient:
+    return create_app(
+        {"TESTING": True, **settings_for(redis_url, suppression_key=SUPPRESSION_KEY)}
+    ).test_client()
+
+
+def test_the_admin_api_forgets_and_removes_the_contact_at_promoter_through_a_429(
+    privacy_client: FlaskClient, redis_client: redis.Redis, sandbox: SandboxServer
+) -> None:
+    relay = make_relay(redis_client, sandbox, suppression_key=SUPPRESSION_KEY, retry_base_seconds=0.1)
+    known_ada(relay)
+    openapi = Conformance(document())
+    response = privacy_client.post("/admin/api/people/forget", headers=BEARER,
+                                   json={"userIds": [ADA, "ghost"], "atPromoter": True})  # fmt: skip
+    assert response.status_code == 202
+    started = response.get_json()
+    openapi.check(started, "/admin/api/people/forget", "post", 202)
+    assert started["unknown"] == {"userIds": ["ghost"], "emails": []}
+    assert (started["found"], started["persons"], started["suppressed"]) == (True, 1, True)
+    assert response.headers["Location"] == started["status"]
+    job = privacy_client.get(started["status"], headers=BEARER).get_json()
+    openapi.check(job, "/admin/api/people/forget/{job}")
+    assert (job["state"], job["atPromoter"]["state"], job["unknown"]) == ("running", "pending", 1)
+    [queued] = texts(redis_client.lrange("relay.control", 0, -1))
+    assert json.loads(queued)["headers"]["task"] == REMOVE_TASK
+    assert taskmessages.ref_of(queued) == started["job"]
+
+    sandbox.state.configure({"throttle_next": 1, "retry_after": 1})
+    first = remove_contacts(relay.runtime, started["job"], 1)
+    assert not first.done
+    assert first.retry_in == 1
+    assert relay.stores.budget.wait_seconds()[0] > 0, "a 429 pauses every worker"
+    relay.clock.advance(2)
+    assert remove_contacts(relay.runtime, started["job"], 2).done
+
+    assert [c["status"] for c in sandbox.state.calls("/contacts/remove/")] == [429, 200]
+    assert not [c for c in sandbox.state.contacts() if c["email"] == "ada.lovelace@example.com"]
+    job = privacy_client.get(started["status"], headers=BEARER).get_json()
+    openapi.check(job, "/admin/api/people/forget/{job}")
+    assert job["state"] == "done"
+    assert job["atPromoter"] == {"state": "done", "removed": 1, "notFound": 0, "attempts": 2,
+                                 "detail": "contacts removed"}  # fmt: skip
+    assert traces(redis_client, ADA_NEEDLES) == []
+
+
+@pytest.mark.parametrize(
+    ("body", "errors"),
+    [
+        (None, {"_schema": ['Expected {"userIds": [...], "emails": [...], "atPromoter": false}.']}),
+        ({}, {"userIds": ["Give at least one userId or email."]}),
+        ({"userIds": "ada"}, {"userIds": ["Not a valid list."]}),
+        (
+            {"userIds": ["ada", 7, " "]},
+            {"userIds": {"1": ["Not a valid string."], "2": ["Not a valid string."]}},
+        ),
+        ({"emails": ["not-an-email"]}, {"emails": {"0": ["Not a valid email address."]}}),
+        ({"userIds": ["a"], "atPromoter": "yes"}, {"atPromoter": ["Not a valid boolean."]}),
+        ({"userIds": ["a"], "user_ids": ["b"]}, {"user_ids": ["Unknown field."]}),
+        ({"userIds": ["x"] * 101}, {"userIds": ["At most 100 at a time."]}),
+    ],
+)
+def test_a_bad_forget_request_is_400_with_field_errors(
+    privacy_client: FlaskClient, body: Any, errors: dict[str, Any]
+) -> None:
+    response = privacy_client.post("/admin/api/people/forget", headers=BEARER, json=body)
+    assert response.status_code == 400
+    assert response.get_json() == {"error": "Invalid forget request.", "errors": errors}
+    Conformance(document()).check(response.get_json(), "/admin/api/people/forget", "post", 400)
+
+
+def test_forgetting_nobody_says_so_and_an_unknown_job_is_404(privacy_client: FlaskClient) -> None:
+    response = privacy_client.post("/admin/api/people/forget", headers=BEARER,
+                                   json={"userIds": ["ghost"], "emails": ["ghost@example.com"]})  # fmt: skip
+    assert response.status_code == 202
+    answer = response.get_json()
+    assert answer["found"] is False
+    assert "nothing found for 2 of the ids given" in answer["detail"]
+    job = privacy_client.get(answer["status"], headers=BEARER).get_json()
+    assert (job["persons"], job["unknown"], job["atPromoter"]["state"]) == (0, 2, "")
+    missing = privacy_client.get("/admin/api/people/forget/nope", headers=BEARER)
+    assert missing.status_code == 404
+    assert "No forget job 'nope'" in missing.get_json()["error"]
+
+
+@pytest.fixture
+def forget_cli(redis_url: str, sandbox: SandboxServer, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    env = {"REDIS_URL": redis_url, "RELAY_ENV": "test", "SUPPRESSION_KEY": SUPPRESSION_KEY,
+           "PROMOTER_API_URL": sandbox.url, "PROMOTER_API_KEY": SANDBOX_KEY}  # fmt: skip
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return CliRunner()
+
+
+def test_the_cli_asks_first_and_says_what_it_found(
+    forget_cli: CliRunner, redis_client: redis.Redis, sandbox: SandboxServer
+) -> None:
+    relay = make_relay(redis_client, sandbox, suppression_key=SUPPRESSION_KEY)
+    known_ada(relay)
+    declined = forget_cli.invoke(main, ["forget", ADA], input="n\n")
+    assert declined.exit_code == 1
+    assert "Erase everything the relay holds about the 1 id(s) given?" in declined.output
+    assert "Aborted" in declined.output
+    assert traces(redis_client, ADA_NEEDLES)
+
+    done = forget_cli.invoke(main, ["forget", ADA, "ghost", "--email", "nobody@example.com"], input="y\n")
+    assert done.exit_code == 1, done.output
+    assert "erased 1 person(s)" in done.output
+    assert "nothing found for user id 'ghost'" in done.output
+    assert "nothing found for email 'nobody@example.com'" in done.output
+    assert "later events naming them are dropped for 30 day(s)" in done.output
+    assert traces(redis_client, ADA_NEEDLES) == []
+    assert "ada.lovelace" not in done.output
+
+
+def test_the_cli_removes_the_contact_at_promoter_waiting_out_a_429(
+    forget_cli: CliRunner, redis_client: redis.Redis, sandbox: SandboxServer
+) -> None:
+    relay = make_relay(redis_client, sandbox, suppression_key=SUPPRESSION_KEY)
+    known_ada(relay)
+    sandbox.state.configure({"throttle_next": 1, "retry_after": 1})
+    result = forget_cli.invoke(main, ["forget", ADA, "--at-promoter", "--yes"])
+    assert result.exit_code == 0, result.output
+    assert "again in 1.0s" in result.output
+    assert "at Promoter: done (1 removed, 0 not there)" in result.output
+    assert [c["status"] for c in sandbox.state.calls("/contacts/remove/")] == [429, 200]
+    assert not sandbox.state.contacts()
+    assert traces(redis_client, ADA_NEEDLES) == []
+
+
+def test_without_a_key_a_forget_erases_but_suppresses_nothing(
+    redis_client: redis.Redis, sandbox: SandboxServer
+) -> None:
+    relay = make_relay(redis_client, sandbox)
+    known_ada(relay)
+    result = relay.stores.forgetter.forget([ADA])
+    assert (result.persons, result.suppressed) == (1, False)
+    assert traces(redis_client, ADA_NEEDLES) == []
+    assert not list(redis_client.scan_iter(match="relay:suppressed:*"))
+    ada_identify(relay, "ada-again")
+    relay.drain()
+    assert relay.state(ref("ada-again")) == "delivered"

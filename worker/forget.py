@@ -27,7 +27,7 @@ from typing import Any, cast
 
 import redis
 
-from worker import keys
+from worker import keys, taskmessages
 from worker.events import user_identity
 from worker.promoter import AccountError, PermanentError, PromoterClient, ThrottledError, TransientError
 from worker.schedule import backoff
@@ -36,6 +36,8 @@ from worker.states import State
 from worker.suppression import email_identity, marker
 
 JOB_TTL = 7 * 86400
+# The Celery task that removes a job's contacts at Promoter (worker/tasks.py), on the control queue.
+REMOVE_TASK = "relay.forget_at_promoter"
 SWEEP_BATCH = 500
 _GLOB_SPECIAL = "\\*?[]"
 
@@ -185,11 +187,15 @@ class Removal:
 class Jobs:
     """Forget jobs: their progress, readable by the admin API and the CLI."""
 
-    def __init__(self, client: redis.Redis, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, client: redis.Redis, *, queue: str, clock: Callable[[], float] = time.time) -> None:
+        """``queue``: the control queue, where a job's removal at Promoter is queued."""
         self.client = client
+        self.queue = queue
         self.clock = clock
 
-    def create(self, result: Forgotten, at_promoter: bool) -> str:
+    def create(self, result: Forgotten, at_promoter: bool, *, enqueue: bool = True) -> str:
+        """Record a forget's outcome; with ``at_promoter`` and emails to remove, queue their removal
+        (``enqueue``; the CLI makes it itself) in the same step."""
         job = secrets.token_hex(8)
         now = self.clock()
         fields: dict[str, str | int | float] = {
@@ -207,6 +213,8 @@ class Jobs:
         pipe = self.client.pipeline()
         pipe.hset(keys.forget_job(job), mapping=cast(dict[Any, Any], fields))
         pipe.expire(keys.forget_job(job), JOB_TTL)
+        if enqueue and fields["at_promoter"] == Removal.PENDING:
+            pipe.lpush(self.queue, taskmessages.render_task(REMOVE_TASK, job, self.queue, f"forget-{job}"))
         pipe.execute()
         return job
 

@@ -100,5 +100,5 @@ def build_stores(
             suppression_seconds=settings.suppression_seconds,
             clock=clock,
         ),
-        forget_jobs=Jobs(client, clock=clock),
+        forget_jobs=Jobs(client, queue=settings.control_queue, clock=clock),
     )
