@@ -4,6 +4,7 @@ forget, and the forget itself, over a real Redis and the Promoter sandbox."""
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from typing import Any
@@ -362,3 +363,63 @@ def test_without_a_key_a_forget_erases_but_suppresses_nothing(
     ada_identify(relay, "ada-again")
     relay.drain()
     assert relay.state(ref("ada-again")) == "delivered"
+
+
+def test_info_logs_carry_no_email_name_or_trait_value(
+    redis_client: redis.Redis,
+    sandbox: SandboxServer,
+    privacy_client: FlaskClient,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Ingest, delivery (contact, survey, a refusal, a retry), suppression and forget, logged at INFO:
+    message ids and refs, never an email, a name or a trait value."""
+    relay = make_relay(redis_client, sandbox, suppression_key=SUPPRESSION_KEY)
+    with caplog.at_level(logging.INFO):
+        for kind, body in (("identify", {"userId": ADA, "traits": ADA_TRAITS}),
+                           ("track", {"userId": ADA, "event": "Order Completed",
+                                      "properties": {"order_id": "ord-ada-991", "total": 3}})):  # fmt: skip
+            assert privacy_client.post(f"/v1/{kind}", json=body, headers=basic()).status_code == 200
+        relay.drain()
+        sandbox.state.configure({"fail_next": [503, 400]})
+        ada_identify(relay, "ada-retried", plan="analytical-engine-max", colour="Marylebone teal")
+        relay.drain()
+        relay.later()
+        privacy_client.post("/admin/api/people/forget", headers=BEARER, json={"userIds": [ADA]})
+        privacy_client.post("/v1/identify", json={"userId": ADA, "traits": ADA_TRAITS}, headers=basic())
+    logged = "\n".join(r.getMessage() + " " + json.dumps(r.__dict__, default=str) for r in caplog.records)
+    assert "suppressed" in logged, "the paths were not walked"
+    assert "dead" in logged
+    for needle in (
+        "ada.lovelace@example.com",
+        "Augusta",
+        "Lovelace-King",
+        "analytical-engine-pro",
+        "Marylebone",
+    ):
+        assert needle.lower() not in logged.lower(), needle
+
+
+def test_the_dashboard_offers_forget_with_a_confirmation_and_masks_emails(
+    privacy_client: FlaskClient,
+) -> None:
+    """The page's script (no browser here: tests/test_dashboard_browser.py drives one where Chromium is
+    installed): a "Forget this person" button on the person and the message views, asking first, posting
+    to the forget API; emails shown masked unless "Show emails" is ticked."""
+    page = privacy_client.get("/admin/").get_data(as_text=True)
+    for panel in ("user", "detail"):
+        assert f'id="{panel}-forget">Forget this person</button>' in page
+        assert f'id="{panel}-forget-promoter"' in page
+        assert (
+            f'$("{panel}-forget").addEventListener("click", () => act(() => forgetPerson("{panel}")));'
+            in page
+        )
+    script = page[page.index("async function forgetPerson") :]
+    script = script[: script.index("\n}\n")]
+    assert script.index("window.confirm(question)") < script.index('post("people/forget"')
+    assert 'if (!window.confirm(question)) { notify("Nothing forgotten."); return; }' in script
+    assert 'id="show-emails"' in page
+    assert (
+        'function text(value) { return value === undefined || value === null ? "" : masked(String(value)); }'
+        in page
+    )
+    assert "masked(JSON.stringify(body.event, null, 2))" in page
