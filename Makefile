@@ -42,7 +42,7 @@ test: lint
 # The fast tier: every test that starts no process (workers, CLIs, a browser) and is not slow, on the
 # run's own embedded Redis. Under a minute.
 check: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not integration and not slow"
+	$(BIN)/python -m pytest -q -n 2 -m "not integration and not slow"
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -16,7 +16,7 @@ from worker.budget import Budget
 from worker.deadletters import DeadLetters
 from worker.forget import Forgetter, Jobs
 from worker.holds import Holds
-from worker.ledger import Ledger
+from worker.messages import Messages
 from worker.people import People
 from worker.reconcile import MARGIN_SECONDS, Reconciler
 from worker.schedule import Schedule
@@ -38,7 +38,7 @@ def redis_client(settings: Settings, *, timeout: float) -> redis.Redis:
 @dataclass(frozen=True)
 class Stores:
     redis: redis.Redis
-    ledger: Ledger
+    messages: Messages
     people: People
     holds: Holds
     schedule: Schedule
@@ -63,9 +63,9 @@ def build_stores(
 
     return Stores(
         redis=client,
-        ledger=Ledger(
+        messages=Messages(
             client,
-            scripts=scripts("ledger"),
+            scripts=scripts("messages"),
             suppression_key=settings.suppression_key if settings.suppression_seconds else "",
         ),
         people=People(client, scripts=scripts("people"), lease_seconds=settings.survey_lease_seconds),
