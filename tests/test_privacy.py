@@ -18,7 +18,7 @@ from app import create_app
 from app.admission import minimal
 from app.cli import main
 from app.devtools.sandbox import SandboxServer
-from tests.conftest import ADMIN_TOKEN, SANDBOX_KEY, basic, ref, settings_for, wait_until
+from tests.conftest import ADMIN_TOKEN, SANDBOX_KEY, Processes, basic, ref, settings_for, wait_until
 from tests.factories import make_event, queued_events, texts
 from tests.harness import Relay, make_relay
 from tests.test_admin import Conformance, document
@@ -423,3 +423,26 @@ def test_the_dashboard_offers_forget_with_a_confirmation_and_masks_emails(
         in page
     )
     assert "masked(JSON.stringify(body.event, null, 2))" in page
+
+
+@pytest.mark.integration
+def test_a_worker_removes_the_contact_at_promoter_for_an_api_forget(
+    redis_client: redis.Redis, redis_url: str, sandbox: SandboxServer, processes: Processes
+) -> None:
+    """The API queues the removal on the control queue; a real Celery worker makes it, a 429 retried."""
+    relay = make_relay(redis_client, sandbox, suppression_key=SUPPRESSION_KEY)
+    known_ada(relay)
+    settings = settings_for(redis_url, suppression_key=SUPPRESSION_KEY)
+    client = create_app({"TESTING": True, **settings}).test_client()
+    sandbox.state.configure({"throttle_next": 1, "retry_after": 1})
+    body = {"userIds": [ADA], "atPromoter": True}
+    response = client.post("/admin/api/people/forget", headers=BEARER, json=body)
+    assert response.status_code == 202
+    processes.env.update(SUPPRESSION_KEY=SUPPRESSION_KEY)
+    processes.worker()
+    status = response.get_json()["status"]
+    job = wait_until(lambda: (j := client.get(status, headers=BEARER).get_json())["state"] != "running" and j)
+    assert job["atPromoter"]["state"] == "done", job
+    assert (job["atPromoter"]["removed"], job["atPromoter"]["attempts"]) == (1, 2)
+    assert [c["status"] for c in sandbox.state.calls("/contacts/remove/")] == [429, 200]
+    assert traces(redis_client, ADA_NEEDLES) == []
