@@ -446,3 +446,23 @@ def test_a_worker_removes_the_contact_at_promoter_for_an_api_forget(
     assert (job["atPromoter"]["removed"], job["atPromoter"]["attempts"]) == (1, 2)
     assert [c["status"] for c in sandbox.state.calls("/contacts/remove/")] == [429, 200]
     assert traces(redis_client, ADA_NEEDLES) == []
+
+
+def test_a_forgotten_visitors_device_suppresses_only_its_anonymous_events(
+    redis_client: redis.Redis, sandbox: SandboxServer
+) -> None:
+    """Ada is forgotten after using the family laptop; Bob, signed in on it later, is not suppressed;
+    anonymous events from it are (they would be Ada's)."""
+    relay = make_relay(redis_client, sandbox, suppression_key=SUPPRESSION_KEY)
+    ada_identify(relay, "ada-1", anonymous="family-laptop")
+    relay.drain()
+    relay.stores.forgetter.forget([ADA])
+    bob = make_event(
+        "bob-1", "identify", "bob", anonymous="family-laptop", traits={"email": "bob@example.com"}
+    )
+    assert relay.send(bob, make_event("visitor", "track", None, anonymous="family-laptop")) == [
+        ref("bob-1"),
+        "!",
+    ]
+    relay.drain()
+    assert relay.state(ref("bob-1")) == "delivered"

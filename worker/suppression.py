@@ -35,11 +35,14 @@ def markers(key: str, identities: Iterable[str]) -> list[str]:
 
 
 def named_by(event: Event) -> list[str]:
-    """Every identity a message names: its userId, anonymousId, alias previousId and email trait."""
+    """The identities that say whose a message is: its userId, alias previousId and email trait, and
+    its anonymousId only when it has no userId. A device is shared (a family laptop): an event that
+    names a userId is that user's, whoever was forgotten on the same device, as the identity rules have
+    it (DESIGN.md)."""
     found = []
     if event.get("userId"):
         found.append(user_identity(str(event["userId"])))
-    if event.get("anonymousId"):
+    elif event.get("anonymousId"):
         found.append(anonymous_identity(str(event["anonymousId"])))
     if event.get("previousId"):
         found.append(user_identity(str(event["previousId"])))
