@@ -22,7 +22,7 @@ from tests.conftest import ADMIN_TOKEN, SANDBOX_KEY, Processes, basic, ref, sett
 from tests.factories import make_event, queued_events, texts
 from tests.harness import Relay, make_relay
 from tests.test_admin import Conformance, document
-from worker import taskmessages
+from worker import keys, taskmessages
 from worker.forget import REMOVE_TASK
 from worker.mapping import NO_FILTER, TraitFilter
 from worker.tasks import remove_contacts
@@ -466,3 +466,27 @@ def test_a_forgotten_visitors_device_suppresses_only_its_anonymous_events(
     ]
     relay.drain()
     assert relay.state(ref("bob-1")) == "delivered"
+
+
+def test_a_forget_reaches_a_device_whose_link_to_the_person_expired(
+    redis_client: redis.Redis, sandbox: SandboxServer
+) -> None:
+    """The laptop Ada signed in on is no longer linked to her (ANONYMOUS_ID_TTL_SECONDS passed), and
+    sends anonymous events: the forget of her userId still finds them, and suppresses the laptop's
+    anonymous events."""
+    relay = make_relay(redis_client, sandbox, suppression_key=SUPPRESSION_KEY, anonymous_id_ttl_seconds=600)
+    ada_identify(relay, "ada-1", anonymous="ada-laptop")
+    relay.drain()
+    relay.clock.advance(3600)
+    redis_client.delete(keys.identity("a:ada-laptop"))  # expired, as Redis would have it by now
+    ada_identify(relay, "ada-2", anonymous="ada-phone")  # her record lets go of the laptop
+    relay.drain()
+    relay.send(make_event("browsing", "track", None, anonymous="ada-laptop",
+                          properties={"viewed": "analytical-engine-pro"}))  # fmt: skip
+    relay.drain()
+    assert relay.state(ref("browsing")) == "held"
+    assert "a:ada-laptop" not in relay.stores.people.person_of("u:" + ADA)["identities"]  # type: ignore[index]
+    relay.stores.forgetter.forget([ADA])
+    assert relay.state(ref("browsing")) == "forgotten"
+    assert traces(redis_client, ("ada-laptop", "analytical-engine-pro", ADA)) == []
+    assert relay.send(make_event("later", "track", None, anonymous="ada-laptop")) == ["!"]

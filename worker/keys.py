@@ -79,6 +79,9 @@ repeats = KeyFormat(identity + ":repeats")
 # The messages accepted naming this identity (refs scored by when), so a forget finds them all in one
 # atomic step; kept as long as the longest-kept status record (a dead letter's).
 messages = KeyFormat(identity + ":msgs")
+# The anonymousIds a userId was seen with (scored by when, the last few), however long ago their links
+# expired: a forget of the userId erases and suppresses what was sent under them too.
+devices = KeyFormat(identity + ":devices")
 # A person, named after its userId or, never identified, its anonymousId: relay:person:{u:42}.
 person = KeyFormat(PREFIX + ":person:{%s}")
 person_waiting = KeyFormat(person + ":waiting")
@@ -105,6 +108,7 @@ FORMATS: dict[str, KeyFormat] = {
     "barrier": barrier,
     "repeats": repeats,
     "messages": messages,
+    "devices": devices,
     "person": person,
     "person_waiting": person_waiting,
     "surveyed": surveyed,

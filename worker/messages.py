@@ -18,7 +18,7 @@ from typing import Any, cast
 import redis
 
 from worker import keys
-from worker.events import Event, loaded, primary_identity, stored, user_identity, version
+from worker.events import Event, anonymous_identity, loaded, primary_identity, stored, user_identity, version
 from worker.scripts import Scripts, encode
 from worker.states import Route, StartKind, State
 from worker.suppression import markers, named_by
@@ -153,6 +153,9 @@ class Messages:
                     item.compare if contact else {},
                     version(event) if contact else "",
                     markers(self._suppression_key, named_by(event)),
+                    anonymous_identity(str(event["anonymousId"]))
+                    if event.get("userId") and event.get("anonymousId")
+                    else "",
                 ]
             )
         answers: list[str] = self._accept(encode(items))

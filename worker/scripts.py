@@ -41,6 +41,8 @@ RECENT_LIMIT = 200
 MAX_ANONYMOUS_IDS = 10
 MAX_ALIAS_IDS = 20
 MAX_ATTRIBUTES = 100
+# A userId remembers this many of the anonymousIds it was seen with, for a forget.
+MAX_DEVICES = 50
 # While Promoter refuses the account, one call per this many seconds finds out whether it is fixed.
 PROBE_SECONDS = 60.0
 
@@ -100,6 +102,7 @@ def config(settings: Settings) -> dict[str, Any]:
         "max_anonymous_ids": MAX_ANONYMOUS_IDS,
         "max_alias_ids": MAX_ALIAS_IDS,
         "max_attributes": MAX_ATTRIBUTES,
+        "max_devices": MAX_DEVICES,
         # The message index of an identity lasts as long as the longest-kept status record.
         "messages_ttl": max(
             settings.status_ttl_seconds,

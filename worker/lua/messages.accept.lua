@@ -4,8 +4,9 @@
 --       route (high | low | contact), identity, contact-change identities (list, for contact), event
 --       name, the stored event (a JSON text, kept as it is: cjson never re-reads its numbers), contact
 --       fields to compare (object, for contact), version (for contact), suppression markers (the keyed
---       hashes of every identity it names, worker/suppression.py; empty while suppression is off)].
---       One argument, decoded once, instead of twelve per message.
+--       hashes of every identity it names, worker/suppression.py; empty while suppression is off),
+--       the anonymous identity of a message that also has a userId ('' when not)]. One argument,
+--       decoded once, instead of thirteen per message.
 -- Returns: per message its task id, '-' when accepted but not queued (skipped), '' for a duplicate,
 --          '!' when it names a forgotten person (acknowledged, dropped: nothing of it is written).
 
@@ -33,7 +34,7 @@ local function suppressed(markers)
   return false
 end
 
-local answers, added, named = {}, {}, {}
+local answers, added, named, seen_with = {}, {}, {}, {}
 -- The message is filed under each identity it names (for a forget); written once per identity.
 local function file_under(ref, identity, changes)
   for _, id in ipairs({identity, unpack(changes)}) do
@@ -58,6 +59,12 @@ for _, item in ipairs(cjson.decode(ARGV[2])) do
     count('accepted:' .. kind)
     added[#added + 1] = ref
     file_under(ref, identity, identities)
+    if item[13] ~= '' then
+      local devices = seen_with[identity] or {}
+      seen_with[identity] = devices
+      devices[#devices + 1] = NOW
+      devices[#devices + 1] = item[13]
+    end
     if state == STATE.SKIPPED then
       redis.call('HSET', key, 'type', kind, 'user', identity, 'received', NOW)
       if name ~= '' then redis.call('HSET', key, 'event', name) end
@@ -107,6 +114,12 @@ for queue, messages in pairs(pushes) do
   if #messages > 0 then redis.call('LPUSH', queue, unpack(messages)) end
 end
 if #pending > 0 then redis.call('ZADD', KEY.pending, unpack(pending)) end
+for id, devices in pairs(seen_with) do
+  local index = key_devices(id)
+  redis.call('ZADD', index, unpack(devices))
+  redis.call('ZREMRANGEBYRANK', index, 0, -CONFIG.max_devices - 1)
+  redis.call('EXPIRE', index, CONFIG.messages_ttl)
+end
 for id, refs in pairs(named) do
   local index = key_messages(id)
   redis.call('ZADD', index, unpack(refs))

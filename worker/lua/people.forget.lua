@@ -1,5 +1,5 @@
 -- people.forget: erase persons, named by userId or email, in one atomic step: every identity (the
--- userId, its anonymousIds and alias ids), the person record, every message filed under any of them
+-- userId, its anonymousIds and alias ids, and every anonymousId its userIds were seen with), the person record, every message filed under any of them
 -- (held, queued, in flight, final, dead: see lib/forget.lua), their pending changes, the email index,
 -- the NPS responses kept for the dashboard; and, while suppression is on, a keyed marker per identity
 -- and email, so later events naming them are dropped by the accept script.
@@ -60,6 +60,12 @@ for _, ref in ipairs(refs) do
   for _, identity in ipairs(identities_of(ref, record)) do add_identity(identity) end
   for _, email in ipairs(person_emails(record)) do add_email(email) end
 end
+-- The anonymousIds its userIds were seen with, even those whose links have expired.
+for _, identity in ipairs({unpack(identities)}) do
+  if not is_anonymous(identity) then
+    for _, device in ipairs(redis.call('ZRANGE', key_devices(identity), 0, -1)) do add_identity(device) end
+  end
+end
 
 if suppress > 0 then
   local missing = {}
@@ -87,12 +93,19 @@ for _, identity in ipairs(identities) do
   for _, pending in ipairs({key_barrier(identity), key_repeats(identity)}) do
     for _, ref in ipairs(redis.call('ZRANGE', pending, 0, -1)) do forget(ref) end
   end
-  redis.call('DEL', key_messages(identity), key_held(identity), key_barrier(identity), key_repeats(identity))
+  redis.call('DEL', key_messages(identity), key_held(identity), key_barrier(identity), key_repeats(identity),
+    key_devices(identity))
   -- An anonymousId's link, an alias id's or a stitched visitor's pointer record: gone if it leads here.
   local owner = redis.call('GET', key_identity(identity))
   if owner and persons[owner] ~= nil then redis.call('DEL', key_identity(identity)) end
   local reached = resolve(identity, true)
   if reached and persons[reached] ~= nil then drop_person(identity) end
+  -- A device's own visitor record (its anonymous events never stitched into anyone) goes with it.
+  if is_anonymous(identity) then
+    for _, waiting in ipairs(redis.call('ZRANGE', key_person_waiting(identity), 0, -1)) do forget(waiting) end
+    redis.call('DEL', key_person_waiting(identity))
+    drop_person(identity)
+  end
   if not is_anonymous(identity) then user_ids[string.sub(identity, #ID.USER + 1)] = true end
 end
 for _, ref in ipairs(refs) do
