@@ -157,6 +157,30 @@ def status(as_json: bool) -> None:
             click.echo(f"{section:<24} {values}")
 
 
+@main.command()
+@click.option("--dry-run", is_flag=True, help="count what would be converted; write nothing")
+@click.option("--wait", default=0.0, show_default=True, help="seconds to wait for another process migrating")
+def migrate(dry_run: bool, wait: float) -> None:
+    """Bring the stored data to this version's schema (workers and beat do it when they start)."""
+    from worker import migrate as migration
+
+    settings = _settings(dotenv=True)
+    stores = _stores(settings)
+    try:
+        report = migration.migrate(
+            stores.redis,
+            settings,
+            dry_run=dry_run,
+            wait_seconds=wait,
+            progress=lambda line: click.echo(line, err=True),
+        )
+    except migration.MigrationError as error:
+        raise click.ClickException(str(error)) from None
+    except redis.RedisError as error:
+        raise _redis_down(error) from None
+    click.echo(migration.describe(report))
+
+
 @main.group("dead-letters")
 def dead_letters() -> None:
     """List, replay and discard messages the relay gave up on."""

@@ -17,7 +17,7 @@ from typing import Any
 from celery import Celery, signals
 from kombu.entity import Queue
 
-from worker import feedback, logs, tasks
+from worker import feedback, logs, migrate, tasks
 from worker.heartbeat import WorkerHeartbeat
 from worker.runtime import RuntimeSlot
 from worker.settings import Settings
@@ -79,6 +79,15 @@ def create_celery(settings: Settings) -> RelayCelery:
     def fresh_handles(**_: Any) -> None:
         app.runtime.reset()
 
+    def migrate_worker(**_: Any) -> None:
+        migrate.at_start(settings, "worker")
+
+    def migrate_beat(**_: Any) -> None:
+        migrate.at_start(settings, "beat")
+
+    # Before anything is consumed or scheduled: the stored data in this version's layout.
+    signals.worker_init.connect(migrate_worker, weak=False, dispatch_uid="relay-migrate-worker")
+    signals.beat_init.connect(migrate_beat, weak=False, dispatch_uid="relay-migrate-beat")
     signals.setup_logging.connect(setup_logging, weak=False, dispatch_uid="relay-logging")
     signals.worker_process_init.connect(fresh_handles, weak=False, dispatch_uid="relay-fork")
     return app
