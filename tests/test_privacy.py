@@ -490,3 +490,23 @@ def test_a_forget_reaches_a_device_whose_link_to_the_person_expired(
     assert relay.state(ref("browsing")) == "forgotten"
     assert traces(redis_client, ("ada-laptop", "analytical-engine-pro", ADA)) == []
     assert relay.send(make_event("later", "track", None, anonymous="ada-laptop")) == ["!"]
+
+
+def test_a_survey_call_in_flight_during_the_forget_writes_no_cooldown_marker_back(
+    redis_client: redis.Redis, sandbox: SandboxServer
+) -> None:
+    """With SURVEY_COOLDOWN_DAYS, a survey claim writes a marker named by the email; a call that returns
+    after the forget must not write it again (tests/sim/mutations.py 'forgotten-survey-settles')."""
+    relay = make_relay(redis_client, sandbox, suppression_key=SUPPRESSION_KEY, survey_cooldown_days=30)
+    ada_identify(relay, "ada-1")
+    relay.drain()
+    relay.send(make_event("ada-nps", "track", ADA))
+    sandbox.state.configure({"delay_next": [1.5]})
+    stalled = threading.Thread(target=relay.step)
+    stalled.start()
+    wait_until(lambda: [c for c in sandbox.state.calls("/v2/survey/") if c["status"] is None])
+    relay.stores.forgetter.forget([ADA])
+    stalled.join()
+    assert [c["status"] for c in sandbox.state.calls("/v2/survey/")] == [200]
+    assert relay.state(ref("ada-nps")) == "forgotten"
+    assert traces(redis_client, ADA_NEEDLES) == []
