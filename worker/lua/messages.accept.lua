@@ -36,12 +36,16 @@ end
 
 local answers, added, named, seen_with = {}, {}, {}, {}
 -- The message is filed under each identity it names (for a forget); written once per identity.
+local function file_one(ref, id)
+  local refs = named[id]
+  if not refs then refs = {}; named[id] = refs end
+  refs[#refs + 1] = NOW
+  refs[#refs + 1] = ref
+end
 local function file_under(ref, identity, changes)
-  for _, id in ipairs({identity, unpack(changes)}) do
-    local refs = named[id]
-    if not refs then refs = {}; named[id] = refs end
-    refs[#refs + 1] = NOW
-    refs[#refs + 1] = ref
+  file_one(ref, identity)
+  for _, id in ipairs(changes) do
+    if id ~= identity then file_one(ref, id) end
   end
 end
 local pushes, pending = {[QUEUE.high] = {}, [QUEUE.low] = {}}, {}
@@ -114,16 +118,18 @@ for queue, messages in pairs(pushes) do
   if #messages > 0 then redis.call('LPUSH', queue, unpack(messages)) end
 end
 if #pending > 0 then redis.call('ZADD', KEY.pending, unpack(pending)) end
+-- The indexes are trimmed on about one write in sixteen (by the first ref's last byte): between two
+-- trims an index holds at most a few more entries than it keeps, at a sixteenth of the commands.
 for id, devices in pairs(seen_with) do
   local index = key_devices(id)
   redis.call('ZADD', index, unpack(devices))
-  redis.call('ZREMRANGEBYRANK', index, 0, -CONFIG.max_devices - 1)
+  if string.byte(devices[2], -1) % 16 == 0 then redis.call('ZREMRANGEBYRANK', index, 0, -CONFIG.max_devices - 1) end
   redis.call('EXPIRE', index, CONFIG.messages_ttl)
 end
 for id, refs in pairs(named) do
   local index = key_messages(id)
   redis.call('ZADD', index, unpack(refs))
-  redis.call('ZREMRANGEBYSCORE', index, '-inf', NOW - CONFIG.messages_ttl)
+  if string.byte(refs[2], -1) % 16 == 0 then redis.call('ZREMRANGEBYSCORE', index, '-inf', NOW - CONFIG.messages_ttl) end
   redis.call('EXPIRE', index, CONFIG.messages_ttl)
 end
 if #added > 0 then
