@@ -383,6 +383,13 @@ def check() -> None:
     else:
         ok = False
         click.echo(f"FAIL  campaign {settings.promoter_campaign_id} is not among the account's campaigns")
+    if settings.suppression_seconds:
+        click.echo(
+            f"ok    a forgotten person's later events are dropped for {settings.suppression_days} day(s)"
+        )
+    else:
+        click.echo("warn  suppression is off (SUPPRESSION_KEY unset or SUPPRESSION_DAYS=0): a forget erases, "
+                   "but the person's later events are accepted again")  # fmt: skip
     if not ok:
         sys.exit(1)
 
