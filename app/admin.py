@@ -8,6 +8,7 @@ by ``/admin/api/openapi.json``.
 
 from __future__ import annotations
 
+import logging
 from importlib import resources
 from typing import Any
 
@@ -19,11 +20,13 @@ from app.auth import bearer_matches
 from app.services import services
 from worker import feedback
 from worker.events import WEBHOOK_SOURCE, anonymous_identity, split_ref, user_identity
+from worker.forget import Forgotten
 from worker.nps_store import DAYS_KEPT, NpsStore
 from worker.scripts import RECENT_LIMIT
 from worker.stats import KEPT_MINUTES, per_minute, snapshot
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
+log = logging.getLogger("relay.admin")
 
 
 @bp.errorhandler(redis.RedisError)
@@ -251,4 +254,88 @@ def nps() -> tuple[Response, int]:
     summary = NpsStore(rt.stores.redis).summary(days, by, latest=_int_arg("latest", 20, 0, 100))
     return jsonify(
         enabled=feedback.enabled(rt.settings), event=rt.settings.feedback_event, poll=poll, **summary
+    ), 200
+
+
+MAX_FORGET_IDS = 100
+
+
+def _forget_request(body: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``{"userIds": [...], "emails": [...], "atPromoter": bool}`` read, and its field errors."""
+    errors: dict[str, Any] = {}
+    if not isinstance(body, dict):
+        return {}, {"_schema": ['Expected {"userIds": [...], "emails": [...], "atPromoter": false}.']}
+    unknown = sorted(set(body) - {"userIds", "emails", "atPromoter"})
+    for name in unknown:
+        errors[name] = ["Unknown field."]
+    wanted: dict[str, Any] = {}
+    for name in ("userIds", "emails"):
+        values = body.get(name, [])
+        if not isinstance(values, list):
+            errors[name] = ["Not a valid list."]
+            continue
+        if len(values) > MAX_FORGET_IDS:
+            errors[name] = [f"At most {MAX_FORGET_IDS} at a time."]
+            continue
+        bad = {
+            str(i): ["Not a valid string."]
+            for i, v in enumerate(values)
+            if not isinstance(v, str) or not v.strip()
+        }
+        if name == "emails":
+            bad |= {str(i): ["Not a valid email address."] for i, v in enumerate(values)
+                    if isinstance(v, str) and v.strip() and "@" not in v}  # fmt: skip
+        if bad:
+            errors[name] = bad
+        wanted[name] = [v.strip() if name == "emails" else v for v in values if isinstance(v, str)]
+    at_promoter = body.get("atPromoter", False)
+    if not isinstance(at_promoter, bool):
+        errors["atPromoter"] = ["Not a valid boolean."]
+    if not errors and not wanted.get("userIds") and not wanted.get("emails"):
+        errors["userIds"] = ["Give at least one userId or email."]
+    return {**wanted, "atPromoter": at_promoter}, errors
+
+
+@bp.post("/api/people/forget")
+def forget_people() -> tuple[Response, int]:
+    """Erase the persons these userIds and emails reach (at once), suppress them, and with
+    ``atPromoter`` queue the removal of their contacts at Promoter; 202 with the job to follow."""
+    wanted, errors = _forget_request(request.get_json(silent=True))
+    if errors:
+        return jsonify(error="Invalid forget request.", errors=errors), 400
+    stores = services().stores
+    result = stores.forgetter.forget(wanted["userIds"], wanted["emails"])
+    job = stores.forget_jobs.create(result, wanted["atPromoter"])
+    log.info("forget job %s: %d person(s), %d message(s) erased", job, result.persons, result.messages)
+    answer = jsonify(
+        job=job,
+        status=f"/admin/api/people/forget/{job}",
+        found=result.found,
+        persons=result.persons,
+        messages=result.messages,
+        suppressed=result.suppressed,
+        unknown={"userIds": result.unknown_users, "emails": result.unknown_emails},
+        detail=_forget_detail(result),
+    )
+    answer.headers["Location"] = f"/admin/api/people/forget/{job}"
+    return answer, 202
+
+
+def _forget_detail(result: Forgotten) -> str:
+    unknown = len(result.unknown_users) + len(result.unknown_emails)
+    parts = [f"erased {result.persons} person(s) and {result.messages} message(s)"]
+    if unknown:
+        parts.append(f"nothing found for {unknown} of the ids given")
+    parts.append("later events for them are dropped" if result.suppressed
+                 else "suppression is off (SUPPRESSION_KEY unset or SUPPRESSION_DAYS=0)")  # fmt: skip
+    return "; ".join(parts)
+
+
+@bp.get("/api/people/forget/<job>")
+def forget_job(job: str) -> tuple[Response, int]:
+    found = services().stores.forget_jobs.get(job)
+    if found is None:
+        return jsonify(error=f"No forget job {job!r} (jobs are kept 7 days)."), 404
+    return jsonify(
+        {**found, "created": records.when(found["created"]), "updated": records.when(found["updated"])}
     ), 200

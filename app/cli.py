@@ -267,6 +267,76 @@ def dead_discard(refs: tuple[str, ...], discard_all: bool, older_than: str | Non
         sys.exit(1)
 
 
+@main.command()
+@click.argument("user_ids", nargs=-1)
+@click.option("--email", "emails", multiple=True, help="an email of the person (repeatable)")
+@click.option("--at-promoter", is_flag=True, help="remove their contacts at Promoter too")
+@click.option("--yes", is_flag=True, help="do not ask first")
+def forget(user_ids: tuple[str, ...], emails: tuple[str, ...], at_promoter: bool, yes: bool) -> None:
+    """Erase everything the relay holds about a person (GDPR/CCPA erasure): every identity, the person,
+    their messages, dead letters, orders and markers; later events naming them are dropped for
+    SUPPRESSION_DAYS. Exits 1 when nothing was found for some id (they are suppressed all the same)."""
+    if not user_ids and not emails:
+        raise click.UsageError("give at least one USER_ID or --email")
+    if bad := [email for email in emails if "@" not in email]:
+        raise click.BadParameter(f"not an email address: {', '.join(bad)}", param_hint="--email")
+    settings = _settings()
+    stores = _stores(settings)
+    named = len(user_ids) + len(emails)
+    if not yes:
+        where = " and remove their contacts at Promoter" if at_promoter else ""
+        click.confirm(f"Erase everything the relay holds about the {named} id(s) given{where}? "
+                      "This cannot be undone", abort=True)  # fmt: skip
+    try:
+        result = stores.forgetter.forget(user_ids, emails)
+        job = stores.forget_jobs.create(result, at_promoter, enqueue=False)
+    except redis.RedisError as error:
+        raise _redis_down(error) from None
+    click.echo(
+        f"erased {result.persons} person(s), {result.identities} identit(ies), {result.messages} message(s)"
+    )
+    for user in result.unknown_users:
+        click.echo(f"nothing found for user id {user!r}")
+    for email in result.unknown_emails:
+        click.echo(f"nothing found for email {email!r}")
+    if result.suppressed:
+        click.echo(f"later events naming them are dropped for {settings.suppression_days} day(s)")
+    else:
+        click.echo(
+            "suppression is off (SUPPRESSION_KEY unset or SUPPRESSION_DAYS=0): later events are accepted"
+        )
+    if at_promoter:
+        _remove_at_promoter(settings, stores, job)
+    if result.unknown_users or result.unknown_emails:
+        sys.exit(1)
+
+
+def _remove_at_promoter(settings: Settings, stores: Any, job: str) -> None:
+    """The job's removals at Promoter, made here: through the shared budget, waiting out 429s and
+    transient failures for the retry window."""
+    from worker.promoter import PromoterClient
+    from worker.runtime import Runtime
+    from worker.tasks import remove_contacts
+
+    if not settings.promoter_api_key:
+        raise click.ClickException("PROMOTER_API_KEY is not set: cannot remove contacts at Promoter")
+    client = PromoterClient(settings.promoter_api_url, settings.promoter_api_key,
+                            timeout=settings.promoter_timeout_seconds)  # fmt: skip
+    rt = Runtime(settings, stores, client)
+    attempt = 1
+    while not (outcome := remove_contacts(rt, job, attempt)).done:
+        click.echo(f"at Promoter: {outcome.why}; again in {outcome.retry_in:.1f}s", err=True)
+        time.sleep(max(0.05, outcome.retry_in))
+        attempt += 1
+    state = stores.forget_jobs.get(job) or {}
+    removal = state.get("atPromoter", {})
+    detail = f": {removal['detail']}" if removal.get("detail") else ""
+    click.echo(f"at Promoter: {removal.get('state')} ({removal.get('removed', 0)} removed, "
+               f"{removal.get('notFound', 0)} not there){detail}")  # fmt: skip
+    if removal.get("state") == "failed":
+        sys.exit(2)
+
+
 def _duration(text: str) -> float:
     match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text.strip())
     if not match:
@@ -313,6 +383,13 @@ def check() -> None:
     else:
         ok = False
         click.echo(f"FAIL  campaign {settings.promoter_campaign_id} is not among the account's campaigns")
+    if settings.suppression_seconds:
+        click.echo(
+            f"ok    a forgotten person's later events are dropped for {settings.suppression_days} day(s)"
+        )
+    else:
+        click.echo("warn  suppression is off (SUPPRESSION_KEY unset or SUPPRESSION_DAYS=0): a forget erases, "
+                   "but the person's later events are accepted again")  # fmt: skip
     if not ok:
         sys.exit(1)
 

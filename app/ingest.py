@@ -34,7 +34,7 @@ from app.schemas import MESSAGE_TYPES, SHORT_TYPES
 from app.services import services
 from worker import keys
 from worker.events import WEBHOOK_SOURCE
-from worker.messages import Admission
+from worker.messages import SUPPRESSED, Admission
 from worker.settings import Settings
 from worker.states import State
 
@@ -72,6 +72,8 @@ class Unauthorized(Exception):
 
 # The answers to a stored single message, serialized once.
 ACCEPTED = b'{"success":true}\n'
+# The accept script's answers that queued nothing: skipped, a duplicate, a forgotten person's.
+NOT_QUEUED = ("", "-", SUPPRESSED)
 DUPLICATE = b'{"duplicate":true,"success":true}\n'
 
 
@@ -257,8 +259,8 @@ def _accept(admissions: list[Admission]) -> list[str]:
     if len(admissions) == 1:
         _log_one(log.info, admissions[0], tasks[0])
     elif admissions and log.isEnabledFor(logging.INFO):
-        queued = [a.event["ref"] for a, task in zip(admissions, tasks, strict=True) if task not in ("", "-")]
-        skipped, duplicates = tasks.count("-"), tasks.count("")
+        queued = [a.event["ref"] for a, task in zip(admissions, tasks, strict=True) if task not in NOT_QUEUED]
+        skipped, duplicates = tasks.count("-") + tasks.count(SUPPRESSED), tasks.count("")
         ids = ",".join(queued) or "-"
         log.info("batch: %d queued, %d skipped, %d duplicates", len(queued), skipped, duplicates,
                  extra={"message_id": ids, "task_id": ids})  # fmt: skip
@@ -270,8 +272,10 @@ def _accept(admissions: list[Admission]) -> list[str]:
 
 def _log_one(write: Any, admission: Admission, task: str) -> None:
     event = admission.event
-    context = {"message_id": event["ref"], "task_id": task if task not in ("", "-") else "-"}
-    if not task:
+    context = {"message_id": event["ref"], "task_id": task if task not in NOT_QUEUED else "-"}
+    if task == SUPPRESSED:
+        write("%s of a forgotten person (suppressed), acknowledged and dropped", event["type"], extra=context)
+    elif not task:
         write("duplicate %s, acknowledged", event["type"], extra=context)
     elif admission.state is State.SKIPPED:
         write("%s skipped: %s", event["type"], admission.detail, extra=context)

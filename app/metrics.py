@@ -59,7 +59,7 @@ class RelayCollector(Collector):
             "Events received by ingest, by type and result",
             labels=["type", "result"],
         )
-        for result in ("accepted", "duplicate", "rejected"):
+        for result in ("accepted", "duplicate", "rejected", "suppressed"):
             for kind, count in sorted(snap[result].items()):
                 received.add_metric([kind, result], count)
         yield received

@@ -26,7 +26,7 @@ def check(
     monkeypatch: pytest.MonkeyPatch,
 ) -> Callable[..., Result]:
     for name in os.environ:
-        if name.startswith(("PROMOTER_", "RELAY_", "SURVEY_")):
+        if name.startswith(("PROMOTER_", "RELAY_", "SURVEY_", "SUPPRESSION_")):
             monkeypatch.delenv(name)
     monkeypatch.setenv("REDIS_URL", redis_url)
     monkeypatch.setenv("PROMOTER_API_URL", sandbox.url)
@@ -47,6 +47,16 @@ def test_check_passes_when_the_campaign_is_among_the_accounts(check: Callable[..
     assert "ok    Redis answers" in result.output
     assert f"Promoter accepts the API key ({len(CAMPAIGNS)} campaign(s) seen" in result.output
     assert "campaign 123 exists" in result.output
+    assert "warn  suppression is off (SUPPRESSION_KEY unset" in result.output
+
+
+def test_check_says_that_suppression_is_on(
+    check: Callable[..., Result], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SUPPRESSION_KEY", "check-suppression-key-0123")
+    result = check(123)
+    assert result.exit_code == 0, result.output
+    assert "ok    a forgotten person's later events are dropped for 30 day(s)" in result.output
 
 
 def test_check_fails_for_a_campaign_the_account_does_not_have(check: Callable[..., Result]) -> None:

@@ -321,6 +321,10 @@ def test_dashboard_opens_a_known_user(
     expect(page.locator("#user-fields tr", has_text="identities")).to_contain_text("u7")
     expect(page.locator("#user-fields tr", has_text="identities")).not_to_contain_text("u:u7")
     fields = page.locator("#user-fields")
+    # Emails are masked unless asked for.
+    expect(fields.locator("tr", has_text="contact (merged)")).to_contain_text("email: u***@example.com")
+    expect(fields).not_to_contain_text("u7@example.com")
+    page.check("#show-emails")
     expect(fields.locator("tr", has_text="contact (merged)")).to_contain_text("email: u7@example.com")
     expect(fields.locator("tr", has_text="contact (merged)")).to_contain_text("first_name: Ada")
     expect(fields.locator("tr", has_text="at Promoter")).to_contain_text("email: u7@example.com")
@@ -329,6 +333,33 @@ def test_dashboard_opens_a_known_user(
     expect(page.locator("#user-held-title")).to_have_text("Held messages (0)")
     page.click("#user button.close")
     expect(page.locator("#user")).to_be_hidden()
+
+
+def test_dashboard_forgets_a_person_after_asking(
+    live_url: str, page: Page, redis_client: redis.Redis, sandbox: SandboxServer
+) -> None:
+    """ "Forget this person" on the user view asks first; declined, nothing changes; accepted, the
+    person is gone and the notice says what was erased."""
+    from playwright.sync_api import expect
+
+    relay = make_relay(redis_client, sandbox)
+    relay.send(make_event("id-8", "identify", "u8", traits={"email": "u8@example.com", "firstName": "Ada"}))
+    relay.drain()
+    dialogs = Dialogs(page)
+    log_in(page, live_url)
+    page.locator("#messages tr", has_text="id-8").locator("button.user").click()
+    expect(page.locator("#user-forget-box")).to_be_visible()
+    page.click("#user-forget")
+    expect(page.locator("#notice")).to_have_text("Nothing forgotten.")
+    assert relay.stores.people.person_of("u:u8") is not None
+    dialogs.accept = True
+    page.click("#user-forget")
+    expect(page.locator("#notice")).to_contain_text("Forgotten: erased 1 person(s)")
+    expect(page.locator("#user")).to_be_hidden()
+    assert [kind for kind, _ in dialogs.seen] == ["confirm", "confirm"]
+    assert "Forget user u8?" in dialogs.seen[0][1]
+    assert relay.stores.people.person_of("u:u8") is None
+    expect(page.locator("#messages")).not_to_contain_text("id-8")
 
 
 def test_dashboard_shows_the_evidence_of_a_worker_stopped_mid_call(

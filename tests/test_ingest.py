@@ -439,7 +439,8 @@ def test_a_track_whose_context_traits_hold_an_unreadable_email_is_accepted(
     response = post(client, "/v1/track", message)
     assert response.status_code == 200, response.get_json()
     [event] = queued_events(redis_client)
-    assert event["traits"] == {"plan": "pro"}
+    # A track keeps no traits: context.traits are only informational (minimisation, issue 21).
+    assert event["traits"] == {}
 
 
 # --------------------------------------------------------------------------- identify, alias: new rules
@@ -1019,7 +1020,7 @@ def test_batch_context_and_integrations_merge_into_items(
 ) -> None:
     """Batch-level context and integrations apply to every item; the item's own values win.
 
-    The stored event keeps no context: what it still takes from it is a track's ``context.traits``.
+    The stored event keeps no context, not even a track's ``context.traits`` (minimisation).
     """
     plain = {"type": "track", **track("m1")}
     own = {
@@ -1046,9 +1047,9 @@ def test_batch_context_and_integrations_merge_into_items(
     assert status(redis_client, ref(plain["messageId"]))["state"] == "skipped"
     own_event, inherited_event = queued_events(redis_client)
     assert own_event["messageId"] == own["messageId"]
-    assert own_event["traits"] == {"email": "own@example.com"}
+    assert own_event["traits"] == {}
     assert inherited_event["messageId"] == inherits["messageId"]
-    assert inherited_event["traits"] == {"email": "batch@example.com"}
+    assert inherited_event["traits"] == {}
     assert "context" not in own_event
     assert "context" not in inherited_event
 
@@ -1058,8 +1059,8 @@ def test_batch_context_fills_items_without_context(client: FlaskClient, redis_cl
     body = {"batch": [item], "context": {"traits": {"email": "ctx@example.com"}, "ip": "10.1.1.1"}}
     assert post(client, "/v1/batch", body).status_code == 200
     [event] = queued_events(redis_client)
-    # A track carries the user's traits from context.traits (analytics.js does that).
-    assert event["traits"] == {"email": "ctx@example.com"}
+    # analytics.js puts the user's traits in a track's context.traits: not needed, not kept.
+    assert event["traits"] == {}
     assert "context" not in event
 
 

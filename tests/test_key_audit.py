@@ -29,7 +29,13 @@ def allowed_without_ttl(key: str) -> bool:
 def test_every_key_expires_or_is_a_documented_bounded_structure(
     client: FlaskClient, redis_client: redis.Redis, processes: Processes, sandbox: object
 ) -> None:
-    relay = make_relay(redis_client, sandbox, promoter_daily_limit=1000, survey_cooldown_days=30)  # type: ignore[arg-type]
+    relay = make_relay(
+        redis_client,
+        sandbox,  # type: ignore[arg-type]
+        promoter_daily_limit=1000,
+        survey_cooldown_days=30,
+        suppression_key="key-audit-suppression-key",
+    )
     # identities, persons, aliases, merges, orders, surveys, holds, retries, dead letters
     relay.send(make_event("held", "track", "ghost"), make_event("anon", "track", None, anonymous="visitor"))
     relay.send(
@@ -49,6 +55,10 @@ def test_every_key_expires_or_is_a_documented_bounded_structure(
     relay.stores.budget.pause(5)
     relay.stores.dead.discard([ref("dead")])
     assert relay.stores.dead.bury(ref("anon"), "kept as a dead letter")
+    # a forget: suppression markers, a job with a pending removal at Promoter
+    forgotten = relay.stores.forgetter.forget(["u2"], ["u3@example.com"])
+    assert forgotten.suppressed
+    relay.stores.forget_jobs.create(forgotten, at_promoter=True, enqueue=False)
     # ingest through HTTP (counters, recent list, refusals) and a real worker (kombu's keys)
     for kind, body in (("identify", {"userId": "w1", "traits": {"email": "w1@example.com"}}),
                        ("track", {"userId": "w1", "event": "NPS"})):  # fmt: skip

@@ -153,10 +153,12 @@ def test_no_secret_in_logs_errors_or_admin_output(
 ) -> None:
     """Every secret is set and every error path is walked; none of them may show up anywhere."""
     wrong_key = "promoter-key-that-promoter-refuses"
-    secrets = [wrong_key, WRITE_KEY, ADMIN_TOKEN, SECRET, SANDBOX_KEY]
+    suppression_key = "suppression-key-of-this-test-run"
+    secrets = [wrong_key, WRITE_KEY, ADMIN_TOKEN, SECRET, SANDBOX_KEY, suppression_key]
     processes.env.update(PROMOTER_API_KEY=wrong_key, SEGMENT_SHARED_SECRET=SECRET, LOG_LEVEL="debug")
     processes.worker()
-    app = create_app({"TESTING": True, **settings_for(redis_url, segment_shared_secret=SECRET)})
+    settings = settings_for(redis_url, segment_shared_secret=SECRET, suppression_key=suppression_key)
+    app = create_app({"TESTING": True, **settings})
     client = app.test_client()
     outputs: list[str] = []
     with caplog.at_level(logging.DEBUG):
@@ -172,6 +174,7 @@ def test_no_secret_in_logs_errors_or_admin_output(
             lambda: client.get("/admin/api/dead-letters", headers=BEARER),
             lambda: client.get("/admin/"),
             lambda: client.get("/metrics"),
+            lambda: client.post("/admin/api/people/forget", json={"userIds": ["gone"]}, headers=BEARER),
         ]
         for request in requests:
             outputs.append(request().get_data(as_text=True))

@@ -23,6 +23,8 @@ CAUGHT_BY = {
     "no-final-guard": (1, "a known person's message is a dead letter"),
     "anonymous-reaches-other": (11, "surveyed another person's email"),
     "no-track-barrier": (14, "surveyed a replaced email"),
+    "no-suppression": (13, "delivered for a forgotten person"),
+    "forget-keeps-events": (22, "trace of a forgotten person"),
 }
 
 

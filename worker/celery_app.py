@@ -53,7 +53,7 @@ def create_celery(settings: Settings) -> RelayCelery:
         },
         task_default_queue=settings.queue_name,
         task_queues=[Queue(control), Queue(settings.queue_name), Queue(settings.low_queue)],
-        task_routes={name: {"queue": control} for name in tasks.HOUSEKEEPING},
+        task_routes={name: {"queue": control} for name in tasks.CONTROL},
         task_serializer="json",
         accept_content=["json"],
         task_ignore_result=True,

@@ -76,6 +76,12 @@ identity = KeyFormat(PREFIX + ":id:{%s}")
 held = KeyFormat(identity + ":held")
 barrier = KeyFormat(identity + ":barrier")
 repeats = KeyFormat(identity + ":repeats")
+# The messages accepted naming this identity (refs scored by when), so a forget finds them all in one
+# atomic step; kept as long as the longest-kept status record (a dead letter's).
+messages = KeyFormat(identity + ":msgs")
+# The anonymousIds a userId was seen with (scored by when, the last few), however long ago their links
+# expired: a forget of the userId erases and suppresses what was sent under them too.
+devices = KeyFormat(identity + ":devices")
 # A person, named after its userId or, never identified, its anonymousId: relay:person:{u:42}.
 person = KeyFormat(PREFIX + ":person:{%s}")
 person_waiting = KeyFormat(person + ":waiting")
@@ -83,6 +89,12 @@ surveyed = KeyFormat(PREFIX + ":surveyed:{%s}")
 budget = KeyFormat(BUDGET_DAY + "%s")
 # The person whose contact Promoter accepted with this email (the key part is ``email_digest``).
 email = KeyFormat(PREFIX + ":email:{%s}")
+# A forgotten person's identity (userId, anonymousId, alias id or email) as a keyed hash
+# (worker/suppression.py): later events naming it are acknowledged and dropped while it lasts.
+suppressed = KeyFormat(PREFIX + ":suppressed:{%s}")
+# One forget's progress (worker/forget.py): counts and outcomes only, never whom it forgot (but the
+# emails still to remove at Promoter, while that removal is pending).
+forget_job = KeyFormat(PREFIX + ":forget:job:{%s}")
 # What was last sent to Segment for one Promoter feedback id (worker/feedback.py).
 feedback_seen = KeyFormat(PREFIX + ":feedback:seen:{%s}")
 
@@ -95,10 +107,14 @@ FORMATS: dict[str, KeyFormat] = {
     "held": held,
     "barrier": barrier,
     "repeats": repeats,
+    "messages": messages,
+    "devices": devices,
     "person": person,
     "person_waiting": person_waiting,
     "surveyed": surveyed,
     "email": email,
+    "suppressed": suppressed,
+    "feedback_seen": feedback_seen,
 }
 
 

@@ -18,9 +18,10 @@ from typing import Any, cast
 import redis
 
 from worker import keys
-from worker.events import Event, loaded, primary_identity, stored, user_identity, version
+from worker.events import Event, anonymous_identity, loaded, primary_identity, stored, user_identity, version
 from worker.scripts import Scripts, encode
 from worker.states import Route, StartKind, State
+from worker.suppression import markers, named_by
 
 # Every field of a status record (relay:msg:{<ref>}), and what it holds. docs/records.md is made from
 # this table (``python -m worker.messages``), and a test keeps the scripts to these names.
@@ -112,9 +113,15 @@ class Start:
     run: int = 0
 
 
+# The accept script's answer for a message of a forgotten person: acknowledged, dropped, counted.
+SUPPRESSED = "!"
+
+
 class Messages:
-    def __init__(self, client: redis.Redis, *, scripts: Scripts) -> None:
+    def __init__(self, client: redis.Redis, *, scripts: Scripts, suppression_key: str = "") -> None:
+        """``suppression_key``: SUPPRESSION_KEY while suppression is on, else empty (nothing looked up)."""
         self.client = client
+        self._suppression_key = suppression_key
         self._accept = scripts("accept")
         self._start = scripts("start")
 
@@ -122,7 +129,8 @@ class Messages:
         """Record and queue every admission in one atomic round trip.
 
         Returns, per admission, the task id it was queued with, ``-`` when it was recorded but needs
-        no task (skipped), or ``""`` for a duplicate.
+        no task (skipped), ``""`` for a duplicate, or ``SUPPRESSED`` when it names a forgotten person
+        (nothing is recorded of it).
         """
         if not admissions:
             return []
@@ -144,6 +152,10 @@ class Messages:
                     "" if item.state is State.SKIPPED else encode(stored(event)),
                     item.compare if contact else {},
                     version(event) if contact else "",
+                    markers(self._suppression_key, named_by(event)),
+                    anonymous_identity(str(event["anonymousId"]))
+                    if event.get("userId") and event.get("anonymousId")
+                    else "",
                 ]
             )
         answers: list[str] = self._accept(encode(items))

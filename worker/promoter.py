@@ -297,6 +297,11 @@ class PromoterClient:
         """``POST /v2/survey/``: ask Promoter to survey one contact for one campaign."""
         return self._call("survey", "POST", "/v2/survey/", body, acts_once=True)
 
+    def remove_contact(self, email: str) -> Reply:
+        """``POST /contacts/remove/``: Promoter forgets the contact with this email (a forget's
+        ``--at-promoter``)."""
+        return self._call("contacts_remove", "POST", "/contacts/remove/", {"email": email})
+
     def campaigns(self, page: int = 1) -> Reply:
         """``GET /campaigns/?page=N`` (DRF pagination: ``results``, ``next``); used by ``check``."""
         return self._call("campaigns", "GET", f"/campaigns/?page={page}", None)

@@ -34,13 +34,15 @@ from worker.settings import DAY, Settings
 from worker.states import FINAL, LUA_ENUMS, SYNC_OWED
 
 LUA_DIR = Path(__file__).resolve().parent / "lua"
-LIBRARY = ("core", "persons", "holds", "budget", "updates", "surveys")
+LIBRARY = ("core", "persons", "holds", "budget", "updates", "surveys", "forget")
 HISTORY_LIMIT = 50
 RECENT_LIMIT = 200
 # A person keeps this many anonymousIds (the longest unseen dropped first), alias ids and attributes.
 MAX_ANONYMOUS_IDS = 10
 MAX_ALIAS_IDS = 20
 MAX_ATTRIBUTES = 100
+# A userId remembers this many of the anonymousIds it was seen with, for a forget.
+MAX_DEVICES = 50
 # While Promoter refuses the account, one call per this many seconds finds out whether it is fixed.
 PROBE_SECONDS = 60.0
 
@@ -60,6 +62,7 @@ _GLOBAL_KEYS = {
     "latency": keys.LATENCY,
     "budget_day": keys.BUDGET_DAY,
     "account": keys.ACCOUNT,
+    "nps_latest": keys.NPS_LATEST,
 }
 
 
@@ -99,6 +102,13 @@ def config(settings: Settings) -> dict[str, Any]:
         "max_anonymous_ids": MAX_ANONYMOUS_IDS,
         "max_alias_ids": MAX_ALIAS_IDS,
         "max_attributes": MAX_ATTRIBUTES,
+        "max_devices": MAX_DEVICES,
+        # The message index of an identity lasts as long as the longest-kept status record.
+        "messages_ttl": max(
+            settings.status_ttl_seconds,
+            settings.dead_letter_ttl_seconds,
+            max(settings.hold_ttl_seconds, settings.anonymous_hold_ttl_seconds) + DAY,
+        ),
     }
 
 

@@ -72,6 +72,10 @@ class Settings:
     feedback_segment_host: str = DEFAULT_SEGMENT_HOST
     feedback_poll_seconds: int = 300
     feedback_event: str = "NPS Survey Responded"
+    # Personal data (issue 21): the key of the suppression markers a forget leaves, and how long they
+    # last (0: none). Without a key no marker is written: a forget erases, but does not suppress.
+    suppression_key: str = field(default="", repr=False)
+    suppression_days: int = 30
 
     @property
     def low_queue(self) -> str:
@@ -95,6 +99,12 @@ class Settings:
         that died mid-call.
         """
         return self.promoter_timeout_seconds * 3 + 10
+
+    @property
+    def suppression_seconds(self) -> int:
+        """How long a forgotten person's later events are dropped; 0 when nothing is suppressed (no
+        key, or SUPPRESSION_DAYS=0)."""
+        return self.suppression_days * DAY if self.suppression_key else 0
 
 
 def _text(_: str, value: str) -> str:
@@ -146,6 +156,17 @@ def _token(name: str, value: str) -> str:
     if any(char.isspace() or not char.isprintable() for char in token):
         raise SettingsError(f"{name} contains spaces or control characters")
     return token
+
+
+MIN_KEY_LENGTH = 16
+
+
+def _secret_key(name: str, value: str) -> str:
+    """A key for a keyed hash: long enough that the hashes of guessable ids cannot be tried."""
+    key = value.strip()
+    if len(key) < MIN_KEY_LENGTH:
+        raise SettingsError(f"{name} must be at least {MIN_KEY_LENGTH} characters")
+    return key
 
 
 def _bool(name: str, value: str) -> bool:
@@ -239,6 +260,8 @@ _PARSERS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "FEEDBACK_SEGMENT_HOST": ("feedback_segment_host", lambda n, v: _url(n, v, ("http", "https"))),
     "FEEDBACK_POLL_SECONDS": ("feedback_poll_seconds", _positive_int),
     "FEEDBACK_EVENT": ("feedback_event", _text),
+    "SUPPRESSION_KEY": ("suppression_key", _secret_key),
+    "SUPPRESSION_DAYS": ("suppression_days", _whole),
 }
 
 ENV_VARS: tuple[str, ...] = tuple(_PARSERS)
@@ -249,6 +272,7 @@ FILE_VARIANTS: tuple[str, ...] = (
     "SEGMENT_WRITE_KEYS",
     "SEGMENT_SHARED_SECRET",
     "METRICS_TOKEN",
+    "SUPPRESSION_KEY",
 )
 
 
@@ -314,6 +338,7 @@ def production_problems(settings: Settings) -> list[str]:
         "ADMIN_TOKEN": settings.admin_token,
         "METRICS_TOKEN": settings.metrics_token,
         "SEGMENT_SHARED_SECRET": settings.segment_shared_secret,
+        "SUPPRESSION_KEY": settings.suppression_key,
         **{f"SEGMENT_WRITE_KEYS[{i + 1}]": key for i, key in enumerate(settings.segment_write_keys)},
     }
     for name, value in secrets.items():

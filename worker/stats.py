@@ -36,6 +36,7 @@ _GROUPS = (
     "dead_dropped",
     "survey_unknown",
     "survey_resend",
+    "suppressed",
 )
 
 

@@ -14,6 +14,7 @@ import redis
 
 from worker.budget import Budget
 from worker.deadletters import DeadLetters
+from worker.forget import Forgetter, Jobs
 from worker.holds import Holds
 from worker.messages import Messages
 from worker.people import People
@@ -44,6 +45,8 @@ class Stores:
     dead: DeadLetters
     budget: Budget
     reconciler: Reconciler
+    forgetter: Forgetter
+    forget_jobs: Jobs
 
 
 def build_stores(
@@ -60,7 +63,11 @@ def build_stores(
 
     return Stores(
         redis=client,
-        messages=Messages(client, scripts=scripts("messages")),
+        messages=Messages(
+            client,
+            scripts=scripts("messages"),
+            suppression_key=settings.suppression_key if settings.suppression_seconds else "",
+        ),
         people=People(client, scripts=scripts("people"), lease_seconds=settings.survey_lease_seconds),
         holds=Holds(
             client,
@@ -86,4 +93,12 @@ def build_stores(
             grace_seconds=settings.visibility_timeout + MARGIN_SECONDS,
             clock=clock,
         ),
+        forgetter=Forgetter(
+            client,
+            scripts=scripts("people"),
+            suppression_key=settings.suppression_key,
+            suppression_seconds=settings.suppression_seconds,
+            clock=clock,
+        ),
+        forget_jobs=Jobs(client, queue=settings.control_queue, clock=clock),
     )

@@ -66,8 +66,14 @@ BODY_SUFFIX = ",{},{}]"
 
 def render(ref: str, kind: str, queue: str, task_id: str) -> str:
     """The same message in Python (tests, and the contract test against ``send_task``)."""
-    body = "[" + json.dumps([ref]) + BODY_SUFFIX
-    values = (json.dumps(body), json.dumps(TASK_FOR_TYPE[kind]), json.dumps(task_id), json.dumps(task_id),
+    return render_task(TASK_FOR_TYPE[kind], ref, queue, task_id)
+
+
+def render_task(name: str, argument: str, queue: str, task_id: str) -> str:
+    """A task message of task ``name`` with one string argument (a forget job's removal at Promoter),
+    pushed by Python where no script queues it."""
+    body = "[" + json.dumps([argument]) + BODY_SUFFIX
+    values = (json.dumps(body), json.dumps(name), json.dumps(task_id), json.dumps(task_id),
               json.dumps(queue))  # fmt: skip
     return TEMPLATE % values
 

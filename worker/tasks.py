@@ -22,6 +22,7 @@ from celery import Celery, Task
 
 from worker import delivery, feedback, taskmessages
 from worker.events import Event
+from worker.forget import REMOVE_TASK, Attempt, remove_at_promoter
 from worker.messages import Start
 from worker.promoter import AccountError, PermanentError, ThrottledError, TransientError
 from worker.runtime import Runtime, RuntimeSlot
@@ -44,7 +45,10 @@ EXPIRE_TASK = "relay.expire_holds"
 PRUNE_TASK = "relay.prune_dead_letters"
 ACCOUNT_TASK = "relay.watch_account"
 FEEDBACK_TASK = "relay.poll_feedback"
+FORGET_AT_PROMOTER_TASK = REMOVE_TASK
 HOUSEKEEPING = (DISPATCH_TASK, RECONCILE_TASK, EXPIRE_TASK, PRUNE_TASK, ACCOUNT_TASK, FEEDBACK_TASK)
+# Tasks on the control queue that are not beat's.
+CONTROL = (*HOUSEKEEPING, FORGET_AT_PROMOTER_TASK)
 
 
 def deliver(ref: str, handler: Handler, rt: Runtime, task_id: str = "-") -> str:
@@ -177,6 +181,37 @@ def register(app: Celery, slot: RuntimeSlot) -> None:
     housekeeping(PRUNE_TASK, lambda rt: rt.stores.dead.prune(), "dead letters dropped by retention")
     housekeeping(ACCOUNT_TASK, watch_account, "")
     housekeeping(FEEDBACK_TASK, feedback.run_task, "NPS responses sent to Segment")
+
+    def forget_at_promoter(self: Task[Any, Any], job: str) -> str:
+        attempt = remove_contacts(slot.get(), job, self.request.retries + 1)
+        if not attempt.done:
+            rt = slot.get()
+            # A countdown stays well inside the visibility timeout (DESIGN.md): a longer wait comes
+            # back sooner and finds the budget still closed.
+            raise self.retry(
+                countdown=min(attempt.retry_in, rt.settings.visibility_timeout / 3), max_retries=None
+            )
+        return "done"
+
+    app.task(bind=True, name=FORGET_AT_PROMOTER_TASK, ignore_result=True, acks_late=True)(forget_at_promoter)
+
+
+def remove_contacts(rt: Runtime, job: str, attempt: int) -> Attempt:
+    """One round of a forget job's removals at Promoter (``worker.forget.remove_at_promoter``), through
+    the shared budget; past the retry window since the job began, the job fails."""
+    jobs = rt.stores.forget_jobs
+    created = (jobs.get(job) or {}).get("created", rt.clock())
+    return remove_at_promoter(
+        jobs,
+        job,
+        rt.promoter,
+        lambda: rt.stores.budget.wait_seconds("high"),
+        rt.stores.budget.pause,
+        attempt=attempt,
+        give_up=rt.clock() - created > rt.settings.retry_window_seconds,
+        base_delay=rt.settings.retry_base_seconds,
+        max_delay=rt.settings.retry_max_delay_seconds,
+    )
 
 
 def watch_account(rt: Runtime) -> int:

@@ -278,6 +278,14 @@ class SandboxState:
             self._save()
             return {k: dict(v) if k == "attributes" else v for k, v in contact.items() if k != "contact_list"}
 
+    def remove(self, email: str) -> bool:
+        """``POST /contacts/remove/``: the contact goes (with its survey history); False when unknown."""
+        with self._lock:
+            removed = self._contacts.pop(email.lower(), None) is not None
+            self._surveyed = {key: at for key, at in self._surveyed.items() if key[1] != email.lower()}
+            self._save()
+            return removed
+
     def answer_survey(self, campaign: int, contact: Mapping[str, Any]) -> JSON | None:
         """A surveyed contact answers at once (with ``feedback_rate``), a score drawn from the seed."""
         with self._lock:
@@ -517,6 +525,18 @@ def upsert_contact() -> flask.Response:
     if errors := _contact_errors(body):
         raise _Rejected(400, errors)
     return _response(200, _state().upsert(body))
+
+
+@api.post("/contacts/remove/")
+def remove_contact() -> flask.Response:
+    """Promoter's contact removal by email: 404 (DRF's "Not found.") when no such contact."""
+    body = _body()
+    email = body.get("email")
+    if not isinstance(email, str) or "@" not in email:
+        raise _Rejected(400, {"email": ["Enter a valid email address."]})
+    if not _state().remove(email):
+        raise _Rejected(404, {"detail": "Not found."})
+    return _response(200, {"detail": "Contact removed."})
 
 
 @api.post("/v2/survey/")

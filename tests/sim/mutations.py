@@ -62,6 +62,28 @@ MUTATIONS: dict[str, Mutation] = {
         "plan.state = STATE.DELIVERED\n",
         "answer a state the record does not hold",
     ),
+    # A forget leaves the stored events of the person's messages behind.
+    "forget-keeps-events": Mutation(
+        "lib/forget",
+        "redis.call('DEL', key, key_event(ref), key_history(ref))",
+        "redis.call('DEL', key, key_history(ref))",
+        "leave a forgotten message's stored event",
+    ),
+    # A survey call of a forgotten message that returns records its outcome (and the cooldown marker
+    # with the email) as if nothing had happened.
+    "forgotten-survey-settles": Mutation(
+        "people.settle_survey",
+        "if state_of(ref) == STATE.FORGOTTEN then return STATE.FORGOTTEN end",
+        "",
+        "let a survey call that ends after a forget settle its message",
+    ),
+    # Ingest no longer drops the events of a forgotten person.
+    "no-suppression": Mutation(
+        "messages.accept",
+        "  if suppressed(item[12]) then",
+        "  if false then",
+        "accept a forgotten person's later events",
+    ),
 }
 
 
@@ -71,6 +93,10 @@ UNCAUGHT = {
     "no-claim-recheck": (
         "the oracle allows a survey to go to the email its person had at the track's time; the recheck "
         "matters only when an identify older than the track arrives during the track's wait for budget"
+    ),
+    "forgotten-survey-settles": (
+        "it needs a forget while a survey call of that person is in flight with SURVEY_COOLDOWN_DAYS on, "
+        "which none of the first 200 seeds draws; tests/test_privacy.py stalls such a call to show it"
     ),
 }
 

@@ -154,7 +154,8 @@ class Oracle:
             if sent.number in self.messages:
                 continue
             self.messages[sent.number] = message
-            if sent.human is not None:
+            dropped = not message.state and ref in self.world.record.suppressed
+            if sent.human is not None and not dropped:
                 self.by_human[sent.human].append(message)
 
     # --- checks ----------------------------------------------------------------------------------
@@ -162,14 +163,19 @@ class Oracle:
     def check(self) -> None:
         self.load()
         for message in self.messages.values():
+            if message.state == "" and message.ref in self.world.record.suppressed:
+                continue  # a forgotten person's, dropped at ingest (check_forgotten says whose)
             if message.state not in FINAL:
                 self.fail(
                     "not final at rest",
                     f"m{message.sent.number} {message.ref}: {message.state} {message.detail}",
                 )
         self.check_surveys()
+        exempt = self.forget_exempt()
         for human in self.humans.values():
-            self.check_person(human)
+            if human.index not in exempt:
+                self.check_person(human)
+        self.check_forgotten()
         self.check_contacts_owned()
         self.check_keys()
         for overlap in self.world.promoter.overlaps:
@@ -394,6 +400,108 @@ class Oracle:
                 diffs[name] = (contact["attributes"].get(name), value)
         if diffs:
             self.fail("contact differs from the newest state", f"h{human.index} {expected['email']}: {diffs}")
+
+    # --- a forgotten person -------------------------------------------------------------------------
+
+    def forget_exempt(self) -> set[int]:
+        """The forgotten person, and whoever shared a device with them: their anonymous events from it
+        may have been forgotten or suppressed with the forgotten person's, so their exact outcome is not
+        the model's."""
+        forgotten = self.world.record.forgotten
+        if forgotten is None:
+            return set()
+        human = self.humans[forgotten]
+        exempt = {forgotten}
+        for device in {human.laptop, human.phone, *human.devices}:
+            exempt |= self.world.traffic.device_users.get(device, set())
+        return exempt
+
+    def check_forgotten(self) -> None:
+        """After a forget: no trace of the person anywhere in Redis, nothing planned for them at Promoter
+        after it, and nothing of anyone else suppressed."""
+        record = self.world.record
+        if record.forgotten is None or record.forgotten_at is None:
+            if record.suppressed:
+                self.fail("suppressed without a forget", f"{sorted(record.suppressed)[:5]}")
+            return
+        human = self.humans[record.forgotten]
+        users = {user for user in (human.user_id, human.legacy_id) if user}
+        devices = {human.laptop, human.phone, *human.devices}
+        shared = {d for d in devices if self.world.traffic.device_users.get(d, set()) - {human.index}}
+        for message in self.messages.values():
+            if message.ref not in record.suppressed or message.state:
+                continue
+            sent = message.sent.message
+            email = str((sent.get("traits") or {}).get("email") or "").lower()
+            mine = (
+                sent.get("userId") in users
+                or sent.get("previousId") in users
+                or email in {e.lower() for e in human.emails}
+                or (not sent.get("userId") and sent.get("anonymousId") in devices)
+            )
+            if not mine:
+                self.fail("another person's message suppressed", f"m{message.sent.number}: {sent}")
+        forgotten_at = self.world.clock() - self.world.t + record.forgotten_at
+        emails = {e.lower() for e in human.emails}
+        for planned, endpoint, email in self.world.promoter.log:
+            if email in emails and planned > forgotten_at:
+                self.fail("delivered for a forgotten person", f"{endpoint} {email} planned after the forget")
+        # A device is the person's, as far as the relay can know, once an event named it with their userId.
+        seen = {
+            m.sent.message.get("anonymousId") for m in self.by_human[human.index]
+            if m.sent.message.get("userId") in users
+            and record.accepted_at_time.get(m.ref, 1e18) < record.forgotten_at
+        }  # fmt: skip
+        known = sorted(d for d in devices - shared if d in seen)
+        ids = [human.user_id, *([human.legacy_id] if human.legacy_id else []), *known]
+        needles = [re.compile(rf"(?<![\w]){re.escape(i)}(?![\w])") for i in ids]
+        needles += [re.compile(rf"(?<![0-9A-Za-z])h{human.index}[.-]"),
+                    re.compile(rf"(?:First|Last){human.index}(?!\d)")]  # fmt: skip
+        # What the relay could not know was theirs: anonymous events from a device no event had named
+        # with their userId before the forget (their traits may be in them all the same).
+        unknown = sorted(devices - set(known))
+        unknowable = [f"a:{d}" for d in unknown] + [
+            m.ref for m in self.messages.values()
+            if m.sent.human == human.index and not m.sent.message.get("userId")
+            and m.sent.message.get("anonymousId") in unknown
+        ]  # fmt: skip
+        for key, found in self.traces(needles, unknowable, bool(shared)):
+            self.fail("trace of a forgotten person", f"h{human.index} in {key}: {found}")
+
+    def traces(
+        self, needles: list[re.Pattern[str]], unknowable: list[str], shared: bool
+    ) -> list[tuple[str, str]]:
+        """Keys with a value (a hash's field, a list's or set's member) one of ``needles`` finds, but
+        for values that name one of ``unknowable`` (a ref, an identity)."""
+        client = self.world._plain
+        found = []
+        for key in map(str, client.scan_iter(count=1000)):
+            kind = str(client.type(key))
+            values: list[Any] = []
+            if kind == "string":
+                values = [client.get(key)]
+            elif kind == "hash":
+                values = [f"{k!s}={v!s}" for k, v in client.hgetall(key).items()]
+            elif kind == "list":
+                values = list(client.lrange(key, 0, -1))
+            elif kind == "zset":
+                values = list(client.zrange(key, 0, -1))
+            elif kind == "set":
+                values = list(client.smembers(key))
+            for value in values:
+                text_ = f"{key} {value!s}"
+                if any(name in text_ for name in unknowable):
+                    continue
+                hits = [
+                    hit for needle in needles if (hit := needle.search(text_))
+                    # An anonymous trait stitched into another person through a shared device is theirs
+                    # now (the identity rules), as check_contacts_owned allows on their contact.
+                    and not (shared and '"a:anon_' in text_[max(0, hit.start() - 30) : hit.start()])
+                ]  # fmt: skip
+                if hits:
+                    found.append((key, text_[max(0, hits[0].start() - 40) : hits[0].end() + 40]))
+                    break
+        return found
 
     # --- Promoter's whole record ------------------------------------------------------------------
 

@@ -118,6 +118,8 @@ class ScriptedPromoter:
     calls: int = 0
     answers: dict[str, int] = field(default_factory=dict)
     overlaps: list[str] = field(default_factory=list)
+    # Every call: when it was planned (its worker's last script call, epoch seconds), endpoint, email.
+    log: list[tuple[float, str, str]] = field(default_factory=list)
     lease_seconds: float = 16.0
     _in_flight: dict[str, list[float]] = field(default_factory=dict)
     _last_survey: dict[tuple[int, str], float] = field(default_factory=dict)
@@ -145,6 +147,7 @@ class ScriptedPromoter:
         self.answers[outcome] = self.answers.get(outcome, 0) + 1
         now = self.world.now()
         planned = self.world.planned_at()
+        self.log.append((planned, endpoint, email))
         person = self.world.person_of_caller() or email
         if not survey:
             # The call's lease was taken when it was planned (its worker's last script call) and outlasts

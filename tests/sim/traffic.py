@@ -359,7 +359,8 @@ def body(batch: Batch) -> dict[str, Any]:
     return document
 
 
-FEATURES = ("action", "poison", "absurd", "shared", "churn", "skew")
+# "forget" is not traffic: the operator's forget of one person (tests/sim/world.py).
+FEATURES = ("action", "poison", "absurd", "shared", "churn", "skew", "forget")
 
 
 def generate(rng: random.Random, span: float, without: frozenset[str] = frozenset()) -> Traffic:

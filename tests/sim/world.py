@@ -41,6 +41,7 @@ from tests.sim import traffic as traffic_module
 from tests.sim.promoter import Faults, ScriptedPromoter, UnexpectedClientError
 from worker import keys, taskmessages
 from worker.events import source_of_key
+from worker.messages import SUPPRESSED
 from worker.runtime import Runtime
 from worker.settings import Settings, load
 from worker.states import StartKind
@@ -52,6 +53,9 @@ WRITE_KEY = "sim-write-key"
 SOURCE = source_of_key(WRITE_KEY)
 CAMPAIGN = 7
 MAX_STEPS = 60_000
+# The share of seeds in which an operator forgets one person (``promoter-relay forget``) mid-run.
+FORGET_CHANCE = 0.3
+SUPPRESSION_KEY = "sim-suppression-key-0123456789"
 SYNC_EVERY = 15
 
 _MESSAGE_KEY = re.compile(r"^relay:msg:\{(.*)\}(|:log)$")
@@ -118,6 +122,11 @@ class Record:
     expired_records: dict[str, dict[str, str]] = field(default_factory=dict)
     expired_logs: dict[str, list[str]] = field(default_factory=dict)
     discarded: set[str] = field(default_factory=set)
+    # The person forgotten (human index), when the forget completed (virtual time), and the refs ingest
+    # answered as suppressed.
+    forgotten: int | None = None
+    forgotten_at: float | None = None
+    suppressed: set[str] = field(default_factory=set)
     replayed: dict[str, float] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
 
@@ -255,6 +264,13 @@ class World:
         regular = [day * 5 * 86400.0 for day in range(1, int(last // (5 * 86400)) + 1)]
         extra = [setup.uniform(0, max(last, self.span)) for _ in range(setup.randint(0, 3))]
         self.operator_at = sorted(regular + extra)
+        # One person forgotten at a drawn moment, in some seeds (its own generator: the other draws stay).
+        forget_plan = random.Random(f"forget-{seed}")
+        self.forget_at: float | None = None
+        self.forget_human: traffic_module.Human | None = None
+        if "forget" not in without and self.traffic.humans and forget_plan.random() < FORGET_CHANCE:
+            self.forget_human = forget_plan.choice(self.traffic.humans)
+            self.forget_at = forget_plan.uniform(0, max(last, self.span))
         self.script_names: dict[str, str] = {}
         self._plain = redis.Redis.from_url(redis_url, decode_responses=True)
         self.client = cast(SimRedis, SimRedis.from_url(redis_url, decode_responses=True))
@@ -267,6 +283,7 @@ class World:
             promoter_campaign_id=CAMPAIGN,
             segment_write_keys=(WRITE_KEY,),
             environment="test",
+            suppression_key=SUPPRESSION_KEY,
             **self.overrides,
         )
         self.stores: Stores = build_stores(self.settings, client=self.client, clock=self.clock)
@@ -446,10 +463,17 @@ class World:
             if entry.restore_at <= self.t:
                 options.append(("restore", tag, 3.0))
         options += [("effect", index, 3.0) for index, (when, _) in enumerate(self.effects) if when <= self.t]
-        if self.operator_at and self.operator_at[0] <= self.t:
-            options.append(("operator", None, 2.0))
+        options += self._operator_options()
         if options and not self.calm:
             options.append(("tick", None, 1.5))
+        return options
+
+    def _operator_options(self) -> list[tuple[str, Any, float]]:
+        options: list[tuple[str, Any, float]] = []
+        if self.operator_at and self.operator_at[0] <= self.t:
+            options.append(("operator", None, 2.0))
+        if self.forget_at is not None and self.forget_at <= self.t:
+            options.append(("forget", None, 2.0))
         return options
 
     def _actor_options(self) -> list[tuple[str, Any, float]]:
@@ -564,6 +588,29 @@ class World:
         self.operator_at.pop(0)
         self._spawn("operator", "operator", lambda: operator.during(self))
 
+    def _do_forget(self, _: None) -> None:
+        """The operator forgets one person by userId (and legacy id) and emails; a Redis error: again
+        a minute later (a forget is idempotent)."""
+        human = self.forget_human
+        assert human is not None
+        self.forget_at = None
+
+        def body() -> Any:
+            try:
+                self.stores.forgetter.forget([human.user_id, *([human.legacy_id] if human.legacy_id else [])],
+                                             human.emails)  # fmt: skip
+            except redis.ResponseError as error:
+                self.violate("script error", f"forget: {error}")
+                return None
+            except redis.RedisError:
+                self.forget_at = self.t + 60.0
+                return None
+            self.record.forgotten, self.record.forgotten_at = human.index, self.t
+            self.note(f"{self.steps}:forgot h{human.index}")
+            return None
+
+        self._spawn("forget", "operator", body)
+
     def _do_tick(self, _: None) -> None:
         """Time passes while actors are busy. A worker is never left unscheduled for more than a third
         of a lease (the relay's leases outlast any call with a margin; a process that stalls longer
@@ -625,7 +672,7 @@ class World:
         for sent, admission in zip(admitted, validated.admitted, strict=True):
             self.record.ref_of.setdefault(sent.number, admission.event["ref"])
         try:
-            self.stores.messages.accept(validated.admitted)
+            answers = self.stores.messages.accept(validated.admitted)
         except redis.RedisError:
             # The client saw an error and sends the batch again; the script may have run all the same.
             for admission in validated.admitted:
@@ -636,8 +683,11 @@ class World:
                     self.record.accepted_at_time[ref] = self.t
             self.retry_batches.append((self.t + self.rng.choice((1.0, 10.0, 60.0)), index))
             return None
-        for admission in validated.admitted:
+        for admission, answer in zip(validated.admitted, answers, strict=True):
             ref = admission.event["ref"]
+            if answer == SUPPRESSED:
+                self.record.suppressed.add(ref)
+                continue
             self.record.accepted_at_step.setdefault(ref, self.steps)
             self.record.accepted_at_time.setdefault(ref, self.t)
             self.record.received.setdefault(ref, (received_at, index))
@@ -693,6 +743,8 @@ class World:
         times += [entry.restore_at for entry in self.unacked.values()]
         times += [when for when, _ in self.effects]
         times += self.operator_at[:1]
+        if self.forget_at is not None:
+            times.append(self.forget_at)
         for job, (period, when) in self._beat_plan().items():
             if when is not None and job != "prune":
                 times.append(max(when, self.beat_last.get(job, -math.inf) + period))

@@ -3,9 +3,12 @@
 -- ARGV: [1] now; [2] a JSON list with, per message: [ref, type, state (received | skipped), detail,
 --       route (high | low | contact), identity, contact-change identities (list, for contact), event
 --       name, the stored event (a JSON text, kept as it is: cjson never re-reads its numbers), contact
---       fields to compare (object, for contact), version (for contact)]. One argument, decoded once,
---       instead of eleven per message.
--- Returns: per message its task id, '-' when accepted but not queued (skipped), '' for a duplicate.
+--       fields to compare (object, for contact), version (for contact), suppression markers (the keyed
+--       hashes of every identity it names, worker/suppression.py; empty while suppression is off),
+--       the anonymous identity of a message that also has a userId ('' when not)]. One argument,
+--       decoded once, instead of thirteen per message.
+-- Returns: per message its task id, '-' when accepted but not queued (skipped), '' for a duplicate,
+--          '!' when it names a forgotten person (acknowledged, dropped: nothing of it is written).
 
 -- An identify that may change who the contact is goes first and holds back this person's surveys
 -- until it is delivered (a pending contact change); one that repeats what the person already has is
@@ -24,18 +27,48 @@ local function contact_route(kind, identities, fields)
   return ROUTE.LOW
 end
 
-local answers, added = {}, {}
+local function suppressed(markers)
+  for _, marker in ipairs(markers) do
+    if redis.call('EXISTS', key_suppressed(marker)) == 1 then return true end
+  end
+  return false
+end
+
+local answers, added, named, seen_with = {}, {}, {}, {}
+-- The message is filed under each identity it names (for a forget); written once per identity.
+local function file_one(ref, id)
+  local refs = named[id]
+  if not refs then refs = {}; named[id] = refs end
+  refs[#refs + 1] = NOW
+  refs[#refs + 1] = ref
+end
+local function file_under(ref, identity, changes)
+  file_one(ref, identity)
+  for _, id in ipairs(changes) do
+    if id ~= identity then file_one(ref, id) end
+  end
+end
 local pushes, pending = {[QUEUE.high] = {}, [QUEUE.low] = {}}, {}
 for _, item in ipairs(cjson.decode(ARGV[2])) do
   local ref, kind, state, detail, route, identity = item[1], item[2], item[3], item[4], item[5], item[6]
   local identities, name, event, contact, version = item[7], item[8], item[9], item[10], item[11]
   local key = key_message(ref)
-  if redis.call('EXISTS', key) == 1 then
+  if suppressed(item[12]) then
+    answers[#answers + 1] = '!'
+    count('suppressed:' .. kind)
+  elseif redis.call('EXISTS', key) == 1 then
     answers[#answers + 1] = ''
     count('duplicate:' .. kind)
   else
     count('accepted:' .. kind)
     added[#added + 1] = ref
+    file_under(ref, identity, identities)
+    if item[13] ~= '' then
+      local devices = seen_with[identity] or {}
+      seen_with[identity] = devices
+      devices[#devices + 1] = NOW
+      devices[#devices + 1] = item[13]
+    end
     if state == STATE.SKIPPED then
       redis.call('HSET', key, 'type', kind, 'user', identity, 'received', NOW)
       if name ~= '' then redis.call('HSET', key, 'event', name) end
@@ -85,6 +118,20 @@ for queue, messages in pairs(pushes) do
   if #messages > 0 then redis.call('LPUSH', queue, unpack(messages)) end
 end
 if #pending > 0 then redis.call('ZADD', KEY.pending, unpack(pending)) end
+-- The indexes are trimmed on about one write in sixteen (by the first ref's last byte): between two
+-- trims an index holds at most a few more entries than it keeps, at a sixteenth of the commands.
+for id, devices in pairs(seen_with) do
+  local index = key_devices(id)
+  redis.call('ZADD', index, unpack(devices))
+  if string.byte(devices[2], -1) % 16 == 0 then redis.call('ZREMRANGEBYRANK', index, 0, -CONFIG.max_devices - 1) end
+  redis.call('EXPIRE', index, CONFIG.messages_ttl)
+end
+for id, refs in pairs(named) do
+  local index = key_messages(id)
+  redis.call('ZADD', index, unpack(refs))
+  if string.byte(refs[2], -1) % 16 == 0 then redis.call('ZREMRANGEBYSCORE', index, '-inf', NOW - CONFIG.messages_ttl) end
+  redis.call('EXPIRE', index, CONFIG.messages_ttl)
+end
 if #added > 0 then
   redis.call('LPUSH', KEY.recent, unpack(added, math.max(1, #added - RECENT_LIMIT + 1)))
   redis.call('LTRIM', KEY.recent, 0, RECENT_LIMIT - 1)

@@ -8,6 +8,8 @@
 local ref, outcome, detail, email, campaign = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 observe(ARGV[7], ARGV[8], ARGV[9])
 local key = key_message(ref)
+-- Forgotten while the call was made: its outcome is not recorded, nor whom it went to.
+if state_of(ref) == STATE.FORGOTTEN then return STATE.FORGOTTEN end
 local resend = redis.call('HGET', key, 'survey_unknown') ~= false
 if outcome == SURVEY.COOLDOWN then
   count('saved:cooldown')

@@ -12,7 +12,10 @@
 
 local function hold(ref, identity, detail)
   local key = key_message(ref)
-  if redis.call('HGET', key, 'state') == STATE.HELD then return STATE.HELD end
+  local state = redis.call('HGET', key, 'state')
+  if state == STATE.HELD then return STATE.HELD end
+  -- A message forgotten (or otherwise settled) while its task ran is not filed under anyone again.
+  if is_final(state) then return state end
   local list = key_held(identity)
   redis.call('RPUSH', list, NOW .. '|' .. ref)
   redis.call('EXPIRE', list, CONFIG.held_status_ttl)

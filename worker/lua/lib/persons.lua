@@ -368,3 +368,23 @@ local function meet(user, anonymous, create)
   if record then save_person(ref, record) end
   return ref, record
 end
+
+-- Forgetting (lib/forget.lua) ---------------------------------------------------------------------
+
+-- Every email a person's record holds: its newest contact's and the one Promoter has.
+local function person_emails(record)
+  local found, seen = {}, {}
+  local candidates = {record and record.f and record.f.email and record.f.email[1] or '', record and record.se or ''}
+  for _, email in ipairs(candidates) do
+    if email ~= '' and not seen[string.lower(email)] then
+      seen[string.lower(email)] = true
+      found[#found + 1] = email
+    end
+  end
+  return found
+end
+
+-- Promoter's id of the person's contact, '' when it has none.
+local function person_contact_id(record)
+  return record and record.cid or ''
+end
