@@ -72,7 +72,7 @@ KINDS = [
 
 def traits_of(i: int, count: int, salt: str) -> dict[str, str]:
     """``count`` traits: email, first and last name, then ordinary ones (numbered past the ten known)."""
-    traits = {"email": f"ada.lovelace{i}.{salt}@example.com", "firstName": "Ada", "lastName": "Lovelace"}
+    traits = {"email": f"ada{i}.{salt}@example.com", "firstName": "Ada", "lastName": "Lovelace"}
     extra = TRAITS + [(f"custom_trait_{n}", f"value {n} of {i}") for n in range(count)]
     for name, value in extra[: count - 3]:
         traits[name] = value
@@ -98,6 +98,9 @@ class Population:
 
     def user(self, i: int) -> str:
         return f"usr_{self.salt}{i:08d}"
+
+    def email(self, i: int) -> str:
+        return traits_of(i, 3, self.salt)["email"]
 
     def anonymous(self, i: int, n: int) -> str:
         digest = hashlib.md5(f"{self.salt}{i}.{n}".encode(), usedforsecurity=False).digest()
@@ -272,9 +275,10 @@ KEY_OVERHEAD = 60
 # Buckets hold from 10 to 20 entries (15 on average, as a million people make them), and the day
 # they were last pruned, as persons.lua's index_email leaves them.
 FILL_INDEX = """
-local first, last, today = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
-for bucket = first, last do
-  local key = 'relay:emails:{' .. string.format('%04x', bucket) .. '}'
+local today = ARGV[1]
+for i = 2, #ARGV do
+  local bucket = tonumber(ARGV[i], 16)
+  local key = 'relay:emails:{' .. ARGV[i] .. '}'
   for n = 1, 10 + (bucket * 7919) % 11 do
     local person = 'u:usr_' .. string.format('%014d', n) .. ' ' .. today
     redis.call('HSET', key, string.format('%012x', bucket * 1000 + n), person)
@@ -285,18 +289,21 @@ end
 """
 
 
-def fill_email_index(client: redis.Redis) -> None:
+def fill_email_index(client: redis.Redis, populations: Sequence[Population], count: int) -> None:
+    """The buckets the first ``count`` people of these populations will write to, filled first (a
+    person's share of the index is what its entry adds to a bucket as full as a million make it)."""
+    buckets = sorted({keys.email_slot(p.email(i))[0][-5:-1] for p in populations for i in range(count)})
     today = int(time.time() // 86400)
-    for first in range(0, 65536, 4096):
-        client.eval(FILL_INDEX, 0, first, first + 4095, today)
+    for start in range(0, len(buckets), 1000):
+        client.eval(FILL_INDEX, 0, today, *buckets[start : start + 1000])
 
 
-def profile_bytes(client: redis.Redis, count: int, traits: int, anonymous: int) -> dict[str, Any]:
+def profile_bytes(population: Population, count: int, traits: int, anonymous: int) -> dict[str, Any]:
     """Per person: MEMORY USAGE by key kind, while its anonymousIds are linked ("live") and after
     status records expired, and how many keys it keeps. The email index's buckets must be filled
     first (``fill_email_index``): its share is what a person adds among a million people."""
+    client = population.client
     before, keys_before = usage_by_kind(client), client.dbsize()
-    population = Population.make(client)
     population.grow(count, traits, anonymous, expire=False)
     live = usage_by_kind(client)
     expire_status(client, PEOPLE_SETTINGS.status_ttl_seconds + 60)
@@ -406,9 +413,10 @@ def section(
     cost of events among SCALE_SMALL people, compared with ``people`` when it is larger."""
     runs: dict[str, list[dict[str, Any]]] = {}
     client.flushdb()
-    fill_email_index(client)
+    populations = {name: Population.make(client) for name in PROFILES}
+    fill_email_index(client, list(populations.values()), PROFILE_PEOPLE)
     for name, (traits, anonymous) in PROFILES.items():
-        runs[f"profile: {name}"] = [profile_bytes(client, PROFILE_PEOPLE, traits, anonymous)]
+        runs[f"profile: {name}"] = [profile_bytes(populations[name], PROFILE_PEOPLE, traits, anonymous)]
     client.flushdb()
     if small is not None and people > SCALE_SMALL:
         runs["events: scaling"] = [scaling(client, small, people, repeats)]

@@ -360,7 +360,7 @@ def memory(ctx: Ctx, count: int = 0) -> Runs:
     ``info``: used_memory delta / count (everything the step wrote; the Redis is shared, hence medians).
     ``usage``: MEMORY USAGE of the per-message and per-identity keys only (exact, blind to shared indexes).
     """
-    count = count or (1000 if QUICK else 4000)
+    count = count or 4000
     client, queue = ctx.client, "bench-memory"
     stores = _stores(client, queue)
     runs: Runs = defaultdict(list)
