@@ -404,11 +404,11 @@ def _people_tables(_: dict[str, Any], people: dict[str, list[dict[str, Any]]]) -
     kinds = [label for label, _ in KINDS]
     rows = []
     for name, runs in people.items():
-        if not name.startswith("profile: "):
+        if not name.startswith("profile"):
             continue
         m = medians(runs)
         verdict = "PASS" if m["usage_bytes"] <= MAX_BYTES else "MISS"
-        row = [name.split(": ", 1)[1], *(_fmt(m.get(f"usage: {kind}")) for kind in kinds)]
+        row = [name.removeprefix("profile").lstrip(": "), *(_fmt(m.get(f"usage: {kind}")) for kind in kinds)]
         row += [_fmt(m["usage_bytes"]), _fmt(m["live_bytes"]), _fmt(m["keys"], 1)]
         rows.append([*row, _fmt(m["with_key_overhead_bytes"] * 1e7 / 1e9, 2), verdict])
     header = ["profile", *kinds, "total", "while linked", "keys", "10M people GB", f"<= {MAX_BYTES}"]
