@@ -24,7 +24,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app from the environment; ``test_config`` overrides settings by field name
     (``redis_url=...``) and, with ``TESTING``, skips log setup and the production checks."""
     from app import admin, health, ingest, metrics
-    from app.relay import connect
+    from app.services import connect
 
     app = Flask(__name__)
     overrides = dict(test_config or {})
@@ -33,7 +33,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     settings = (load if testing else load_for_service)(os.environ, **overrides)
     if not testing:
         logs.configure(settings.log_format, settings.log_level)
-    app.extensions["relay"] = connect(settings)
+    app.extensions["services"] = connect(settings)
     if settings.segment_signature_only_batches_unsafe:
         app.logger.warning(
             "SEGMENT_SIGNATURE_ONLY_BATCHES_UNSAFE is on: webhook arrays are accepted on a signature that "

@@ -16,7 +16,7 @@ from flask import Blueprint, Response, jsonify, render_template, request
 
 from app import records
 from app.auth import bearer_matches
-from app.relay import relay
+from app.services import services
 from worker import feedback
 from worker.events import WEBHOOK_SOURCE, anonymous_identity, split_ref, user_identity
 from worker.nps_store import DAYS_KEPT, NpsStore
@@ -35,7 +35,7 @@ def _redis_down(error: redis.RedisError) -> tuple[Response, int]:
 def _require_token() -> tuple[Response, int] | None:
     if request.endpoint in ("admin.dashboard", "admin.openapi"):
         return None
-    token = relay().settings.admin_token
+    token = services().settings.admin_token
     if not token:
         return jsonify(error="The admin API is disabled: set ADMIN_TOKEN."), 403
     if not bearer_matches(request, token):
@@ -59,14 +59,14 @@ def candidate_refs(text: str) -> list[str]:
     source, _ = split_ref(text)
     if source:
         return [text]
-    sources = [WEBHOOK_SOURCE, *relay().sources.values()]
+    sources = [WEBHOOK_SOURCE, *services().sources.values()]
     return [f"{name}:{text}" for name in sources]
 
 
 def find_message(text: str) -> tuple[str, dict[str, Any]] | None:
-    ledger = relay().stores.ledger
+    messages = services().stores.messages
     for ref in candidate_refs(text):
-        record = ledger.status(ref)
+        record = messages.status(ref)
         if record is not None:
             return ref, record
     return None
@@ -74,7 +74,7 @@ def find_message(text: str) -> tuple[str, dict[str, Any]] | None:
 
 @bp.get("/api/stats")
 def stats() -> Response:
-    rt = relay()
+    rt = services()
     return jsonify(snapshot(rt.stores.redis, rt.settings))
 
 
@@ -82,7 +82,7 @@ def stats() -> Response:
 def stats_minutes() -> Response:
     """Received, delivered, dead (every state) per minute, for the dashboard's chart."""
     minutes = _int_arg("minutes", 60, 1, KEPT_MINUTES - 1)
-    series = per_minute(relay().stores.redis, minutes)
+    series = per_minute(services().stores.redis, minutes)
     shown = [
         {"at": records.when(m["minute"]), **{k: v for k, v in m.items() if k != "minute"}} for m in series
     ]
@@ -115,7 +115,7 @@ def _recent() -> list[dict[str, Any]]:
     expired is on the list twice)."""
     seen: set[str] = set()
     unique = []
-    for record in relay().stores.ledger.recent(RECENT_LIMIT):
+    for record in services().stores.messages.recent(RECENT_LIMIT):
         if record.get("ref") not in seen:
             seen.add(str(record.get("ref")))
             unique.append(record)
@@ -137,11 +137,11 @@ def message(message_id: str) -> Response | tuple[Response, int]:
     if found is None:
         return jsonify(error=f"No status record for message {message_id!r}."), 404
     ref, record = found
-    stores = relay().stores
+    stores = services().stores
     dead = stores.dead.get(ref)
     return jsonify(
         message=records.message(record),
-        event=dead["event"] if dead else stores.ledger.event(ref),
+        event=dead["event"] if dead else stores.messages.event(ref),
         dead_letter=records.dead_letter(dead) if dead else None,
     )
 
@@ -151,10 +151,10 @@ def user(user_id: str) -> Response:
     """``/users/42`` looks up a userId; ``/users/42?anonymous=1`` an anonymousId."""
     anonymous = request.args.get("anonymous", "") not in ("", "0", "false")
     identity = anonymous_identity(user_id) if anonymous else user_identity(user_id)
-    stores = relay().stores
+    stores = services().stores
     person = records.person(stores.people.person_of(identity))
     items = stores.holds.held_messages(identity)
-    found = stores.ledger.records([item["ref"] for item in items])
+    found = stores.messages.records([item["ref"] for item in items])
     held = [records.held(item, record) for item, record in zip(items, found, strict=True)]
     return jsonify(
         identity=identity,
@@ -167,7 +167,7 @@ def user(user_id: str) -> Response:
 
 @bp.get("/api/dead-letters")
 def dead_letters() -> Response:
-    dead = relay().stores.dead
+    dead = services().stores.dead
     limit = _int_arg("limit", 50, 1, 500)
     offset = _int_arg("offset", 0, 0, 10**9)
     return jsonify(
@@ -185,7 +185,7 @@ _REPLAY_REFUSED = {
 
 @bp.post("/api/dead-letters/<path:message_id>/replay")
 def replay_one(message_id: str) -> tuple[Response, int]:
-    dead = relay().stores.dead
+    dead = services().stores.dead
     ref = dead.resolve(message_id)
     outcome = dead.replay(ref)
     if outcome != "replayed":
@@ -196,7 +196,7 @@ def replay_one(message_id: str) -> tuple[Response, int]:
 
 @bp.post("/api/dead-letters/replay")
 def replay_all() -> Response:
-    outcomes = relay().stores.dead.replay_all()
+    outcomes = services().stores.dead.replay_all()
     return jsonify(
         replayed=outcomes.get("replayed", 0), refused={k: v for k, v in outcomes.items() if k != "replayed"}
     )
@@ -204,7 +204,7 @@ def replay_all() -> Response:
 
 @bp.post("/api/dead-letters/<path:message_id>/discard")
 def discard_one(message_id: str) -> tuple[Response, int]:
-    dead = relay().stores.dead
+    dead = services().stores.dead
     ref = dead.resolve(message_id)
     if not dead.discard([ref]):
         return jsonify(discarded=0, error=f"No dead letter {ref!r}."), 404
@@ -217,7 +217,7 @@ def discard_many() -> tuple[Response, int]:
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
         return jsonify(error='Expected {"refs": [...]} or {"all": true}.'), 400
-    dead = relay().stores.dead
+    dead = services().stores.dead
     if body.get("all") is True:
         older = body.get("older_than_seconds")
         if older is not None and (not isinstance(older, int | float) or isinstance(older, bool) or older < 0):
@@ -237,7 +237,7 @@ def nps() -> tuple[Response, int]:
     if by not in ("day", "week"):
         return jsonify(error="by must be day or week.", errors={"by": ["Must be one of: day, week."]}), 400
     days = _int_arg("days", 90, 1, DAYS_KEPT)
-    rt = relay()
+    rt = services()
     cursor = feedback.load_cursor(rt.stores.redis)
     poll = {
         "since": cursor.since or None,

@@ -18,7 +18,7 @@ from marshmallow import ValidationError
 from app.schemas import promoter_enabled, to_event
 from worker import mapping
 from worker.events import DELIVERED_TYPES, Event, parse_iso, track_work
-from worker.ledger import Admission
+from worker.messages import Admission
 from worker.settings import Settings
 from worker.states import Route, State
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import redis
 from flask import Blueprint, Response, jsonify
 
-from app.relay import relay
+from app.services import services
 
 bp = Blueprint("health", __name__)
 
@@ -18,7 +18,7 @@ def healthz() -> tuple[Response, int]:
 @bp.get("/readyz")
 def readyz() -> tuple[Response, int]:
     try:
-        relay().stores.redis.ping()
+        services().stores.redis.ping()
     except redis.RedisError as error:
         return jsonify(status="unavailable", redis=type(error).__name__), 503
     return jsonify(status="ok", redis="ok"), 200

@@ -30,11 +30,11 @@ from app.payload import (
     parse_json,
     read_body,
 )
-from app.relay import relay
 from app.schemas import MESSAGE_TYPES, SHORT_TYPES
+from app.services import services
 from worker import keys
 from worker.events import WEBHOOK_SOURCE
-from worker.ledger import Admission
+from worker.messages import Admission
 from worker.settings import Settings
 from worker.states import State
 
@@ -59,7 +59,7 @@ _CODES = {
 
 
 @dataclass
-class Sorted:
+class Validated:
     """A request's messages: admitted, and refused with field errors."""
 
     admitted: list[Admission] = field(default_factory=list)
@@ -102,7 +102,7 @@ def failure(status: int, errors: dict[str, Any]) -> tuple[Response, int]:
 def count_refused(status: int) -> None:
     """Requests refused before any message was read (401, 413, 400 bodies): counted, best effort."""
     try:
-        relay().stores.redis.hincrby(keys.STATS, f"refused:{status}", 1)
+        services().stores.redis.hincrby(keys.STATS, f"refused:{status}", 1)
     except redis.RedisError:
         current_app.logger.warning("could not count a refused request (%d)", status)
 
@@ -143,7 +143,7 @@ def tracking_api(kind: str) -> tuple[Response, int]:
     if header_key is None:
         body_key = document.get("writeKey") if isinstance(document, dict) else None
         header_key = _require_write_key(body_key if isinstance(body_key, str) else None)
-    source = relay().sources[header_key]
+    source = services().sources[header_key]
     if kind != "batch":
         return _single(document, kind, source, len(body), webhook=False)
     if not isinstance(document, dict):
@@ -160,7 +160,7 @@ def webhook() -> tuple[Response, int]:
     an array therefore also needs a write key in a header, unless the operator opted into the unsafe
     signature-only mode, and an array whose signed element is refused is refused whole.
     """
-    settings = relay().settings
+    settings = services().settings
     header_key = header_write_key(request)
     if header_key is not None:
         _require_write_key(header_key)
@@ -189,7 +189,7 @@ def webhook() -> tuple[Response, int]:
 
 
 def _require_write_key(candidate: str | None) -> str:
-    allowed = relay().settings.segment_write_keys
+    allowed = services().settings.segment_write_keys
     if not allowed:
         raise Unauthorized("No write keys are configured on this relay (SEGMENT_WRITE_KEYS).")
     if not candidate:
@@ -205,11 +205,11 @@ def _single(
     # A body within the per-event limit cannot hold a bigger event: no need to measure it.
     if body_bytes > MAX_EVENT_BYTES and isinstance(document, dict) and event_size(document) > MAX_EVENT_BYTES:
         raise PayloadError(413, {"_request": [f"Event exceeds {MAX_EVENT_BYTES} bytes."]})
-    sorted_ = _sort([document], kind, {}, source, webhook=webhook, check_sizes=False)
-    if sorted_.refused:
-        _count_rejected([{"type": kind} if kind else document], sorted_)
-        return failure(400, sorted_.refused[0]["errors"])
-    (task,) = _accept(sorted_.admitted)
+    validated = _validate([document], kind, {}, source, webhook=webhook, check_sizes=False)
+    if validated.refused:
+        _count_rejected([{"type": kind} if kind else document], validated)
+        return failure(400, validated.refused[0]["errors"])
+    (task,) = _accept(validated.admitted)
     return _answer(DUPLICATE if not task else ACCEPTED), 200
 
 
@@ -227,17 +227,19 @@ def _batch(
     if len(items) > MAX_BATCH_EVENTS:
         raise PayloadError(400, {"batch": [f"At most {MAX_BATCH_EVENTS} events per batch."]})
     # No item can be over the per-event limit when the whole body is not: skip measuring each one.
-    sorted_ = _sort(items, None, shared, source, webhook=webhook, check_sizes=body_bytes > MAX_EVENT_BYTES)
-    if signed_first and sorted_.refused and sorted_.refused[0]["index"] == 0:
-        _count_rejected(items, sorted_)
+    validated = _validate(
+        items, None, shared, source, webhook=webhook, check_sizes=body_bytes > MAX_EVENT_BYTES
+    )
+    if signed_first and validated.refused and validated.refused[0]["index"] == 0:
+        _count_rejected(items, validated)
         errors = {"batch": ["The signed first element is invalid, so nothing was accepted."]}
-        return failure(400, {**errors, "0": sorted_.refused[0]["errors"]})
-    tasks = _accept(sorted_.admitted)
-    if sorted_.refused:
-        _count_rejected(items, sorted_)
+        return failure(400, {**errors, "0": validated.refused[0]["errors"]})
+    tasks = _accept(validated.admitted)
+    if validated.refused:
+        _count_rejected(items, validated)
     accepted = sum(1 for task in tasks if task)
-    counts = {"accepted": accepted, "duplicates": len(tasks) - accepted, "rejected": sorted_.refused}
-    if items and not sorted_.admitted:
+    counts = {"accepted": accepted, "duplicates": len(tasks) - accepted, "rejected": validated.refused}
+    if items and not validated.admitted:
         response, status = failure(400, {"batch": ["No message in the batch is valid."]})
         body = {k: v for k, v in (response.get_json() or {}).items() if k != "errors"}
         return jsonify(**body, **counts), status
@@ -251,7 +253,7 @@ def _accept(admissions: list[Admission]) -> list[str]:
     every message it queued (a message's first task id is its ref, so the refs name both), and a line
     per message at DEBUG: writing a log line costs about as much CPU as validating the message.
     """
-    tasks = relay().stores.ledger.accept(admissions)
+    tasks = services().stores.messages.accept(admissions)
     if len(admissions) == 1:
         _log_one(log.info, admissions[0], tasks[0])
     elif admissions and log.isEnabledFor(logging.INFO):
@@ -301,7 +303,7 @@ def batch_shared(document: dict[str, Any]) -> dict[str, Any]:
     return shared
 
 
-def _sort(
+def _validate(
     items: list[Any],
     kind: str | None,
     shared: dict[str, Any],
@@ -309,14 +311,14 @@ def _sort(
     *,
     webhook: bool,
     check_sizes: bool = True,
-) -> Sorted:
-    return sort_messages(
-        items, kind, shared, source, relay().settings, webhook=webhook, now=datetime.now(UTC),
+) -> Validated:
+    return validate_messages(
+        items, kind, shared, source, services().settings, webhook=webhook, now=datetime.now(UTC),
         check_sizes=check_sizes,
     )  # fmt: skip
 
 
-def sort_messages(
+def validate_messages(
     items: list[Any],
     kind: str | None,
     shared: dict[str, Any],
@@ -326,10 +328,10 @@ def sort_messages(
     webhook: bool,
     now: datetime,
     check_sizes: bool = True,
-) -> Sorted:
+) -> Validated:
     """Validate and admit a request's messages, received at ``now``: no Flask, no Redis (the
     simulator calls it with its own clock)."""
-    result = Sorted()
+    result = Validated()
     for index, raw in enumerate(items):
         item = _merge(raw, shared)
         try:
@@ -349,21 +351,21 @@ def _load(item: Any, kind: str | None, *, check_size: bool) -> dict[str, Any]:
     return load_message(item, kind)
 
 
-def _count_rejected(items: list[Any], sorted_: Sorted) -> None:
+def _count_rejected(items: list[Any], validated: Validated) -> None:
     """Rejections are counted by the type the sender claimed (``unknown`` when it was unusable)."""
     by_type: dict[str, int] = {}
-    for entry in sorted_.refused:
+    for entry in validated.refused:
         item = items[entry["index"]]
         claimed = item.get("type") if isinstance(item, dict) else None
         kind = claimed if claimed in MESSAGE_TYPES else "unknown"
         by_type[kind] = by_type.get(kind, 0) + 1
     try:
-        pipe = relay().stores.redis.pipeline(transaction=False)
+        pipe = services().stores.redis.pipeline(transaction=False)
         for kind, count in by_type.items():
             pipe.hincrby(keys.STATS, f"rejected:{kind}", count)
         pipe.execute()
     except redis.RedisError:
-        current_app.logger.warning("could not count %d rejected events", len(sorted_.refused))
+        current_app.logger.warning("could not count %d rejected events", len(validated.refused))
 
 
 def _errors(error: ValidationError) -> Any:

@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from app.auth import bearer_matches
 from app.processmetrics import ProcessCollector
-from app.relay import Relay, relay
+from app.services import Services, services
 from worker import keys
 from worker.metrics import LATENCY_BUCKETS
 from worker.stats import snapshot
@@ -38,7 +38,7 @@ class RelayCollector(Collector):
     """Everything the relay keeps in Redis. When Redis does not answer, the scrape still succeeds with
     ``relay_redis_up 0`` (and the API's own counters), so the alerts that matter then can fire."""
 
-    def __init__(self, handle: Relay) -> None:
+    def __init__(self, handle: Services) -> None:
         self.handle = handle
 
     def collect(self) -> Iterator[Metric]:
@@ -176,11 +176,11 @@ def _latency(raw: dict[str, str]) -> Iterator[Metric]:
 
 @bp.get("/metrics")
 def metrics() -> Response | tuple[Response, int]:
-    token = relay().settings.metrics_token
+    token = services().settings.metrics_token
     if token and not bearer_matches(request, token):
         return jsonify(error="Missing or invalid bearer token (METRICS_TOKEN)."), 401
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(RelayCollector(relay()))
+    registry.register(RelayCollector(services()))
     registry.register(ProcessCollector())
     response = Response(generate_latest(registry))
     # CONTENT_TYPE_LATEST already names its charset; set it whole so Flask does not add a second one.

@@ -8,12 +8,12 @@ from typing import Any
 
 from worker.events import iso, parse_iso, split_ref
 
-_TIMES = ("received", "updated", "since", "at", "survey_unknown_at", "survey_started", "held_at")
+_TIMES = ("received", "updated", "since", "at", "survey_unknown_at", "survey_started")
 _NUMBERS = ("attempts",)
 # Bookkeeping of the scripts (docs/records.md), and the contact a survey was claimed for (personal data:
 # the person view shows the contact).
-_HIDDEN = ("queued", "barrier", "repeats", "repeat", "version", "person", "force", "sync", "sync_detail",
-           "survey_need", "survey_state", "survey_detail", "duplicate_order", "task", "run", "solo",
+_HIDDEN = ("barrier", "repeats", "repeat", "version", "person", "force", "sync", "sync_detail",
+           "survey_need", "survey_state", "survey_detail", "duplicate_order", "run", "solo",
            "survey_email", "survey_first", "survey_last")  # fmt: skip
 # Evidence of an unknown survey outcome: which of its fields are times, which are whole numbers.
 _EVIDENCE_TIMES = ("call_started", "at", "survey_started", "survey_unknown_at")
@@ -55,7 +55,7 @@ def integer(value: Any) -> int:
 
 
 def message(record: dict[str, Any]) -> dict[str, Any]:
-    # A fresh record leaves out what is at its default (see lua/ledger.accept.lua).
+    # A fresh record leaves out what is at its default (see lua/messages.accept.lua).
     received = record.get("received")
     record = {"attempts": 0, "detail": "", "since": received, "updated": received, **record}
     out: dict[str, Any] = {}

@@ -2,7 +2,7 @@
 the number of people.
 
 People are loaded through the relay's own scripts, pipelined (``Script.queue``), as the worker runs
-them: an identify is accepted (``ledger.accept``), begun, merged into its person (``people.contact``)
+them: an identify is accepted (``messages.accept``), begun, merged into its person (``people.contact``)
 and settled as Promoter accepted it (``people.synced``); half the people are then surveyed (a track:
 ``people.track``, ``people.settle_survey``), a quarter have an order (``people.track``,
 ``people.synced``). No HTTP and no Promoter call: what is measured is what Redis keeps and does.
@@ -29,8 +29,8 @@ from bench.infra import median
 from bench.storage import SETTINGS, admit
 from worker import keys
 from worker.events import Event, anonymous_identity, user_identity, version
-from worker.ledger import Admission
 from worker.mapping import contact_body, contact_fields, order_of
+from worker.messages import Admission
 from worker.people import decision
 from worker.promoter import NO_CALL
 from worker.scripts import Script, encode
@@ -173,9 +173,9 @@ class Population:
 
     def accept(self, bodies: list[dict[str, Any]], kind: str) -> list[Event]:
         admissions: list[Admission] = [admit(body, kind) for body in bodies]
-        self.stores.ledger.accept(admissions)
+        self.stores.messages.accept(admissions)
         self.client.delete(PEOPLE_SETTINGS.queue_name, PEOPLE_SETTINGS.low_queue)
-        # ledger.begin is left out: it numbers the run (1 here) and reads the stored event, whatever
+        # messages.start is left out: it numbers the run (1 here) and reads the stored event, whatever
         # the population; the person scripts are what could grow with it.
         return [a.event for a in admissions]
 

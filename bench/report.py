@@ -59,8 +59,8 @@ def ratios(sections: Sections) -> dict[str, list[float]]:
         out["ingest batch / Redis LPUSH ceiling"] = per_run(
             ing["relay, batch of 100"], ing["Redis LPUSH x100 (1 conn)"], _ev
         )
-        out["ingest batch / Ledger.accept x100"] = per_run(
-            ing["relay, batch of 100"], ing["Ledger.accept x100 (1 conn)"], _ev
+        out["ingest batch / Messages.accept x100"] = per_run(
+            ing["relay, batch of 100"], ing["Messages.accept x100 (1 conn)"], _ev
         )
     dec = sections.get("decoupling", {})
     if dec:
@@ -135,8 +135,8 @@ def targets(sections: Sections, ratio_runs: dict[str, list[float]]) -> list[dict
         judge("single-event ingest >= 0.5 x durable minimal endpoint", value, 0.5, value >= 0.5, note)
         batch = medians(sections["ingest"]["relay, batch of 100"])["events_per_s"]
         judge("batch ingest >= 20,000 events/s", batch, 20_000, batch >= 20_000)
-        value = ratio["ingest batch / Ledger.accept x100"]
-        judge("batch ingest >= 0.6 x Ledger.accept x100 alone", value, 0.6, value >= 0.6)
+        value = ratio["ingest batch / Messages.accept x100"]
+        judge("batch ingest >= 0.6 x Messages.accept x100 alone", value, 0.6, value >= 0.6)
     found += _delivery_targets(sections.get("delivery", {}), ratio)
     mem = sections.get("memory", {})
     if mem:

@@ -24,8 +24,8 @@ from bench.load import Loader
 from bench.storage import SETTINGS, sample_events
 from worker import keys, taskmessages
 from worker.events import Event, identities, version
-from worker.ledger import Admission
 from worker.mapping import contact_body, contact_fields
+from worker.messages import Admission
 from worker.promoter import NO_CALL
 from worker.stores import Stores, build_stores
 
@@ -104,8 +104,8 @@ def ingest(ctx: Ctx) -> Runs:
             runs[f"bare Flask, {label}"].append(ctx.load(bare, mode))
         ctx.client.delete("bench-ingest", "bench-ingest.low", "bench-ingest.durable", "bench-ingest.dedup")
         runs["Redis LPUSH x100 (1 conn)"].append(_storage(ctx, "lpush"))
-        runs["Ledger.accept x100 (1 conn)"].append(_storage(ctx, "accept100"))
-        runs["Ledger.accept x1 (1 conn)"].append(_storage(ctx, "accept1"))
+        runs["Messages.accept x100 (1 conn)"].append(_storage(ctx, "accept100"))
+        runs["Messages.accept x1 (1 conn)"].append(_storage(ctx, "accept1"))
     for proc in (relay_proc, durable_proc, dedup_proc, bare_proc):
         ctx.procs.stop(proc)
     return runs
@@ -180,9 +180,9 @@ def _preload(client: redis.Redis, queue: str, pairs: int, task: str | None = Non
             )
         pipe.execute()
         return len(events)
-    ledger = _stores(client, queue).ledger
+    messages = _stores(client, queue).messages
     for start in range(0, len(events), 500):
-        ledger.accept(_admissions(events[start : start + 500]))
+        messages.accept(_admissions(events[start : start + 500]))
     return len(events)
 
 
@@ -343,7 +343,7 @@ def _split(event: Event) -> tuple[str, str]:
 
 def _deliver_identify(stores: Stores, event: Event) -> str:
     """An identify delivered as a worker does it (plan, Promoter accepts, settle); its person."""
-    start = stores.ledger.begin(event["ref"])
+    start = stores.messages.start(event["ref"])
     token = f"{event['ref']}#{start.run}"
     fields = contact_fields(event["traits"])
     plan = stores.people.contact_plan(event["ref"], token, *_split(event), fields, version(event), "high")
@@ -373,7 +373,7 @@ def memory(ctx: Ctx, count: int = 0) -> Runs:
 
         def accept(batch: list[Event]) -> None:
             for start in range(0, len(batch), 500):
-                stores.ledger.accept(_admissions(batch[start : start + 500]))
+                stores.messages.accept(_admissions(batch[start : start + 500]))
 
         m0 = _used_memory(client)
         accept(tracks)
@@ -381,7 +381,7 @@ def memory(ctx: Ctx, count: int = 0) -> Runs:
         queued_usage = _usage(client, per_message) + _usage(client, [queue])
         client.delete(queue)  # as if workers had taken them: they are held next
         for event in tracks:
-            start = stores.ledger.begin(event["ref"])
+            start = stores.messages.start(event["ref"])
             token = f"{event['ref']}#{start.run}"
             stores.people.track_plan(event["ref"], token, *_split(event), None, True, 1, "high")
         m2 = _used_memory(client)

@@ -3,8 +3,8 @@
 Modes, all with the task messages ingest would queue for the same identify/track payloads:
 
 * ``lpush``: raw pipelined ``LPUSH`` of 100 prebuilt messages per round trip (what Redis can take);
-* ``accept100``: ``Ledger.accept`` with 100 admissions per call (our one Lua script per batch request);
-* ``accept1``: ``Ledger.accept`` with one admission per call, one connection (the per-event script cost).
+* ``accept100``: ``Messages.accept`` with 100 admissions per call (our one Lua script per batch request);
+* ``accept1``: ``Messages.accept`` with one admission per call, one connection (the per-event script cost).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from app.admission import admission_of
 from app.fastpath import load_message
 from worker import taskmessages
 from worker.events import Event, make_ref, source_of_key
-from worker.ledger import Admission
+from worker.messages import Admission
 from worker.settings import load
 from worker.stores import build_stores
 
@@ -70,7 +70,7 @@ def main() -> None:
         track = {"messageId": f"{salt}-{i}-t", "userId": f"{salt}-{i}", "event": "NPS Survey"}
         bodies.append(("track", {**track, "properties": properties}))
     admissions = [admit(body, kind) for kind, body in bodies]
-    ledger = build_stores(replace(SETTINGS, queue_name=queue), client=client).ledger
+    messages = build_stores(replace(SETTINGS, queue_name=queue), client=client).messages
     per_call = 1 if mode == "accept1" else 100
     # Fresh message ids are prepared between calls, off the clock, so the time is Redis's, not Python's;
     # and only as many as the run takes (preparing 100,000 up front took longer than the run).
@@ -85,7 +85,7 @@ def main() -> None:
         if mode == "lpush":
             client.lpush(queue, *rendered)
         else:
-            ledger.accept(batch)
+            messages.accept(batch)
         elapsed += time.perf_counter() - started
         done += len(batch)
     client.delete(queue, f"{queue}.low")

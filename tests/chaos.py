@@ -42,13 +42,13 @@ from app.devtools.processes import Children, EmbeddedRedis, free_port
 from app.devtools.sandbox import SandboxServer, SandboxState
 from worker import keys
 from worker.events import source_of_key
+from worker.states import FINAL
 
 ROOT = Path(__file__).resolve().parent.parent
 WRITE_KEY = "chaos-write-key"
 SANDBOX_KEY = "chaos-sandbox-key"
 CAMPAIGN = 3
 SOURCE = source_of_key(WRITE_KEY)
-FINAL = {"delivered", "ineligible", "skipped", "dead"}
 
 
 def log(message: str) -> None:

@@ -65,6 +65,8 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 "they use, so give them an empty one (or unset it to let them start their own Redis)",
                 returncode=2,
             )
+        if os.environ.get("PYTEST_XDIST_WORKER"):
+            pytest.exit("RELAY_TEST_REDIS_URL is one database: run without -n (pytest-xdist)", returncode=2)
         yield given
         return
     server = EmbeddedRedis(tmp_path_factory.mktemp("redis")).start()

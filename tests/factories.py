@@ -9,7 +9,7 @@ import redis
 from tests.conftest import SOURCE
 from worker import keys, taskmessages
 from worker.events import Event, make_ref
-from worker.ledger import Admission, event_of
+from worker.messages import Admission, event_of
 from worker.settings import Settings, load
 from worker.states import Route, State
 from worker.stores import Stores, build_stores
@@ -60,7 +60,7 @@ def accept(stores: Stores, *events: Event, route: Route | str = Route.HIGH) -> l
             admissions.append(Admission(event, State.RECEIVED, route=Route.CONTACT))
         else:
             admissions.append(Admission(event, State.RECEIVED, route=Route(route)))
-    return stores.ledger.accept(admissions)
+    return stores.messages.accept(admissions)
 
 
 def text(reply: bytes | str | list[bytes | str] | None) -> str:

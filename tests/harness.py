@@ -85,7 +85,7 @@ class Relay:
         return self.drain()
 
     def state(self, ref: str) -> str | None:
-        return self.stores.ledger.state(ref)
+        return self.stores.messages.state(ref)
 
     def record(self, ref: str) -> dict[str, str]:
         return text_map(self.redis.hgetall(keys.message(ref)))

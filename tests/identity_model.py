@@ -34,9 +34,10 @@ from typing import Any
 
 import requests
 
+from worker.states import FINAL
+
 SURVEY_EVENT = "NPS Survey"
 ORDER_EVENT = "Order Completed"
-FINAL = {"delivered", "ineligible", "skipped", "dead"}
 EPOCH = datetime(2026, 6, 1, tzinfo=UTC)
 
 

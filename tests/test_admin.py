@@ -63,7 +63,7 @@ def held_track(stores: Stores, message_id: str, user: str | None = "h1", anonymo
     event = make_event(message_id, user=user, anonymous=anonymous)
     accept(stores, event)
     stores.redis.delete("relay", "relay.low")
-    stores.ledger.begin(event["ref"])
+    stores.messages.start(event["ref"])
     plan = stores.people.track_plan(
         event["ref"], f"{event['ref']}#1", f"u:{user}" if user else "", f"a:{anonymous}" if anonymous else "",
         None, True, 7, "high",
@@ -76,7 +76,7 @@ def retrying_track(stores: Stores, message_id: str, user: str = "r1") -> str:
     event = make_event(message_id, user=user)
     accept(stores, event)
     stores.redis.delete("relay", "relay.low")
-    stores.ledger.begin(event["ref"])
+    stores.messages.start(event["ref"])
     assert stores.schedule.later(event["ref"], 3600, "transient: Promoter answered 503", 0)
     return event["ref"]
 
@@ -85,7 +85,7 @@ def dead_track(stores: Stores, message_id: str, user: str = "d1", **bury: Any) -
     event = make_event(message_id, user=user)
     accept(stores, event)
     stores.redis.delete("relay", "relay.low")
-    stores.ledger.begin(event["ref"])
+    stores.messages.start(event["ref"])
     assert stores.dead.bury(event["ref"], bury.pop("reason", "Promoter rejected it: 400"), **bury)
     return event["ref"]
 

@@ -125,7 +125,7 @@ def seed(stores: Stores, live_url: str) -> dict[str, str]:
     }
     traits = {"email": "b1@example.com", "firstName": XSS}
     accept(stores, make_event(XSS_ID, "identify", "b1", traits=traits))
-    stores.ledger.begin(ref(XSS_ID))
+    stores.messages.start(ref(XSS_ID))
     assert stores.dead.bury(ref(XSS_ID), "Promoter rejected it: 403", '{"detail": "<b>no</b>"}')
     refs["xss"] = ref(XSS_ID)
     cooled = make_event("cool-1", user="c1")
@@ -249,7 +249,7 @@ def test_dashboard_shows_the_relay_and_replays_until_delivered(
     assert replayed_count(stores) == 2
     assert page.title() == "promoter-relay"
     assert missing == [], "nothing the page asks for is missing (the favicon included)"
-    assert stores.ledger.state(refs["xss"]) == "delivered"
+    assert stores.messages.state(refs["xss"]) == "delivered"
     [contact] = sandbox.state.contacts()
     assert (contact["email"], contact["first_name"]) == ("b1@example.com", XSS)
 

@@ -74,6 +74,11 @@ def dev(
         try:
             wait_until(lambda: "Ctrl-C stops everything" in log_path.read_text(), timeout=90)
             yield f"http://127.0.0.1:{port}", log_path, process
+        except BaseException:
+            # pytest shows this under "Captured stdout": why the instance stopped, if it did.
+            print(f"--- promoter-relay dev (exit code {process.poll()}), last lines of its output:")
+            print("\n".join(log_path.read_text(errors="replace").splitlines()[-60:]))
+            raise
         finally:
             if process.poll() is None:
                 process.send_signal(stop)

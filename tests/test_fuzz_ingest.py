@@ -26,7 +26,7 @@ from tests.conftest import SHARED_SECRET, SOURCE, WRITE_KEY, basic, settings_for
 from tests.factories import queued_refs, status
 from worker import keys
 from worker.events import WEBHOOK_SOURCE, split_ref
-from worker.ledger import event_of
+from worker.messages import event_of
 
 ENDPOINTS = ["/v1/identify", "/v1/track", "/v1/page", "/v1/batch", "/v1/t", "/segment"]
 TYPES = ["identify", "track", "page", "screen", "group", "alias"]

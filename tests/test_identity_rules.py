@@ -1,4 +1,4 @@
-"""One userId, one person (DESIGN.md, "Identity resolution"): each defect an independent review found,
+"""One userId, one person (docs/delivery.md, "Who is one person"): each defect an independent review found,
 as a test that failed on the code before the fix (ece91c4), written against the relay's own task bodies
 (``tests.harness``) over a real Redis and the sandbox over HTTP.
 

@@ -30,7 +30,7 @@ def test_the_oldest_queued_and_held_messages_have_their_age(relay: Relay) -> Non
     start = relay.clock.now
     relay.send(make_event("waits", user="nobody-yet"))
     relay.drain()
-    assert relay.state(relay.runtime.stores.ledger.recent(1)[0]["ref"]) == "held"
+    assert relay.state(relay.runtime.stores.messages.recent(1)[0]["ref"]) == "held"
     relay.clock.advance(50)
     relay.send(make_event("queued-1", "identify", "someone"))
     relay.clock.advance(10)
@@ -46,7 +46,7 @@ def test_a_retry_waits_on_purpose_until_it_is_due(relay: Relay) -> None:
     relay.send(make_event("later", "identify", "u1"))
     relay.sandbox.state.configure({"fail_next": [503]})
     relay.drain()
-    assert relay.state(relay.runtime.stores.ledger.recent(1)[0]["ref"]) == "retrying"
+    assert relay.state(relay.runtime.stores.messages.recent(1)[0]["ref"]) == "retrying"
     due = float(relay.redis.zrange(keys.SCHEDULE, 0, 0, withscores=True)[0][1])
     settings = relay.runtime.settings
     assert snapshot(relay.redis, settings, now=due - 0.5)["oldest_age_seconds"]["queued"] == 0.0

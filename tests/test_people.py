@@ -18,9 +18,9 @@ from tests.factories import make_event
 from tests.harness import Relay, make_relay
 from worker import delivery, keys, taskmessages
 from worker.events import version
-from worker.ledger import Start
 from worker.mapping import contact_fields
-from worker.states import Begin, Priority, State, SyncFailure
+from worker.messages import Start
+from worker.states import Priority, StartKind, State, SyncFailure
 
 
 def identify(message_id: str, user: str = "u1", at: str = "2026-11-29T10:00:00.000Z", **traits: Any) -> Any:
@@ -77,7 +77,7 @@ def test_slow_trait_update_does_not_write_back_the_email_it_read(relay: Relay) -
     relay.send(slow)
     relay.redis.delete("relay", "relay.low")
     stores = relay.stores
-    start = stores.ledger.begin(slow["ref"])
+    start = stores.messages.start(slow["ref"])
     run = delivery.Run(slow["ref"], f"{slow['ref']}#{start.run}", Priority.LOW)
     fields = contact_fields(slow["traits"])
     plan = stores.people.contact_plan(run.ref, run.token, "u:u1", "", fields, version(slow), run.priority)
@@ -86,7 +86,7 @@ def test_slow_trait_update_does_not_write_back_the_email_it_read(relay: Relay) -
     relay.send(identify("b", email="b@example.com", at="2026-11-29T10:02:00.000Z"))
     relay.drain()
     assert relay.state(ref("b")) == State.WAITING, "rides along with the update in flight"
-    assert start.kind is Begin.GO
+    assert start.kind is StartKind.GO
     delivery.sync_contact(plan.sync, run, relay.runtime)
     assert relay.state(ref("b")) == State.DELIVERED
     assert relay.state(ref("traits")) == State.DELIVERED
@@ -106,8 +106,8 @@ def test_a_track_run_again_after_its_survey_was_settled_still_becomes_final(rela
     relay.send(slow)
     relay.redis.delete("relay", "relay.low")
     stores = relay.stores
-    start = stores.ledger.begin(slow["ref"])
-    assert start.kind is Begin.GO
+    start = stores.messages.start(slow["ref"])
+    assert start.kind is StartKind.GO
     run = delivery.Run(slow["ref"], f"{slow['ref']}#{start.run}", Priority.LOW)
     fields = contact_fields(slow["traits"])
     plan = stores.people.contact_plan(run.ref, run.token, "u:u1", "", fields, version(slow), run.priority)
@@ -296,7 +296,7 @@ def test_a_replayed_identify_is_sent_even_when_unchanged(relay: Relay) -> None:
 
 
 def test_delivery_start_of_an_unknown_ref_is_nothing_to_do(relay: Relay) -> None:
-    assert relay.stores.ledger.begin("k00000000:nope") == Start(kind=Begin.MISSING, state="")
+    assert relay.stores.messages.start("k00000000:nope") == Start(kind=StartKind.MISSING, state="")
 
 
 def _new_email_accepted_meanwhile(relay: Relay) -> None:
@@ -419,7 +419,7 @@ def test_a_failed_update_of_a_person_whose_record_expired_meanwhile_leaves_no_ke
     message = identify("gone", email="gone@example.com")
     relay.send(message)
     relay.redis.delete("relay", "relay.low")
-    start = relay.stores.ledger.begin(message["ref"])
+    start = relay.stores.messages.start(message["ref"])
     token = f"{message['ref']}#{start.run}"
     fields = contact_fields(message["traits"])
     plan = relay.stores.people.contact_plan(

@@ -133,7 +133,7 @@ def test_an_ineligible_answer_to_a_contact_update_is_promoters_refusal_not_an_in
     body = '{"non_field_errors": ["Contact is not eligible for survey."]}'
     relay.send(identify("i", email="u1@example.com"))
     relay.redis.delete("relay", "relay.low")
-    start = relay.stores.ledger.begin(ref("i"))
+    start = relay.stores.messages.start(ref("i"))
     error = classify(400, {}, body)
     assert error is not None
     state = FailurePolicy(ref("i"), start, relay.runtime, {}).handle(error)

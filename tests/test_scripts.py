@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from app.cli import main
 from worker import keys, scripts
-from worker.ledger import STATUS_FIELDS, records_table
+from worker.messages import STATUS_FIELDS, records_table
 from worker.settings import Settings, load
 from worker.states import FINAL, LUA_ENUMS, State
 
@@ -38,7 +38,7 @@ def test_every_script_loads_into_redis(redis_client: redis.Redis, name: str, set
 def test_the_scripts_are_the_files_next_to_their_owners() -> None:
     names = scripts.names()
     owners = {name.split(".")[0] for name in names}
-    assert owners == {"ledger", "people", "budget", "schedule", "holds", "deadletters", "reconcile"}
+    assert owners == {"messages", "people", "budget", "schedule", "holds", "deadletters", "reconcile"}
     for owner in owners:
         assert (scripts.LUA_DIR.parent / f"{owner}.py").exists(), f"lua/{owner}.* next to worker/{owner}.py"
     assert [path.stem for path in sorted((scripts.LUA_DIR / "lib").glob("*.lua"))] == sorted(scripts.LIBRARY)
@@ -146,17 +146,17 @@ def test_the_records_document_is_current() -> None:
 def test_a_redis_error_points_at_a_line_a_person_can_print(redis_client: redis.Redis) -> None:
     """Redis reports ``user_script:<n>``; ``scripts.numbered`` (``scripts show``) prints that line."""
     settings = Settings()
-    script = scripts.Script(redis_client, "ledger.begin", settings, lambda: 1.0)
+    script = scripts.Script(redis_client, "messages.start", settings, lambda: 1.0)
     redis_client.set("relay:msg:{k00000000:x}", "not a hash")
     with pytest.raises(redis.ResponseError) as raised:
         script("k00000000:x")
     line = int(re.search(r"user_script:(\d+)", str(raised.value)).group(1))  # type: ignore[union-attr]
-    printed = CliRunner().invoke(main, ["scripts", "show", "ledger.begin"], env={"REDIS_URL": ""})
+    printed = CliRunner().invoke(main, ["scripts", "show", "messages.start"], env={"REDIS_URL": ""})
     assert printed.exit_code == 0, printed.output
     shown = printed.output.splitlines()
     assert shown[line - 1].startswith(f"{line:5} ")
     assert "HMGET" in shown[line - 1]
-    assert shown == scripts.numbered("ledger.begin", settings).splitlines()
+    assert shown == scripts.numbered("messages.start", settings).splitlines()
 
 
 def test_scripts_list_names_every_script_and_show_refuses_an_unknown_one() -> None:

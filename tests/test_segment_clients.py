@@ -33,7 +33,7 @@ from tests.factories import queued_refs
 from tests.factories import status as status_of
 from worker import keys
 from worker.events import parse_iso, source_of_key
-from worker.ledger import event_of
+from worker.messages import event_of
 
 QUEUES = ("relay", "relay.low")
 SEGMENT_23 = ROOT / ".venv" / "segment-2.3"

@@ -40,7 +40,7 @@ def known_person(stores: Stores, person: str, email: str = "u1@example.com") -> 
 
 
 def state(stores: Stores, message_id: str) -> str | None:
-    return stores.ledger.state(ref(message_id))
+    return stores.messages.state(ref(message_id))
 
 
 def hold_track(
@@ -48,7 +48,7 @@ def hold_track(
 ) -> None:
     event = make_event(message_id, user=user, anonymous=anonymous)
     accept(stores, event)
-    stores.ledger.begin(event["ref"])
+    stores.messages.start(event["ref"])
     plan = stores.people.track_plan(
         event["ref"], f"{event['ref']}#1", f"u:{user}" if user else "", f"a:{anonymous}" if anonymous else "",
         None, True, 7, "high",
@@ -64,7 +64,7 @@ def test_a_message_that_waits_keeps_its_event_as_long_as_its_record(stores: Stor
     that waits long (a daily budget spent, a long retry window) outlives what it has to deliver."""
     accept(stores, make_event("w1"))
     stores.redis.expire(keys.event(ref("w1")), 5)  # most of its first TTL has passed
-    assert stores.ledger.begin(ref("w1")).kind == "go"
+    assert stores.messages.start(ref("w1")).kind == "go"
     assert stores.schedule.later(ref("w1"), 60, "waiting: budget", attempts_delta=-1) == State.RETRYING
     record_ttl = stores.redis.ttl(keys.message(ref("w1")))
     assert record_ttl > 5
@@ -74,7 +74,7 @@ def test_a_message_that_waits_keeps_its_event_as_long_as_its_record(stores: Stor
 def test_a_message_whose_event_is_gone_becomes_a_dead_letter_not_a_silent_loop(stores: Stores) -> None:
     accept(stores, make_event("w2"))
     stores.redis.delete(keys.event(ref("w2")))
-    start = stores.ledger.begin(ref("w2"))
+    start = stores.messages.start(ref("w2"))
     assert (start.kind, start.state) == ("missing", State.DEAD)
     assert state(stores, "w2") == State.DEAD
     [letter] = stores.dead.list()
@@ -137,13 +137,13 @@ def test_final_state_guards_hold_under_concurrent_late_retries(
         thread.start()
     for thread in threads:
         thread.join()
-    states = {setup.ledger.state(r) for r in refs}
+    states = {setup.messages.state(r) for r in refs}
     assert states == {State.DEAD}
     assert setup.dead.count() == len(refs)
     assert redis_client.zcard(keys.SCHEDULE) <= len(refs)
     later = stores_with(redis_client, Clock(now=2e9))
     later.schedule.dispatch_due()
-    assert {later.ledger.state(r) for r in refs} == {State.DEAD}, "a stale schedule entry revives nothing"
+    assert {later.messages.state(r) for r in refs} == {State.DEAD}, "a stale schedule entry revives nothing"
     assert queued_refs(redis_client) == []
     assert redis_client.zcard(keys.SCHEDULE) == 0
 
@@ -173,7 +173,7 @@ def test_anonymous_holds_expire_sooner_and_end_skipped(redis_client: redis.Redis
     clock.advance(3601)
     assert stores.holds.expire() == 1
     assert state(stores, "anon") == State.SKIPPED
-    assert stores.ledger.status(ref("anon"))["detail"] == "never identified"  # type: ignore[index]
+    assert stores.messages.status(ref("anon"))["detail"] == "never identified"  # type: ignore[index]
     assert state(stores, "user") == State.HELD
     assert stores.dead.count() == 0
 
@@ -194,7 +194,9 @@ def test_holding_the_same_message_twice_holds_it_once(stores: Stores) -> None:
         assert plan.action is Plan.HELD
     assert stores.holds.held_count("u:u1") == 1
     assert int(stores.redis.get(keys.HELD_COUNT) or 0) == 1
-    assert stores.ledger.begin(ref("h1")).kind == "held", "a redelivered task of a held message does nothing"
+    assert stores.messages.start(ref("h1")).kind == "held", (
+        "a redelivered task of a held message does nothing"
+    )
     assert stores.redis.zscore(keys.PENDING, ref("h1")) is None, "held messages need no task"
 
 
@@ -275,7 +277,7 @@ def test_with_resend_an_unknown_outcome_is_claimed_again_as_a_resend(
     assert again.outcome is Claim.GO
     assert again.resend
     stores.people.settle_survey(ref("s2"), SurveyOutcome.INELIGIBLE, "not eligible", "u1@example.com", 7)
-    record = stores.ledger.status(ref("s2"))
+    record = stores.messages.status(ref("s2"))
     assert record is not None
     assert record["state"] == State.DELIVERED
     assert record["detail"] == "already surveyed (first call reached Promoter)"
@@ -336,7 +338,7 @@ def test_reconciler_requeues_only_what_left_every_queue(redis_client: redis.Redi
     assert reconciler.requeue_stale() == 2
     assert sorted(queued_refs(redis_client)) == sorted([ref("q1"), ref("q2")])
     assert reconciler.requeue_stale() == 0, "now queued again, so not stale"
-    history = stores.ledger.status(ref("q1"))
+    history = stores.messages.status(ref("q1"))
     assert history is not None
     assert history["history"][-1]["detail"] == "re-queued: its task message was lost"
 

@@ -23,7 +23,7 @@ class HeartbeatScheduler(PersistentScheduler):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         app = cast(RelayCelery, self.app)
-        self._client = redis_client(app.relay.settings, timeout=2.0)
+        self._client = redis_client(app.runtime.settings, timeout=2.0)
         self._beaten = 0.0
 
     def tick(self, *args: Any, **kwargs: Any) -> float:

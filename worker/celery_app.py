@@ -34,12 +34,12 @@ BEAT_SCHEDULE = {
 
 
 class RelayCelery(Celery):
-    relay: RuntimeSlot
+    runtime: RuntimeSlot
 
 
 def create_celery(settings: Settings) -> RelayCelery:
     app = RelayCelery("promoter_relay")
-    app.relay = RuntimeSlot(settings)
+    app.runtime = RuntimeSlot(settings)
     control = settings.control_queue
     app.conf.update(
         broker_url=settings.redis_url,
@@ -70,14 +70,14 @@ def create_celery(settings: Settings) -> RelayCelery:
         beat_schedule=BEAT_SCHEDULE,
         beat_scheduler="worker.beat:HeartbeatScheduler",
     )
-    tasks.register(app, app.relay)
+    tasks.register(app, app.runtime)
     app.steps["worker"].add(WorkerHeartbeat)
 
     def setup_logging(**_: Any) -> None:
         logs.configure(settings.log_format, settings.log_level, quiet=tasks.HOUSEKEEPING)
 
     def fresh_handles(**_: Any) -> None:
-        app.relay.reset()
+        app.runtime.reset()
 
     signals.setup_logging.connect(setup_logging, weak=False, dispatch_uid="relay-logging")
     signals.worker_process_init.connect(fresh_handles, weak=False, dispatch_uid="relay-fork")

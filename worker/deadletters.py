@@ -19,7 +19,7 @@ import redis
 
 from worker import keys
 from worker.events import split_ref
-from worker.ledger import event_of, events_of
+from worker.messages import event_of, events_of
 from worker.scripts import Scripts, encode
 
 BATCH = 500

@@ -30,7 +30,7 @@ from worker.events import (
     user_identity,
     version,
 )
-from worker.ledger import Start
+from worker.messages import Start
 from worker.people import Decision, SurveyClaim, SyncPlan
 from worker.promoter import (
     AccountError,
@@ -247,7 +247,7 @@ def track(event: Event, start: Start, rt: Runtime) -> Outcome:
         done = sync_contact(plan.sync, run, rt).detail
     if not survey:
         rides = plan.coalesced_with and f"rides along with {plan.coalesced_with}"
-        return Outcome(rt.stores.ledger.state(run.ref) or plan.state, done or rides)
+        return Outcome(rt.stores.messages.state(run.ref) or plan.state, done or rides)
     claim = plan.survey or rt.stores.people.claim_survey(run.ref, plan.person, int(campaign or 0))
     return survey_person(event, start, claim, int(campaign or 0), plan.person, rt)
 
@@ -259,7 +259,7 @@ def survey_person(
     if claim.outcome is Claim.HELD:
         return Outcome(claim.state, "waiting for a newer identify of this person to be delivered")
     if claim.outcome is Claim.SENT:
-        return Outcome(rt.stores.ledger.state(event["ref"]) or State.DELIVERED, "survey already sent")
+        return Outcome(rt.stores.messages.state(event["ref"]) or State.DELIVERED, "survey already sent")
     if claim.outcome is Claim.COOLDOWN:
         days = max(0, int((rt.clock() - claim.surveyed_at) // 86400))
         detail = f"surveyed {days} days ago (SURVEY_COOLDOWN_DAYS={rt.settings.survey_cooldown_days})"

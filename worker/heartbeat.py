@@ -83,7 +83,7 @@ class WorkerHeartbeat(bootsteps.StartStopStep):
     def start(self, parent: Any) -> None:
         from worker.stores import redis_client
 
-        self._client = redis_client(parent.app.relay.settings, timeout=2.0)
+        self._client = redis_client(parent.app.runtime.settings, timeout=2.0)
         self._name = str(parent.hostname)
         self._beat()
         self._timer = parent.timer.call_repeatedly(WORKER_INTERVAL, self._beat, priority=10)

@@ -1,6 +1,6 @@
 """Held messages: a track waits until Promoter knows its person (and no newer identify is on its way).
 
-Holding and releasing happen inside the person scripts (``lua/prelude.lua``: ``hold``,
+Holding and releasing happen inside the person scripts (``lua/lib/holds.lua``: ``hold``,
 ``release_person``), atomically with the decision that calls for them. A held item is stored as
 ``<held-at>|<ref>`` under the identity it arrived with, so scripts read its age without decoding JSON;
 what the message needs to run again (its type and queue) is in its status record.

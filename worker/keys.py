@@ -1,4 +1,4 @@
-"""Redis key names, in one place: Python formats them here and the Lua prelude is generated from them.
+"""Redis key names, in one place: Python formats them here and the scripts' generated head holds them.
 
 Per-message, per-identity and per-person keys carry a hash tag (``relay:msg:{k1f2e3d4:abc}``). The
 scripts still compute keys from what they read (a released track's status, a person's identities)
@@ -94,7 +94,7 @@ emails = KeyFormat(PREFIX + ":emails:{%s}")
 # What was last sent to Segment for one Promoter feedback id (worker/feedback.py).
 feedback_seen = KeyFormat(PREFIX + ":feedback:seen:{%s}")
 
-# What the Lua prelude gets as key_<name>(x) functions.
+# What the Lua scripts get as key_<name>(x) functions.
 FORMATS: dict[str, KeyFormat] = {
     "message": message,
     "event": event,

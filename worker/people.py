@@ -1,6 +1,6 @@
 """Who the contact is: persons, the identities that reach them, their contact updates and surveys.
 
-The rules (DESIGN.md, "Identity resolution") live in the Lua scripts (``lua/people.*.lua`` and
+The rules (docs/delivery.md, "Who is one person") live in the Lua scripts (``lua/people.*.lua`` and
 ``lua/lib/persons.lua``): resolving, merging, holding and releasing must be atomic, or a track could
 be held just after its person's release ran. This module carries their arguments, reads their JSON
 answers into typed decisions, and shows a person to the admin API.

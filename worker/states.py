@@ -32,8 +32,8 @@ FINAL: frozenset[State] = frozenset(
 )
 
 
-class Begin(StrEnum):
-    """What a task finds when it begins (``ledger.begin``)."""
+class StartKind(StrEnum):
+    """What a task finds when it begins (``messages.start``)."""
 
     GO = "go"
     MISSING = "missing"
@@ -113,10 +113,10 @@ class Route(StrEnum):
     CONTACT = "contact"
 
 
-# Every enum the Lua prelude gets as a table of the same name.
+# Every enum the Lua scripts get as a table of the same name.
 LUA_ENUMS: dict[str, type[StrEnum]] = {
     "STATE": State,
-    "BEGIN": Begin,
+    "START": StartKind,
     "PLAN": Plan,
     "CLAIM": Claim,
     "SURVEY": SurveyOutcome,

@@ -15,7 +15,7 @@ import redis
 from worker.budget import Budget
 from worker.deadletters import DeadLetters
 from worker.holds import Holds
-from worker.ledger import Ledger
+from worker.messages import Messages
 from worker.people import People
 from worker.reconcile import MARGIN_SECONDS, Reconciler
 from worker.schedule import Schedule
@@ -37,7 +37,7 @@ def redis_client(settings: Settings, *, timeout: float) -> redis.Redis:
 @dataclass(frozen=True)
 class Stores:
     redis: redis.Redis
-    ledger: Ledger
+    messages: Messages
     people: People
     holds: Holds
     schedule: Schedule
@@ -60,7 +60,7 @@ def build_stores(
 
     return Stores(
         redis=client,
-        ledger=Ledger(client, scripts=scripts("ledger")),
+        messages=Messages(client, scripts=scripts("messages")),
         people=People(client, scripts=scripts("people"), lease_seconds=settings.survey_lease_seconds),
         holds=Holds(
             client,

@@ -4,7 +4,7 @@ Celery's own ``send_task`` costs a Redis round trip per message and cannot be co
 writes. Ingest must store the status record, the dedup marker and the task message in one atomic
 step (an event answered 200 must be queued, a duplicate must not be); releasing held tracks, retries
 coming due, replays and the reconciler must likewise queue messages inside the script that decides
-to. So every enqueue goes through one Lua helper (``enqueue`` in ``lua/prelude.lua``) that fills this
+to. So every enqueue goes through one Lua helper (``enqueue`` in ``lua/lib/core.lua``) that fills this
 template: Celery's task protocol 2 inside kombu's Redis transport envelope. The task's only argument
 is the message ref; the event itself is stored once, beside the status record.
 

@@ -22,12 +22,12 @@ from celery import Celery, Task
 
 from worker import delivery, feedback, taskmessages
 from worker.events import Event
-from worker.ledger import Start
+from worker.messages import Start
 from worker.promoter import AccountError, PermanentError, ThrottledError, TransientError
 from worker.runtime import Runtime, RuntimeSlot
 from worker.schedule import backoff
 from worker.scripts import PROBE_SECONDS
-from worker.states import Begin, State
+from worker.states import StartKind, State
 
 log = logging.getLogger("relay.delivery")
 housekeeping_log = logging.getLogger("relay.housekeeping")
@@ -50,8 +50,8 @@ HOUSEKEEPING = (DISPATCH_TASK, RECONCILE_TASK, EXPIRE_TASK, PRUNE_TASK, ACCOUNT_
 def deliver(ref: str, handler: Handler, rt: Runtime, task_id: str = "-") -> str:
     """Run one delivery attempt of ``ref``; returns the state it left the message in (for logs/tests)."""
     context = {"message_id": ref, "task_id": task_id}
-    start = rt.stores.ledger.begin(ref)
-    if start.kind is not Begin.GO or start.event is None:
+    start = rt.stores.messages.start(ref)
+    if start.kind is not StartKind.GO or start.event is None:
         log.info("nothing to do: %s %s", start.kind.value, start.state, extra=context)
         return start.state or start.kind.value
     try:

@@ -20,6 +20,7 @@ import signal
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
@@ -234,7 +235,25 @@ def _start_relay(children: Children, env: dict[str, str], port: int, workers: in
     children.start(
         "beat", [*celery, "beat", "--loglevel", "WARNING", "--schedule", str(data_dir / "beat-schedule")], env
     )
-    wait_for_port(port, timeout=60)
+    _wait_for_api(children, f"http://127.0.0.1:{port}/healthz")
+
+
+def _wait_for_api(children: Children, url: str, timeout: float = 90.0) -> None:
+    """Until the API answers. gunicorn binds its port before its workers load the app, so an open port
+    is not a running API: a worker that fails to load stops gunicorn a few seconds later."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if exited := children.exited():
+            raise click.ClickException(f"{', '.join(exited)} exited while starting; stopping everything")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as answer:  # noqa: S310 - our own API on 127.0.0.1
+                if answer.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise click.ClickException(f"the API did not answer {url} within {timeout:.0f}s")
+        time.sleep(0.1)
 
 
 def _banner(env: dict[str, str], api: str, data_dir: Path) -> None:

@@ -2,7 +2,7 @@
 
 It reads the generated traffic (who sent what, when it happened, when it arrived) and the scripted
 Promoter's record of what it applied, and only the final status of each message from Redis. It follows
-DESIGN.md's "Identity resolution" and "Delivery semantics" in plain sequential code:
+docs/delivery.md's rules (who is one person, what reaches Promoter, the guarantees) in plain sequential code:
 
 - a person is a human of the traffic: their userId, their legacy id once aliased, their own devices;
 - newest wins per contact field, by event time then ref;

@@ -43,7 +43,7 @@ from worker import keys, taskmessages
 from worker.events import source_of_key
 from worker.runtime import Runtime
 from worker.settings import Settings, load
-from worker.states import Begin
+from worker.states import StartKind
 from worker.stores import Stores, build_stores
 from worker.tasks import HANDLERS, deliver
 
@@ -159,7 +159,10 @@ _STATE_ANSWERS: dict[str, tuple[int, Callable[[Any], str | None]]] = {
     "people.track": (1, lambda answer: json.loads(answer).get("state")),
     "people.synced": (2, lambda answer: json.loads(answer).get("state")),
     "people.claim_survey": (1, lambda answer: json.loads(answer).get("state")),
-    "ledger.begin": (1, lambda answer: answer[1] if answer[0] in (Begin.FINAL, Begin.HELD) else None),
+    "messages.start": (
+        1,
+        lambda answer: answer[1] if answer[0] in (StartKind.FINAL, StartKind.HELD) else None,
+    ),
 }
 
 
@@ -598,13 +601,13 @@ class World:
         self.note(f"{self.steps}:{actor.name}:{outcome}")
 
     def _ingest(self, index: int) -> Any:
-        from app.ingest import batch_shared, sort_messages
+        from app.ingest import batch_shared, validate_messages
 
         batch = self.traffic.batches[index]
         document = traffic_module.body(batch)
         received_at = self.t
         received = traffic_module.moment(self.t)
-        sorted_ = sort_messages(
+        validated = validate_messages(
             document["batch"],
             None,
             batch_shared(document),
@@ -613,19 +616,19 @@ class World:
             webhook=False,
             now=received,
         )
-        refused_at = {refused["index"] for refused in sorted_.refused}
-        for refused in sorted_.refused:
+        refused_at = {refused["index"] for refused in validated.refused}
+        for refused in validated.refused:
             sent = batch.messages[refused["index"]]
             self.record.refused.append(f"m{sent.number}: {refused['errors']}")
             self.violate("ingest refused a valid message", f"m{sent.number}: {refused['errors']}")
         admitted = [sent for i, sent in enumerate(batch.messages) if i not in refused_at]
-        for sent, admission in zip(admitted, sorted_.admitted, strict=True):
+        for sent, admission in zip(admitted, validated.admitted, strict=True):
             self.record.ref_of.setdefault(sent.number, admission.event["ref"])
         try:
-            self.stores.ledger.accept(sorted_.admitted)
+            self.stores.messages.accept(validated.admitted)
         except redis.RedisError:
             # The client saw an error and sends the batch again; the script may have run all the same.
-            for admission in sorted_.admitted:
+            for admission in validated.admitted:
                 ref = admission.event["ref"]
                 if ref not in self.record.received and self._plain.exists(keys.message(ref)):
                     self.record.received[ref] = (received_at, index)
@@ -633,7 +636,7 @@ class World:
                     self.record.accepted_at_time[ref] = self.t
             self.retry_batches.append((self.t + self.rng.choice((1.0, 10.0, 60.0)), index))
             return None
-        for admission in sorted_.admitted:
+        for admission in validated.admitted:
             ref = admission.event["ref"]
             self.record.accepted_at_step.setdefault(ref, self.steps)
             self.record.accepted_at_time.setdefault(ref, self.t)

@@ -1,5 +1,5 @@
--- people.contact: an identify reaches its person. Its identities meet (DESIGN.md, "Identity
--- resolution"), its fields merge newest-wins, and its contact update is planned (plan_sync).
+-- people.contact: an identify reaches its person. Its identities meet (docs/delivery.md, "Who is one
+-- person"), its fields merge newest-wins, and its contact update is planned (plan_sync).
 -- KEYS: none.
 -- ARGV: [1] now, [2] ref, [3] run token ('<ref>#<run>'), [4] user identity ('u:..' or ''),
 --       [5] anonymous identity ('a:..' or ''), [6] contact fields (JSON object name -> value; '' when

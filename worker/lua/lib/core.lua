@@ -1,6 +1,6 @@
 -- core: status records, counters, queues and dead letters. Every script runs with the whole library
 -- (core, persons, holds, budget, updates, surveys) above its own body; worker/scripts.py writes the
--- generated head first: NOW (ARGV[1], the caller's clock), the enums (STATE, BEGIN, PLAN, CLAIM,
+-- generated head first: NOW (ARGV[1], the caller's clock), the enums (STATE, START, PLAN, CLAIM,
 -- SURVEY, FAILURE, PRIORITY, ROUTE), FINAL, ID, KEY, QUEUE, CONFIG, BUDGET and the key_<name>(x)
 -- functions. `promoter-relay scripts show NAME` prints a script as Redis runs it, with line numbers.
 --

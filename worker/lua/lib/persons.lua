@@ -1,4 +1,4 @@
--- persons: who the contact is (DESIGN.md, "Identity resolution").
+-- persons: who the contact is (docs/delivery.md, "Who is one person").
 --
 -- A person is one record at relay:person:{<ref>}, named after its userId ('u:42') or, for a visitor
 -- never identified, after its anonymousId ('a:x1'). So a person has at most one userId, and two

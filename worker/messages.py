@@ -4,7 +4,7 @@ The status record doubles as the dedup marker: a ref whose record exists has bee
 so a Segment retry is acknowledged without being queued again. It is written in the same Lua step
 that stores the event and queues its task, which is what makes "answered 200" equal "queued".
 
-Every later state change goes through ``set_state`` in ``lua/prelude.lua``, so history, counters and
+Every later state change goes through ``set_state`` in ``lua/lib/core.lua``, so history, counters and
 TTLs cannot drift apart between code paths, and a final state is never left but by a replay.
 """
 
@@ -20,10 +20,10 @@ import redis
 from worker import keys
 from worker.events import Event, loaded, primary_identity, stored, user_identity, version
 from worker.scripts import Scripts, encode
-from worker.states import Begin, Route, State
+from worker.states import Route, StartKind, State
 
 # Every field of a status record (relay:msg:{<ref>}), and what it holds. docs/records.md is made from
-# this table (``python -m worker.ledger``), and a test keeps the scripts to these names.
+# this table (``python -m worker.messages``), and a test keeps the scripts to these names.
 STATUS_FIELDS: dict[str, str] = {
     "type": "identify, track or alias",
     "user": "the identity it was accepted under (u:<userId> or a:<anonymousId>)",
@@ -69,7 +69,7 @@ def records_table() -> str:
         "# Status records\n\n"
         "One small Redis hash per message, `relay:msg:{<ref>}`, written only by the Lua scripts "
         "(`worker/lua/`). A fresh record holds only what differs from the defaults. Generated from "
-        "`worker/ledger.py` (`python -m worker.ledger > docs/records.md`).\n\n"
+        "`worker/messages.py` (`python -m worker.messages > docs/records.md`).\n\n"
         "| Field | Holds |\n|---|---|\n" + rows + "\n"
     )
 
@@ -102,7 +102,7 @@ class Start:
     """What a task finds when it begins: ``GO`` with the event and its run number, or why there is
     nothing to do."""
 
-    kind: Begin
+    kind: StartKind
     state: str = ""
     attempts: int = 0
     since: float = 0.0
@@ -112,11 +112,11 @@ class Start:
     run: int = 0
 
 
-class Ledger:
+class Messages:
     def __init__(self, client: redis.Redis, *, scripts: Scripts) -> None:
         self.client = client
         self._accept = scripts("accept")
-        self._begin = scripts("begin")
+        self._start = scripts("start")
 
     def accept(self, admissions: Sequence[Admission]) -> list[str]:
         """Record and queue every admission in one atomic round trip.
@@ -149,14 +149,14 @@ class Ledger:
         answers: list[str] = self._accept(encode(items))
         return answers
 
-    def begin(self, ref: str) -> Start:
+    def start(self, ref: str) -> Start:
         """A task starts: count the attempt and load the event (or say why there is nothing to do)."""
-        answer = self._begin(ref)
-        if answer[0] != Begin.GO:
-            return Start(kind=Begin(answer[0]), state=answer[1])
+        answer = self._start(ref)
+        if answer[0] != StartKind.GO:
+            return Start(kind=StartKind(answer[0]), state=answer[1])
         _, attempts, since, event, force, queue, kind, name, run = answer
         return Start(
-            kind=Begin.GO,
+            kind=StartKind.GO,
             attempts=int(attempts),
             since=float(since),
             event=loaded(ref, json.loads(event), kind, name),

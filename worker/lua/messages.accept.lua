@@ -1,4 +1,4 @@
--- ledger.accept: ingest records, deduplicates and queues one request's messages in one atomic step.
+-- messages.accept: ingest records, deduplicates and queues one request's messages in one atomic step.
 -- KEYS: none (every key is computed here; the relay runs on one Redis, see worker/keys.py)
 -- ARGV: [1] now; [2] a JSON list with, per message: [ref, type, state (received | skipped), detail,
 --       route (high | low | contact), identity, contact-change identities (list, for contact), event
