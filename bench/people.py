@@ -270,7 +270,9 @@ def _used(client: redis.Redis) -> int:
 
 
 # Redis memory a key with a TTL costs beyond its MEMORY USAGE: the allocator's rounding of its
-# dictEntry, its slots in the keyspace's and the expiry table's arrays, and its expiry entry.
+# dictEntry, its slots in the keyspace's and the expiry table's arrays, and its expiry entry. Measured
+# on redis-server 7.0.15 (jemalloc): used_memory per key minus MEMORY USAGE, 62 B among 100,000 keys
+# of 280 B with a TTL, 57 B among 1,000,000.
 KEY_OVERHEAD = 60
 # Buckets hold from 10 to 20 entries (15 on average, as a million people make them), and the day
 # they were last pruned, as persons.lua's index_email leaves them.
