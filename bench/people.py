@@ -15,6 +15,7 @@ shorter), and what remains is what a person costs for the rest of the year.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import time
 import uuid
@@ -390,7 +391,7 @@ def scaling(large: redis.Redis, small: redis.Redis, people: int, repeats: int) -
     result: dict[str, Any] = {"people": people, "small_people": SCALE_SMALL}
     for name, size in (("small", SCALE_SMALL), ("large", people)):
         started = time.monotonic()
-        populations[name].client.flushdb()
+        populations[name].client.flushdb(asynchronous=True)
         for _ in range(0, size, 50_000):
             populations[name].grow(min(50_000, size - populations[name].size), surveys=False)
             if size > 50_000:
@@ -414,16 +415,18 @@ def section(
     """The bench's "people" section: one row per profile (bytes are exact: measured once), and the
     cost of events among SCALE_SMALL people, compared with ``people`` when it is larger."""
     runs: dict[str, list[dict[str, Any]]] = {}
-    client.flushdb()
+    client.flushdb(asynchronous=True)
     populations = {name: Population.make(client) for name in PROFILES}
     fill_email_index(client, list(populations.values()), PROFILE_PEOPLE)
     for name, (traits, anonymous) in PROFILES.items():
         runs[f"profile: {name}"] = [profile_bytes(populations[name], PROFILE_PEOPLE, traits, anonymous)]
-    client.flushdb()
+    client.flushdb(asynchronous=True)
     if small is not None and people > SCALE_SMALL:
         runs["events: scaling"] = [scaling(client, small, people, repeats)]
+        # Printed at once: a long run's figures survive whatever fails after them.
+        print("[bench] people scaling: " + json.dumps(runs["events: scaling"][0]), flush=True)
     else:
-        client.flushdb()
+        client.flushdb(asynchronous=True)
         population = Population.make(client)
         started = time.monotonic()
         population.grow(SCALE_SMALL, surveys=False)
@@ -433,5 +436,5 @@ def section(
         runs["events: scaling"] = [
             {"people": SCALE_SMALL, "small_people": SCALE_SMALL, "load_s @small": load, **row}
         ]
-    client.flushdb()
+    client.flushdb(asynchronous=True)
     return runs
