@@ -44,8 +44,10 @@ test: lint
 check: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 -m "not integration and not slow"
 
+# make bench PEOPLE=1000000: the people section also loads that many (about half an hour here).
+# make bench QUICK=1: every section once, smaller (a check that it runs).
 bench: $(STAMP)
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(if $(PEOPLE),--people $(PEOPLE)) $(if $(QUICK),--quick)
 
 chaos: $(STAMP)
 	$(BIN)/python -m tests.chaos

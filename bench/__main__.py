@@ -1,5 +1,5 @@
-"""``python -m bench [--only ingest,decoupling,delivery,memory,calls,backlog] [--repeats 3]
-[--seconds 4]``."""
+"""``python -m bench [--only ingest,decoupling,delivery,memory,calls,backlog,people] [--repeats 3]
+[--seconds 4] [--people N] [--quick]``."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ SECTIONS = {
     "memory": sections.memory,
     "calls": promoter_calls.calls,
     "backlog": promoter_calls.backlog,
+    "people": sections.people,
 }
 RESULTS = ROOT / "bench" / "results.json"
 
@@ -42,12 +43,36 @@ def _revision() -> str:
     return git("rev-parse", "--short", "HEAD") + dirty
 
 
+def quick() -> None:
+    """Smaller sizes everywhere (the figures are then only a check that every section runs)."""
+    from bench import people
+
+    promoter_calls.MIX_USERS = 300
+    promoter_calls.PERSONS = 300
+    promoter_calls.BACKLOG_UPDATES = 3000
+    promoter_calls.NEW_USERS_FOR_S = 15.0
+    promoter_calls.SURVEY_GRACE_S = 15.0
+    people.PROFILE_PEOPLE = 300
+    people.SCALE_SMALL = 2000
+    people.SAMPLES = 300
+    sections.QUICK = True
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--only", default=",".join(SECTIONS), help="comma list of sections")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=4.0, help="duration of each HTTP load run")
+    parser.add_argument("--repeats", type=int, default=None, help="3 (--quick: 1)")
+    parser.add_argument("--seconds", type=float, default=None, help="of each HTTP load run: 4 (--quick: 2)")
+    parser.add_argument(
+        "--quick", action="store_true", help="every section once, smaller: a check that it all runs"
+    )
     parser.add_argument("--connections", type=int, default=16, help="ingest load connections")
+    parser.add_argument(
+        "--people",
+        type=int,
+        default=0,
+        help="people section: load this many people too, and compare event costs with 10,000 people",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--render", action="store_true", help="only print the table of an earlier --output")
     args = parser.parse_args()
@@ -59,6 +84,10 @@ def main() -> None:
         ratio = report.ratios(runs)
         print(report.render(saved["meta"], runs, ratio, report.targets(runs, ratio)))
         return
+    if args.quick:
+        quick()
+    args.repeats = args.repeats or (1 if args.quick else 3)
+    args.seconds = args.seconds or (2.0 if args.quick else 4.0)
     chosen = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = set(chosen) - set(SECTIONS)
     if unknown:
@@ -71,7 +100,9 @@ def main() -> None:
         redis_url, where = redis_target(procs)
         loader = Loader(ensure_wrk(), procs.dir)
         client = redis.Redis.from_url(redis_url, decode_responses=True)
-        ctx = sections.Ctx(procs, redis_url, client, loader, args.repeats, args.seconds, args.connections)
+        ctx = sections.Ctx(
+            procs, redis_url, client, loader, args.repeats, args.seconds, args.connections, args.people
+        )
         meta: dict[str, Any] = {
             "when": datetime.now(UTC).isoformat(timespec="seconds"),
             "host": platform.node(),
@@ -83,11 +114,15 @@ def main() -> None:
             "repeats": args.repeats,
             "seconds": args.seconds,
             "pools": sections.pools(),
+            "people": args.people,
+            "quick": args.quick,
+            "section_seconds": {},
         }
         for name in chosen:
             section_started = time.monotonic()
             print(f"[bench] {name} ...", flush=True)
             results[name] = dict(SECTIONS[name](ctx))
+            meta["section_seconds"][name] = round(time.monotonic() - section_started, 1)
             print(f"[bench] {name} done in {time.monotonic() - section_started:.0f} s", flush=True)
     finally:
         procs.stop_all()

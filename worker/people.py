@@ -252,7 +252,14 @@ class People:
         The index (written when Promoter accepts a contact) may be stale: the person may have merged
         into another since, or changed email, so the person's own record has the last word.
         """
-        person = cast(str | None, self.client.get(keys.email(keys.email_digest(email))))
+        bucket, field = keys.email_slot(email)
+        entry = cast(str | None, self.client.hget(bucket, field))
+        # Schema 2's key per email, until it expires (it is no longer written).
+        person = (
+            entry.rsplit(" ", 1)[0]
+            if entry
+            else cast(str | None, self.client.get(keys.email(keys.email_digest(email))))
+        )
         view = self.person_of(person) if person else None
         if view is None or not view["at_promoter"]:
             return None

@@ -43,6 +43,8 @@ MAX_ALIAS_IDS = 20
 MAX_ATTRIBUTES = 100
 # A userId remembers this many of the anonymousIds it was seen with, for a forget.
 MAX_DEVICES = 50
+# Attribute names given a number in relay:names (persons.lua); past it, records carry the names.
+MAX_NAMES = 1000
 # While Promoter refuses the account, one call per this many seconds finds out whether it is fixed.
 PROBE_SECONDS = 60.0
 
@@ -63,6 +65,7 @@ _GLOBAL_KEYS = {
     "budget_day": keys.BUDGET_DAY,
     "account": keys.ACCOUNT,
     "nps_latest": keys.NPS_LATEST,
+    "names": keys.NAMES,
 }
 
 
@@ -131,6 +134,7 @@ def head(settings: Settings) -> str:
         f"local HISTORY_LIMIT = {HISTORY_LIMIT}",
         f"local MINUTE_TTL = {keys.MINUTE_TTL}",
         f"local RECENT_LIMIT = {RECENT_LIMIT}",
+        f"local MAX_NAMES = {MAX_NAMES}",
         f"local LATENCY_BUCKETS = {_lua(list(LATENCY_BUCKETS))}",
         f"local CONTACT_LISTS = {_lua(','.join(map(str, settings.promoter_contact_list_ids)))}",
         f"local CONFIG = {_lua(config(settings))}",
@@ -198,6 +202,11 @@ class Script:
 
     def __call__(self, *args: Any, keys: Sequence[str] = ()) -> Any:
         return self._script(keys=list(keys), args=[f"{self.clock():.3f}", *args])
+
+    def queue(self, pipe: redis.client.Pipeline, *args: Any) -> None:
+        """Queue one call on ``pipe`` (its answer comes back from ``pipe.execute()``): how the bench
+        loads a million people through the same scripts without a round trip per call."""
+        self._script(keys=[], args=[f"{self.clock():.3f}", *args], client=pipe)
 
 
 class Scripts:

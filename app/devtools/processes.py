@@ -60,9 +60,16 @@ class EmbeddedRedis:
     """
 
     def __init__(
-        self, directory: Path, *, durable: bool = False, port: int | None = None, maxmemory: str | None = None
+        self,
+        directory: Path,
+        *,
+        durable: bool = False,
+        port: int | None = None,
+        maxmemory: str | None = None,
+        binary: str | None = None,
     ) -> None:
         self.directory = directory
+        self.binary = binary
         self.durable = durable
         self.maxmemory = maxmemory
         self.port = port or free_port()
@@ -74,7 +81,7 @@ class EmbeddedRedis:
 
     def start(self, timeout: float = 20.0) -> EmbeddedRedis:
         self.directory.mkdir(parents=True, exist_ok=True)
-        args = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+        args = [self.binary or redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
                 "--dir", str(self.directory), "--save", "", "--maxmemory-policy", "noeviction"]  # fmt: skip
         args += ["--appendonly", "yes", "--appendfsync", "always"] if self.durable else ["--appendonly", "no"]
         args += ["--maxmemory", self.maxmemory] if self.maxmemory else []

@@ -31,8 +31,7 @@ if rev >= (record.srev or -1) then
   record.srev, record.fp, record.se, record.sf, record.sl = rev, fp, ARGV[7], ARGV[8], ARGV[9]
   if ARGV[10] ~= '' then record.cid = ARGV[10] end
   record.refused, record.refused_by = nil, nil
-  -- The email -> person index the NPS feedback poll reads (keys.email_digest).
-  redis.call('SET', key_email(string.sub(redis.sha1hex(string.lower(ARGV[7])), 1, 16)), person, 'EX', CONFIG.person_ttl)
+  index_email(ARGV[7], person)
 end
 local function carried(ref) finish_sync(ref, holder) end
 settle_waiting(person, rev, carried)

@@ -1,13 +1,13 @@
 -- persons: who the contact is (docs/delivery.md, "Who is one person").
 --
--- A person is one record, a JSON string at relay:person:{<ref>}, named after its userId ('u:42')
--- or, for a visitor never identified, after its anonymousId ('a:x1'). So a person has at most one
--- userId, and two userIds become one person only through an alias, which leaves at the alias id a
--- pointer record {into = '<ref>'}. An anonymousId belongs to the person of the last userId seen with
--- it: relay:id:{a:<id>} names that person for ANONYMOUS_ID_TTL_SECONDS after they were last seen
+-- A person is one record at relay:person:{<ref>}, named after its userId ('u:42') or, for a visitor
+-- never identified, after its anonymousId ('a:x1'). So a person has at most one userId, and two
+-- userIds become one person only through an alias, which leaves at the alias id a pointer record
+-- {into = '<ref>'}. An anonymousId belongs to the person of the last userId seen with it:
+-- relay:id:{a:<id>} names that person for ANONYMOUS_ID_TTL_SECONDS after they were last seen
 -- together, and moves (never merges) when another userId is seen with it.
 --
--- A record, as scripts see it (short names, as stored):
+-- A record, as scripts see it:
 --   f    contact fields: name -> {value, index into vs}; names: email, first_name, last_name,
 --        a:<attribute>
 --   vs   the versions fields were set at ('<ms base 36, 9 chars><6 hex of sha1(ref)>': newest wins)
@@ -20,21 +20,218 @@
 --   refused  why Promoter refused this never-known person's contact; refused_by the identify
 --   into     (pointer record only) the person this id was aliased into
 --
+-- As stored (schema 3, see encode_person): a MessagePack array, fields by position, because a
+-- person is kept a year and there may be millions of them. Its anonymousIds are not in it: they
+-- live in relay:person:{<ref>}:anon, which expires with the newest of them, so a person that stops
+-- coming back costs only its contact once its links are gone. A record written by schema 2 (a
+-- JSON object, first byte '{') is still read, and written back as schema 3 (read old, write new).
+--
 -- Scripts read a record once (load_person), change the table, and mark it (save_person); the
 -- wrapper writes every marked record once, with a fresh TTL, at the end of the call: any event that
 -- reaches a person keeps it (and the ids it used) alive.
 
-local PERSONS, DIRTY, DROPPED = {}, {}, {}
+-- ANONYMOUS: each person's anonymousIds key as read ('' when absent), to write it only when changed.
+local PERSONS, DIRTY, DROPPED, ANONYMOUS = {}, {}, {}, {}
 
 local function person_ttl(ref)
   return is_anonymous(ref) and CONFIG.anonymous_person_ttl or CONFIG.person_ttl
+end
+
+-- Schema 3 ---------------------------------------------------------------------------------------
+-- {3, into} for a pointer; else {3, rev, srev, fp, cid, se, sf, sl, fields, vs, ids, orders, lease,
+-- refused, refused_by}, false where a value is absent (a hole would turn the array into a map), and
+-- absent values at the end left out.
+--   fields  flat {name, value, version index, ...}, or {name, value, ...} when vs holds one version
+--           (the usual case: one identify set them all); name: 1, 2, 3 for email, first_name,
+--           last_name, the attribute's code in relay:names (KEY.names), or, past MAX_NAMES, the
+--           attribute's name without 'a:'
+--   se, sf, sl  true when the same as the field's value (the usual case: Promoter has what we have)
+--   fp      the 16 hex digits as 8 bytes; cid a number when it is one (Promoter's ids are)
+--   ids     flat {alias id, last seen, ...}; orders flat {order_id, version, cents, currency, date, ...}
+-- Attribute names are the same for most people ('plan', 'company'): relay:names gives each a number
+-- once ('n:<name>' -> code, '<code>' -> name, '#' the last code), and records carry the number.
+
+local SCHEMA = 3
+local CONTACT_FIELDS = {'email', 'first_name', 'last_name'}
+local CONTACT_CODE = {email = 1, first_name = 2, last_name = 3}
+local FIRST_NAME_CODE = 4
+local NAME_CODE, CODE_NAME = {}, {}
+
+local function opt(value)
+  if value == nil then return false end
+  return value
+end
+
+local function unopt(value)
+  if value == false then return nil end
+  return value
+end
+
+local function hex_to_bytes(hex)
+  return (string.gsub(hex, '..', function(pair) return string.char(tonumber(pair, 16)) end))
+end
+
+local function bytes_to_hex(bytes)
+  return (string.gsub(bytes, '.', function(c) return string.format('%02x', string.byte(c)) end))
+end
+
+-- The code of attribute ``name`` (without 'a:'), given one if it has none and there is room; nil
+-- when relay:names is full (the name is then stored as it is).
+local function name_code(name)
+  local code = NAME_CODE[name]
+  if code then return code end
+  code = tonumber(redis.call('HGET', KEY.names, 'n:' .. name) or nil)
+  if not code then
+    if redis.call('HLEN', KEY.names) >= 2 * MAX_NAMES then return nil end
+    code = FIRST_NAME_CODE - 1 + redis.call('HINCRBY', KEY.names, '#', 1)
+    redis.call('HSET', KEY.names, 'n:' .. name, code, tostring(code), name)
+  end
+  NAME_CODE[name], CODE_NAME[code] = code, name
+  return code
+end
+
+local function field_name(code)
+  if type(code) == 'string' then return 'a:' .. code end
+  return CONTACT_FIELDS[code] or ('a:' .. CODE_NAME[code])
+end
+
+-- Every attribute code of these packed fields known by name (one HMGET for those not seen yet).
+local function learn_names(fields, width)
+  local missing = {}
+  for i = 1, #fields, width do
+    local code = fields[i]
+    if type(code) == 'number' and code >= FIRST_NAME_CODE and not CODE_NAME[code] then
+      missing[#missing + 1] = code
+    end
+  end
+  if #missing == 0 then return end
+  local names = redis.call('HMGET', KEY.names, unpack(missing))
+  for i, code in ipairs(missing) do
+    if not names[i] then error('relay:names has no attribute name for code ' .. code .. ' of a person record') end
+    CODE_NAME[code], NAME_CODE[names[i]] = names[i], code
+  end
+end
+
+local function synced_code(synced, entry)
+  if synced ~= nil and entry ~= nil and entry[1] == synced then return true end
+  return opt(synced)
+end
+
+local function encode_person(record)
+  if record.into then return cmsgpack.pack({SCHEMA, record.into}) end
+  local vs = record.vs or {}
+  local fields = {}
+  for name, entry in pairs(record.f or {}) do
+    local code = CONTACT_CODE[name]
+    if not code then code = name_code(string.sub(name, 3)) or string.sub(name, 3) end
+    fields[#fields + 1] = code
+    fields[#fields + 1] = entry[1]
+    if #vs > 1 then fields[#fields + 1] = entry[2] end
+  end
+  local ids = {}
+  for id, seen in pairs(record.ids or {}) do
+    if not is_anonymous(id) then ids[#ids + 1] = id; ids[#ids + 1] = seen end
+  end
+  local orders = {}
+  for order_id, order in pairs(record.o or {}) do
+    orders[#orders + 1] = order_id
+    for i = 1, 4 do orders[#orders + 1] = order[i] end
+  end
+  local fp = record.fp
+  if fp and #fp == 16 and string.match(fp, '^%x+$') then fp = hex_to_bytes(fp) end
+  local cid = record.cid
+  if cid and #cid <= 13 and string.match(cid, '^[1-9]%d*$') then cid = tonumber(cid) end
+  local f = record.f or {}
+  local packed = {SCHEMA, record.rev or 0, opt(record.srev), opt(fp), opt(cid),
+    synced_code(record.se, f.email), synced_code(record.sf, f.first_name), synced_code(record.sl, f.last_name),
+    fields, vs, ids, orders, opt(record.lease), opt(record.refused), opt(record.refused_by)}
+  while packed[#packed] == false or (type(packed[#packed]) == 'table' and #packed[#packed] == 0) do
+    packed[#packed] = nil
+  end
+  return cmsgpack.pack(packed)
+end
+
+local function decode_person(raw)
+  local packed = cmsgpack.unpack(raw)
+  if #packed == 2 and type(packed[2]) == 'string' then return {into = packed[2]} end
+  local vs = packed[10] or {}
+  local record = {rev = packed[2], srev = unopt(packed[3]), f = {}, vs = vs, lease = unopt(packed[13]),
+    refused = unopt(packed[14]), refused_by = unopt(packed[15])}
+  local fp = unopt(packed[4])
+  if fp and #fp == 8 then fp = bytes_to_hex(fp) end
+  record.fp = fp
+  if packed[5] then record.cid = tostring(packed[5]) end
+  local fields, width = packed[9] or {}, #vs > 1 and 3 or 2
+  learn_names(fields, width)
+  for i = 1, #fields, width do
+    record.f[field_name(fields[i])] = {fields[i + 1], width == 3 and fields[i + 2] or 1}
+  end
+  for slot, name in ipairs(CONTACT_FIELDS) do
+    local synced = packed[5 + slot]
+    if synced == true then synced = record.f[name][1] end
+    record[({'se', 'sf', 'sl'})[slot]] = unopt(synced)
+  end
+  local ids = packed[11] or {}
+  if #ids > 0 then
+    record.ids = {}
+    for i = 1, #ids, 2 do record.ids[ids[i]] = ids[i + 1] end
+  end
+  local orders = packed[12] or {}
+  if #orders > 0 then
+    record.o = {}
+    for i = 1, #orders, 5 do
+      record.o[orders[i]] = {orders[i + 1], orders[i + 2], orders[i + 3], orders[i + 4]}
+    end
+  end
+  return record
+end
+
+-- A person's anonymousIds still linked (seen within ANONYMOUS_ID_TTL_SECONDS), from their own key.
+local function load_anonymous_ids(ref, record)
+  local raw = redis.call('GET', key_person_anonymous(ref))
+  ANONYMOUS[ref] = raw or ''
+  if not raw then return end
+  local flat = cmsgpack.unpack(raw)
+  for i = 1, #flat, 2 do
+    if flat[i + 1] >= NOW - CONFIG.anonymous_id_ttl then
+      record.ids = record.ids or {}
+      record.ids[flat[i]] = flat[i + 1]
+    end
+  end
+end
+
+-- Written only when they changed; the key expires with the newest of them.
+local function save_anonymous_ids(ref, record)
+  local flat, newest = {}, nil
+  for id, seen in pairs(record.ids or {}) do
+    if is_anonymous(id) and seen >= NOW - CONFIG.anonymous_id_ttl then
+      flat[#flat + 1] = {id, seen}
+      if not newest or seen > newest then newest = seen end
+    end
+  end
+  table.sort(flat, function(a, b) return a[1] < b[1] end)
+  local packed = {}
+  for _, pair in ipairs(flat) do packed[#packed + 1] = pair[1]; packed[#packed + 1] = pair[2] end
+  local raw = #packed > 0 and cmsgpack.pack(packed) or ''
+  if raw == (ANONYMOUS[ref] or '') then return end
+  if raw == '' then
+    redis.call('DEL', key_person_anonymous(ref))
+  else
+    local ms = math.floor((newest + CONFIG.anonymous_id_ttl - NOW) * 1000)
+    redis.call('SET', key_person_anonymous(ref), raw, 'PX', math.max(1, ms))
+  end
 end
 
 local function load_person(ref)
   local cached = PERSONS[ref]
   if cached == nil then
     local raw = redis.call('GET', key_person(ref))
-    cached = raw and cjson.decode(raw) or false
+    cached = false
+    if raw then
+      -- Schema 2 wrote JSON objects; schema 3 writes MessagePack arrays (never '{' first).
+      if string.sub(raw, 1, 1) == '{' then cached = cjson.decode(raw) else cached = decode_person(raw) end
+      load_anonymous_ids(ref, cached)
+    end
     PERSONS[ref] = cached
   end
   return cached or nil
@@ -70,12 +267,38 @@ local function compact_versions(record)
 end
 
 local function flush_persons()
-  for ref in pairs(DROPPED) do redis.call('DEL', key_person(ref)) end
+  for ref in pairs(DROPPED) do redis.call('DEL', key_person(ref), key_person_anonymous(ref)) end
   for ref in pairs(DIRTY) do
     local record = PERSONS[ref]
     compact_versions(record)
-    redis.call('SET', key_person(ref), cjson.encode(record), 'EX', person_ttl(ref))
+    redis.call('SET', key_person(ref), encode_person(record), 'EX', person_ttl(ref))
+    save_anonymous_ids(ref, record.into and {} or record)
   end
+end
+
+-- The email index ---------------------------------------------------------------------------------
+-- The person whose contact Promoter accepted with an email, for the NPS feedback poll (keys.email_slot):
+-- relay:emails:{<first 4 hex of the digest>}, field the other 12, value '<person ref> <day>'. A
+-- bucket holds one entry per email (a stale one is harmless: the reader checks the person), lives
+-- PERSON_TTL_SECONDS past its last write, and once a day drops the entries not written for as long.
+
+local EMAIL_BUCKET_DIGITS = 4
+
+local function index_email(email, person)
+  local digest = string.sub(redis.sha1hex(string.lower(email)), 1, 16)
+  local bucket = key_emails(string.sub(digest, 1, EMAIL_BUCKET_DIGITS))
+  local today = math.floor(NOW / 86400)
+  redis.call('HSET', bucket, string.sub(digest, EMAIL_BUCKET_DIGITS + 1), person .. ' ' .. today)
+  if redis.call('HGET', bucket, '#') ~= tostring(today) then
+    local oldest = today - math.ceil(CONFIG.person_ttl / 86400)
+    local entries = redis.call('HGETALL', bucket)
+    for i = 1, #entries, 2 do
+      local day = tonumber(string.match(entries[i + 1], ' (%d+)$'))
+      if day and day < oldest then redis.call('HDEL', bucket, entries[i]) end
+    end
+    redis.call('HSET', bucket, '#', today)
+  end
+  redis.call('EXPIRE', bucket, CONFIG.person_ttl)
 end
 
 -- Leases: one contact update of a person in flight at a time ---------------------------------------
