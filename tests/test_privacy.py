@@ -119,26 +119,36 @@ ADA_NEEDLES = (ADA, LEGACY, *ANONYMOUS, "ada.lovelace@example.com", "ada.old@exa
 
 
 def traces(client: redis.Redis, needles: tuple[str, ...]) -> list[str]:
-    """Every key whose name or value (string, hash, list, set, sorted set) holds one of ``needles``."""
-    lowered = [needle.lower() for needle in needles]
+    """Every key whose name or value (string, hash, list, set, sorted set) holds one of ``needles``.
+    Values are read as bytes: person records are MessagePack, whose strings are stored as they are."""
+    pool = client.connection_pool
+    raw: Any = redis.Redis(
+        connection_pool=redis.ConnectionPool(
+            connection_class=pool.connection_class, **{**pool.connection_kwargs, "decode_responses": False}
+        )
+    )
+    lowered = [needle.lower().encode() for needle in needles]
     found = []
-    for key in map(str, client.scan_iter(count=1000)):
-        kind = str(client.type(key))
-        values: list[Any]
+    for key in raw.scan_iter(count=1000):
+        kind = raw.type(key).decode()
+        values: list[bytes]
         if kind == "string":
-            values = [client.get(key)]
+            values = [raw.get(key) or b""]
         elif kind == "hash":
-            values = [f"{k!s}={v!s}" for k, v in client.hgetall(key).items()]
+            values = [k + b"=" + v for k, v in raw.hgetall(key).items()]
         elif kind == "list":
-            values = list(client.lrange(key, 0, -1))
+            values = list(raw.lrange(key, 0, -1))
         elif kind == "set":
-            values = list(client.smembers(key))
+            values = list(raw.smembers(key))
         elif kind == "zset":
-            values = list(client.zrange(key, 0, -1))
+            values = list(raw.zrange(key, 0, -1))
         else:
-            values = [f"<{kind}>"]
-        text = (str(key) + "\n" + "\n".join(str(v) for v in values)).lower()
-        found += [f"{key}: {needle}" for needle in lowered if needle in text]
+            values = [f"<{kind}>".encode()]
+        text = (key + b"\n" + b"\n".join(values)).lower()
+        found += [
+            f"{key.decode(errors='replace')}: {needle.decode()}" for needle in lowered if needle in text
+        ]
+    raw.close()
     return found
 
 

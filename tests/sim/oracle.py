@@ -25,10 +25,14 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, cast
 
+import redis
+
 from tests.factories import text_map, texts
 from tests.sim.traffic import ORDER_EVENT, SURVEY_EVENT, Human, Sent, stamp
 from worker import events, keys
 from worker.states import FINAL
+
+_PERSON_KEY = re.compile(r"^relay:person:\{(.*)\}$")
 
 if TYPE_CHECKING:
     from tests.sim.world import World
@@ -190,14 +194,18 @@ class Oracle:
 
     def check_surveys(self) -> None:
         cooldown = self.settings.survey_cooldown_days * 86400
-        last: dict[tuple[str, int], float] = {}
+        # A forget erases the cooldown markers of the surveys it forgets, a shared device's anonymous
+        # ones included (docs/privacy.md): a survey after such a forget is not bound by them.
+        forgotten = {self.sim_ref(m) for m in self.messages.values() if m.state == "forgotten"}
+        last: dict[tuple[str, int], Any] = {}
         for survey in sorted(self.world.promoter.surveys, key=lambda s: s.at):
             key = (survey.email, survey.campaign)
-            if cooldown and key in last and survey.at - last[key] < cooldown:
+            before = last.get(key)
+            if cooldown and before and survey.at - before.at < cooldown and before.ref not in forgotten:
                 self.fail(
-                    "surveyed within the cooldown", f"{survey.email} at {survey.at - last[key]:.0f}s apart"
+                    "surveyed within the cooldown", f"{survey.email} at {survey.at - before.at:.0f}s apart"
                 )
-            last[key] = survey.at
+            last[key] = survey
         for message in self.messages.values():
             if not self.is_survey(message):
                 continue
@@ -473,21 +481,19 @@ class Oracle:
     ) -> list[tuple[str, str]]:
         """Keys with a value (a hash's field, a list's or set's member) one of ``needles`` finds, but
         for values that name one of ``unknowable`` (a ref, an identity)."""
-        client = self.world._plain
+        # Bytes, read as latin-1: person records are MessagePack (ids appear in them as they are); a
+        # person record is read through people.show, whose JSON names attributes as the rules do.
+        pool = self.world._plain.connection_pool
+        client = redis.Redis(
+            connection_pool=redis.ConnectionPool(
+                connection_class=pool.connection_class,
+                **{**pool.connection_kwargs, "decode_responses": False},
+            )
+        )
         found = []
-        for key in map(str, client.scan_iter(count=1000)):
-            kind = str(client.type(key))
-            values: list[Any] = []
-            if kind == "string":
-                values = [client.get(key)]
-            elif kind == "hash":
-                values = [f"{k!s}={v!s}" for k, v in client.hgetall(key).items()]
-            elif kind == "list":
-                values = list(client.lrange(key, 0, -1))
-            elif kind == "zset":
-                values = list(client.zrange(key, 0, -1))
-            elif kind == "set":
-                values = list(client.smembers(key))
+        for raw_key in client.scan_iter(count=1000):
+            key = raw_key.decode("latin-1")
+            values = self._values(client, raw_key, key)
             for value in values:
                 text_ = f"{key} {value!s}"
                 if any(name in text_ for name in unknowable):
@@ -496,12 +502,31 @@ class Oracle:
                     hit for needle in needles if (hit := needle.search(text_))
                     # An anonymous trait stitched into another person through a shared device is theirs
                     # now (the identity rules), as check_contacts_owned allows on their contact.
-                    and not (shared and '"a:anon_' in text_[max(0, hit.start() - 30) : hit.start()])
+                    and not (shared and 'a:anon_' in text_[max(0, hit.start() - 30) : hit.start()])
                 ]  # fmt: skip
                 if hits:
                     found.append((key, text_[max(0, hits[0].start() - 40) : hits[0].end() + 40]))
                     break
+        client.close()
         return found
+
+    def _values(self, client: Any, raw_key: bytes, key: str) -> list[str]:
+        """A key's values as text: bytes read as latin-1, a person record through people.show."""
+        kind = client.type(raw_key).decode()
+        values: list[Any] = []
+        if kind == "string" and (named := _PERSON_KEY.match(key)):
+            values = [self.world.stores.people._show(named.group(1))]
+        elif kind == "string":
+            values = [client.get(raw_key)]
+        elif kind == "hash":
+            values = [k + b"=" + v for k, v in client.hgetall(raw_key).items()]
+        elif kind == "list":
+            values = list(client.lrange(raw_key, 0, -1))
+        elif kind == "zset":
+            values = list(client.zrange(raw_key, 0, -1))
+        elif kind == "set":
+            values = list(client.smembers(raw_key))
+        return [v.decode("latin-1") if isinstance(v, bytes) else str(v) for v in values]
 
     # --- Promoter's whole record ------------------------------------------------------------------
 

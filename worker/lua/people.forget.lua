@@ -21,8 +21,20 @@ local function add_person(ref, record)
   end
 end
 
-local function email_key(email)
-  return key_email(string.sub(redis.sha1hex(string.lower(email)), 1, 16))
+-- The email index: schema 3's bucket entry '<person ref> <day>' (persons.lua, index_email), and
+-- schema 2's key per email until it expires. Returns the entries as {owner, erase} pairs, newest first.
+local function email_entries(email)
+  local digest = string.sub(redis.sha1hex(string.lower(email)), 1, 16)
+  local bucket, field = key_emails(string.sub(digest, 1, EMAIL_BUCKET_DIGITS)), string.sub(digest, EMAIL_BUCKET_DIGITS + 1)
+  local found = {}
+  local entry = redis.call('HGET', bucket, field)
+  if entry then
+    found[#found + 1] = {string.match(entry, '^(.*) %d+$') or entry, function() redis.call('HDEL', bucket, field) end}
+  end
+  local key = key_email(digest)
+  local owner = redis.call('GET', key)
+  if owner then found[#found + 1] = {owner, function() redis.call('DEL', key) end} end
+  return found
 end
 
 for _, user in ipairs(request.users or {}) do
@@ -33,7 +45,7 @@ for _, user in ipairs(request.users or {}) do
   if record or named then add_person(ref, record) else unknown_users[#unknown_users + 1] = user end
 end
 for _, email in ipairs(request.emails or {}) do
-  local owner = redis.call('GET', email_key(email))
+  local owner = (email_entries(email)[1] or {})[1]
   local ref, record = nil, nil
   if owner then ref, record = resolve(owner, true) end
   if ref and record then add_person(ref, record) else unknown_emails[#unknown_emails + 1] = email end
@@ -120,9 +132,10 @@ for _, ref in ipairs(refs) do
 end
 for _, email in ipairs(survey_emails) do add_email(email) end
 for _, email in ipairs(emails) do
-  local key = email_key(email)
-  local owner = redis.call('GET', key)
-  if owner and (persons[owner] ~= nil or persons[resolve(owner, true) or ''] ~= nil) then redis.call('DEL', key) end
+  for _, entry in ipairs(email_entries(email)) do
+    local owner = entry[1]
+    if persons[owner] ~= nil or seen_identity[owner] or persons[resolve(owner, true) or ''] ~= nil then entry[2]() end
+  end
   redis.call('DEL', key_feedback_seen('newest:e' .. string.sub(redis.sha1hex(string.lower(email)), 1, 16)))
 end
 forget_responses(user_ids)

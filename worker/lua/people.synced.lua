@@ -28,6 +28,9 @@ if not record or record.into then
   return cjson.encode({action = PLAN.DONE, state = state})
 end
 if rev >= (record.srev or -1) then
+  if record.se and record.se ~= '' and string.lower(record.se) ~= string.lower(ARGV[7]) then
+    unindex_email(record.se, person)
+  end
   record.srev, record.fp, record.se, record.sf, record.sl = rev, fp, ARGV[7], ARGV[8], ARGV[9]
   if ARGV[10] ~= '' then record.cid = ARGV[10] end
   record.refused, record.refused_by = nil, nil

@@ -301,6 +301,16 @@ local function index_email(email, person)
   redis.call('EXPIRE', bucket, CONFIG.person_ttl)
 end
 
+-- The email Promoter had for ``person`` before it accepted another: its entry goes (if still this
+-- person's), so the index holds no email a person no longer has at Promoter (and a forget, which
+-- knows only current emails, leaves nothing behind).
+local function unindex_email(email, person)
+  local digest = string.sub(redis.sha1hex(string.lower(email)), 1, 16)
+  local bucket, field = key_emails(string.sub(digest, 1, EMAIL_BUCKET_DIGITS)), string.sub(digest, EMAIL_BUCKET_DIGITS + 1)
+  local entry = redis.call('HGET', bucket, field)
+  if entry and string.match(entry, '^(.*) %d+$') == person then redis.call('HDEL', bucket, field) end
+end
+
 -- Leases: one contact update of a person in flight at a time ---------------------------------------
 
 local function lease_holder(record)
@@ -533,6 +543,9 @@ local function merge_into(into_ref, into, from_ref, from)
   end
   into.rev = (into.rev or 0) + 1
   move_waiting(from_ref, into_ref, into.rev)
+  -- ``from`` is a pointer now: its email's index entry would name nobody (the merged contact's next
+  -- accepted call indexes the email it has).
+  if from.se and from.se ~= '' then unindex_email(from.se, from_ref) end
   count('persons_merged')
 end
 
