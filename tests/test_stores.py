@@ -302,6 +302,16 @@ def test_rate_limit_is_one_budget_and_a_pause_stops_everyone(redis_client: redis
     assert "429" in why
 
 
+def test_a_rate_slot_written_under_a_later_clock_is_no_debt(redis_client: redis.Redis, clock: Clock) -> None:
+    """A Redis restored from a host whose clock ran ahead (or a clock set back) held delivery for
+    the difference: the upgrade test waited 39 days for "Promoter rate limit"."""
+    budget = stores_with(redis_client, clock, promoter_rate_limit=10).budget
+    redis_client.set(keys.RATE, (clock() + 3_391_731) * 1000)
+    assert budget.wait_seconds() == (0.0, "")
+    wait, why = budget.wait_seconds()
+    assert why == "" or wait < 1, "the rate itself still holds"
+
+
 def test_low_priority_keeps_half_the_burst_for_surveys(redis_client: redis.Redis, clock: Clock) -> None:
     budget = stores_with(redis_client, clock, promoter_rate_limit=10).budget
     low = sum(1 for _ in range(10) if budget.wait_seconds("low")[0] == 0)

@@ -30,7 +30,11 @@ local function acquire(priority)
     end
   end
   local burst = priority == PRIORITY.HIGH and BUDGET.burst_ms or BUDGET.burst_ms / 2
-  local tat = math.max(tonumber(redis.call('GET', KEY.rate) or '0'), now_ms)
+  local tat = tonumber(redis.call('GET', KEY.rate) or '0')
+  -- GCRA never stores a time more than a burst and a slot ahead; one further ahead was written under
+  -- another clock (a clock set back, a Redis restored elsewhere) and is no debt to wait out.
+  if tat > now_ms + BUDGET.burst_ms + BUDGET.interval_ms then tat = now_ms end
+  tat = math.max(tat, now_ms)
   if tat - now_ms > burst then return {math.ceil(tat - now_ms - burst), 'Promoter rate limit'} end
   redis.call('SET', KEY.rate, tat + BUDGET.interval_ms, 'PX', math.ceil(tat + BUDGET.interval_ms - now_ms) + 1000)
   redis.call('INCR', day_key)
