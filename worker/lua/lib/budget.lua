@@ -31,9 +31,10 @@ local function acquire(priority)
   end
   local burst = priority == PRIORITY.HIGH and BUDGET.burst_ms or BUDGET.burst_ms / 2
   local tat = tonumber(redis.call('GET', KEY.rate) or '0')
-  -- GCRA never stores a time more than a burst and a slot ahead; one further ahead was written under
+  -- GCRA never stores a time more than a burst and a slot ahead of the writer's clock. Workers'
+  -- clocks differ by far less than a minute, so a time further ahead than that was written under
   -- another clock (a clock set back, a Redis restored elsewhere) and is no debt to wait out.
-  if tat > now_ms + BUDGET.burst_ms + BUDGET.interval_ms then tat = now_ms end
+  if tat > now_ms + BUDGET.burst_ms + BUDGET.interval_ms + 60000 then tat = now_ms end
   tat = math.max(tat, now_ms)
   if tat - now_ms > burst then return {math.ceil(tat - now_ms - burst), 'Promoter rate limit'} end
   redis.call('SET', KEY.rate, tat + BUDGET.interval_ms, 'PX', math.ceil(tat + BUDGET.interval_ms - now_ms) + 1000)
