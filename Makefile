@@ -42,7 +42,7 @@ test: lint
 # The fast tier: every test that starts no process (workers, CLIs, a browser) and is not slow, on the
 # run's own embedded Redis. Under a minute.
 check: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 -m "not integration and not slow"
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal -m "not integration and not slow"
 
 # make bench PEOPLE=1000000: the people section also loads that many (about half an hour here).
 # make bench QUICK=1: every section once, smaller (a check that it runs).
