@@ -502,6 +502,46 @@ def test_a_forget_reaches_a_device_whose_link_to_the_person_expired(
     assert relay.send(make_event("later", "track", None, anonymous="ada-laptop")) == ["!"]
 
 
+def test_an_identitys_indexes_outlive_every_record_they_lead_to_and_no_longer(
+    redis_client: redis.Redis, sandbox: SandboxServer
+) -> None:
+    """The indexes a forget finds a person's messages and devices through are personal data too: they
+    last as long as the longest-kept status record filed under them (a dead letter's, when there is
+    one), then go, and leave the person one key for the rest of the year (issue 23)."""
+    relay = make_relay(redis_client, sandbox, suppression_key=SUPPRESSION_KEY)
+    settings = relay.runtime.settings
+    indexes = (keys.messages("u:" + ADA), keys.devices("u:" + ADA))
+
+    def expiries() -> tuple[list[int], list[int]]:
+        refs = [str(r) for r in redis_client.zrange(indexes[0], 0, -1)]
+        return [redis_client.ttl(i) for i in indexes], [redis_client.ttl(keys.message(r)) for r in refs]
+
+    ada_identify(relay, "ada-1", anonymous="ada-laptop")
+    relay.drain()
+    relay.clock.advance(3600)
+    relay.send(make_event("ada-nps", "track", ADA))
+    relay.drain()
+    kept, records = expiries()
+    assert len(records) == 2
+    assert all(max(records) <= ttl <= settings.status_ttl_seconds for ttl in kept), (kept, records)
+
+    sandbox.state.configure({"fail_next": [400]})
+    ada_identify(relay, "ada-refused", plan="basic")
+    relay.drain()
+    assert relay.state(ref("ada-refused")) == "dead"
+    kept, records = expiries()
+    assert max(records) > settings.status_ttl_seconds
+    assert all(max(records) <= ttl <= settings.dead_letter_ttl_seconds for ttl in kept), (kept, records)
+
+    redis_client.delete(keys.message(ref("ada-refused")))  # the dead letter expired, and the indexes:
+    for index in indexes:
+        redis_client.delete(index)
+    assert relay.send(make_event("ada-2", "identify", ADA, anonymous="ada-phone")) == [ref("ada-2")]
+    relay.drain()
+    kept, records = expiries()
+    assert all(max(records) <= ttl <= settings.status_ttl_seconds for ttl in kept), (kept, records)
+
+
 def test_a_survey_call_in_flight_during_the_forget_writes_no_cooldown_marker_back(
     redis_client: redis.Redis, sandbox: SandboxServer
 ) -> None:

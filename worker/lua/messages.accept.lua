@@ -120,17 +120,18 @@ end
 if #pending > 0 then redis.call('ZADD', KEY.pending, unpack(pending)) end
 -- The indexes are trimmed on about one write in sixteen (by the first ref's last byte): between two
 -- trims an index holds at most a few more entries than it keeps, at a sixteenth of the commands.
+-- Every identity with a device is among those named, whose indexes then last (at least) as long as
+-- the records just written (lib/core.lua, keep_indexes).
 for id, devices in pairs(seen_with) do
   local index = key_devices(id)
   redis.call('ZADD', index, unpack(devices))
   if string.byte(devices[2], -1) % 16 == 0 then redis.call('ZREMRANGEBYRANK', index, 0, -CONFIG.max_devices - 1) end
-  redis.call('EXPIRE', index, CONFIG.messages_ttl)
 end
 for id, refs in pairs(named) do
   local index = key_messages(id)
   redis.call('ZADD', index, unpack(refs))
-  if string.byte(refs[2], -1) % 16 == 0 then redis.call('ZREMRANGEBYSCORE', index, '-inf', NOW - CONFIG.messages_ttl) end
-  redis.call('EXPIRE', index, CONFIG.messages_ttl)
+  if string.byte(refs[2], -1) % 16 == 0 then redis.call('ZREMRANGEBYSCORE', index, '-inf', NOW - CONFIG.index_horizon) end
+  keep_indexes(id, CONFIG.status_ttl)
 end
 if #added > 0 then
   redis.call('LPUSH', KEY.recent, unpack(added, math.max(1, #added - RECENT_LIMIT + 1)))

@@ -74,6 +74,17 @@ end
 
 local on_final -- set by holds: what a message becoming final does to other records
 
+-- An identity's indexes (its messages, the devices it was seen with) are how a forget finds what it
+-- must erase, so they outlive every status record they lead to, and no longer: a record's expiry,
+-- set at each change of state, extends them (never shortens them).
+local function keep_indexes(identity, ttl)
+  if not identity then return end
+  for _, index in ipairs({key_messages(identity), key_devices(identity)}) do
+    local left = redis.call('TTL', index)
+    if left > -2 and left < ttl then redis.call('EXPIRE', index, ttl) end
+  end
+end
+
 -- The only way a message changes state. A final state is never left except by an explicit replay,
 -- so a late retry, a redelivered task or a late success cannot overwrite 'dead' (or the reverse).
 -- Returns the state the record holds afterwards.
@@ -84,6 +95,7 @@ local function set_state(ref, state, detail, replay)
   redis.call('HSET', key, 'state', state, 'detail', detail or '', 'updated', NOW)
   local ttl = ttl_for(state)
   redis.call('EXPIRE', key, ttl)
+  keep_indexes(redis.call('HGET', key, 'user'), ttl)
   note(ref, state, detail)
   count('state:' .. state)
   if state == STATE.HELD or FINAL[state] then redis.call('ZREM', KEY.pending, ref) end
