@@ -513,7 +513,7 @@ def test_an_identitys_indexes_outlive_every_record_they_lead_to_and_no_longer(
     indexes = (keys.messages("u:" + ADA), keys.devices("u:" + ADA))
 
     def expiries() -> tuple[list[int], list[int]]:
-        refs = [str(r) for r in redis_client.zrange(indexes[0], 0, -1)]
+        refs = [str(r) for r in redis_client.zrange(indexes[0], 0, -1) if r]  # '': the index's end
         return [redis_client.ttl(i) for i in indexes], [redis_client.ttl(keys.message(r)) for r in refs]
 
     ada_identify(relay, "ada-1", anonymous="ada-laptop")
@@ -540,6 +540,39 @@ def test_an_identitys_indexes_outlive_every_record_they_lead_to_and_no_longer(
     relay.drain()
     kept, records = expiries()
     assert all(max(records) <= ttl <= settings.status_ttl_seconds for ttl in kept), (kept, records)
+
+
+def test_a_forget_reaches_a_devices_dead_letter_from_before_the_person_signed_in_on_it(
+    redis_client: redis.Redis, sandbox: SandboxServer
+) -> None:
+    """A laptop's anonymous track is dead-lettered (no identify came within the anonymous hold), then
+    Ada signs in on it. Her own messages expire after STATUS_TTL_SECONDS; the laptop's dead letter is
+    kept for DEAD_LETTER_TTL_SECONDS, and a forget of Ada in between still erases it (simulator seed 31
+    found the device index expiring first)."""
+    relay = make_relay(
+        redis_client,
+        sandbox,
+        suppression_key=SUPPRESSION_KEY,
+        anonymous_hold_ttl_seconds=600,
+        anonymous_hold_expiry="dead-letter",
+    )
+    relay.send(make_event("laptop-nps", "track", None, anonymous="ada-laptop"))
+    relay.drain()
+    relay.clock.advance(700)
+    relay.stores.holds.expire()
+    assert relay.state(ref("laptop-nps")) == "dead"
+    ada_identify(relay, "ada-1", anonymous="ada-laptop")
+    relay.drain()
+    status_ttl = relay.runtime.settings.status_ttl_seconds
+    assert redis_client.ttl(keys.devices("u:" + ADA)) > status_ttl  # as long as the dead letter
+    for key in redis_client.scan_iter(match="relay:*"):  # Ada's own records expire, as Redis would
+        if 0 < redis_client.ttl(key) <= status_ttl and not str(key).startswith("relay:person:"):
+            redis_client.delete(key)
+    relay.clock.advance(status_ttl + 60)
+    assert relay.state(ref("laptop-nps")) == "dead"
+    relay.stores.forgetter.forget([ADA])
+    assert relay.state(ref("laptop-nps")) == "forgotten"
+    assert traces(redis_client, ("ada-laptop", ADA)) == []
 
 
 def test_a_survey_call_in_flight_during_the_forget_writes_no_cooldown_marker_back(

@@ -83,7 +83,8 @@ repeats = KeyFormat(identity + ":repeats")
 # atomic step; kept as long as the longest-kept status record (a dead letter's).
 messages = KeyFormat(identity + ":msgs")
 # The anonymousIds a userId was seen with (scored by when, the last few), however long ago their links
-# expired: a forget of the userId erases and suppresses what was sent under them too.
+# expired: a forget of the userId erases and suppresses what was sent under them too. An anonymousId's
+# holds the other way, the userIds it was seen with, whose indexes its records keep alive.
 devices = KeyFormat(identity + ":devices")
 # A person, named after its userId or, never identified, its anonymousId: relay:person:{u:42}.
 person = KeyFormat(PREFIX + ":person:{%s}")

@@ -436,6 +436,13 @@ class Oracle:
         users = {user for user in (human.user_id, human.legacy_id) if user}
         devices = {human.laptop, human.phone, *human.devices}
         shared = {d for d in devices if self.world.traffic.device_users.get(d, set()) - {human.index}}
+        # A device is the person's, as far as the relay can know, once an event named it with their
+        # userId before the forget; it is erased and suppressed whole, shared or not (docs/privacy.md).
+        named = {
+            m.sent.message.get("anonymousId") for m in self.messages.values()
+            if m.sent.message.get("userId") in users
+            and record.accepted_at_time.get(m.ref, 1e18) < record.forgotten_at
+        }  # fmt: skip
         for message in self.messages.values():
             if message.ref not in record.suppressed or message.state:
                 continue
@@ -445,7 +452,7 @@ class Oracle:
                 sent.get("userId") in users
                 or sent.get("previousId") in users
                 or email in {e.lower() for e in human.emails}
-                or (not sent.get("userId") and sent.get("anonymousId") in devices)
+                or (not sent.get("userId") and sent.get("anonymousId") in devices | named)
             )
             if not mine:
                 self.fail("another person's message suppressed", f"m{message.sent.number}: {sent}")
@@ -454,13 +461,7 @@ class Oracle:
         for planned, endpoint, email in self.world.promoter.log:
             if email in emails and planned > forgotten_at:
                 self.fail("delivered for a forgotten person", f"{endpoint} {email} planned after the forget")
-        # A device is the person's, as far as the relay can know, once an event named it with their userId.
-        seen = {
-            m.sent.message.get("anonymousId") for m in self.by_human[human.index]
-            if m.sent.message.get("userId") in users
-            and record.accepted_at_time.get(m.ref, 1e18) < record.forgotten_at
-        }  # fmt: skip
-        known = sorted(d for d in devices - shared if d in seen)
+        known = sorted(d for d in devices - shared if d in named)
         ids = [human.user_id, *([human.legacy_id] if human.legacy_id else []), *known]
         needles = [re.compile(rf"(?<![\w]){re.escape(i)}(?![\w])") for i in ids]
         needles += [re.compile(rf"(?<![0-9A-Za-z])h{human.index}[.-]"),

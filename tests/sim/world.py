@@ -752,6 +752,18 @@ class World:
         return min(later) if later else None
 
     def _advance(self, to: float) -> None:
+        # A late effect lands when the model says (Promoter applies a stalled request within seconds of
+        # its answer), however far time jumps: a jump stops at each effect due on its way.
+        while due := [(when, i) for i, (when, _) in enumerate(self.effects) if when <= to]:
+            when, index = min(due)
+            if when > self.t:
+                self._move(when)
+            _, effect = self.effects.pop(index)
+            self.note(f"{self.steps}:late effect at {when:.3f}")
+            effect()
+        self._move(to)
+
+    def _move(self, to: float) -> None:
         self._sync()
         self.t = to
         expired = [key for key, deadline in self.deadlines.items() if deadline <= self.t]

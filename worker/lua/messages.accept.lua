@@ -121,11 +121,23 @@ if #pending > 0 then redis.call('ZADD', KEY.pending, unpack(pending)) end
 -- The indexes are trimmed on about one write in sixteen (by the first ref's last byte): between two
 -- trims an index holds at most a few more entries than it keeps, at a sixteenth of the commands.
 -- Every identity with a device is among those named, whose indexes then last (at least) as long as
--- the records just written (lib/core.lua, keep_indexes).
+-- the records just written (lib/core.lua, keep_indexes); a device's own index of userIds too.
 for id, devices in pairs(seen_with) do
   local index = key_devices(id)
   redis.call('ZADD', index, unpack(devices))
-  if string.byte(devices[2], -1) % 16 == 0 then redis.call('ZREMRANGEBYRANK', index, 0, -CONFIG.max_devices - 1) end
+  local trim = string.byte(devices[2], -1) % 16 == 0
+  if trim then redis.call('ZREMRANGEBYRANK', index, 0, -CONFIG.max_devices - 1) end
+  -- And the other way: the userIds each device was seen with (lib/core.lua, keep_indexes).
+  -- A device's records from before (a dead letter) keep both as long as they last.
+  for i = 2, #devices, 2 do
+    local users = key_devices(devices[i])
+    redis.call('ZADD', users, NOW, id)
+    if trim then redis.call('ZREMRANGEBYRANK', users, 0, -CONFIG.max_devices - 1) end
+    local kept = redis.call('ZSCORE', key_messages(devices[i]), INDEX_END)
+    local ttl = math.max(CONFIG.status_ttl, math.ceil((tonumber(kept) or 0) - NOW))
+    extend(users, ttl)
+    extend(index, ttl)
+  end
 end
 for id, refs in pairs(named) do
   local index = key_messages(id)

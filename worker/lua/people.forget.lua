@@ -75,7 +75,9 @@ end
 -- The anonymousIds its userIds were seen with, even those whose links have expired.
 for _, identity in ipairs({unpack(identities)}) do
   if not is_anonymous(identity) then
-    for _, device in ipairs(redis.call('ZRANGE', key_devices(identity), 0, -1)) do add_identity(device) end
+    for _, device in ipairs(redis.call('ZRANGE', key_devices(identity), 0, -1)) do
+      if device ~= INDEX_END then add_identity(device) end
+    end
   end
 end
 
@@ -101,7 +103,9 @@ end
 local user_ids, contact_ids = {}, {}
 for _, identity in ipairs(identities) do
   for _, item in ipairs(take_held({identity})) do forget(item[2]) end
-  for _, ref in ipairs(redis.call('ZRANGE', key_messages(identity), 0, -1)) do forget(ref) end
+  for _, ref in ipairs(redis.call('ZRANGE', key_messages(identity), 0, -1)) do
+    if ref ~= INDEX_END then forget(ref) end
+  end
   for _, pending in ipairs({key_barrier(identity), key_repeats(identity)}) do
     for _, ref in ipairs(redis.call('ZRANGE', pending, 0, -1)) do forget(ref) end
   end

@@ -74,14 +74,37 @@ end
 
 local on_final -- set by holds: what a message becoming final does to other records
 
--- An identity's indexes (its messages, the devices it was seen with) are how a forget finds what it
--- must erase, so they outlive every status record they lead to, and no longer: a record's expiry,
--- set at each change of state, extends them (never shortens them).
+-- An identity's indexes are how a forget finds what it must erase: the messages filed under it, and
+-- the identities it was seen with (a userId's devices; an anonymousId's userIds, the other way). They
+-- outlive every status record they lead to, and no longer: a record's expiry, set at each change of
+-- state, extends them (never shortens them), and a device's record extends its userIds' device
+-- indexes too, so a forget of the userId still reaches a device's dead letter after its link expired.
+-- An index's expiry is also kept in it, as the score of its member '' (INDEX_END), in the scripts'
+-- own time: TTL answers in Redis's clock, which is not NOW's (the simulator's virtual one), and
+-- extending needs the comparison. An index written before this kept none: its TTL counts then.
+local INDEX_END = ''
+local function extend(key, ttl)
+  local at = redis.call('ZSCORE', key, INDEX_END)
+  if at then
+    if tonumber(at) >= NOW + ttl then return end
+  elseif redis.call('EXISTS', key) == 0 then
+    return
+  else
+    ttl = math.max(ttl, redis.call('TTL', key))
+  end
+  redis.call('ZADD', key, NOW + ttl, INDEX_END)
+  redis.call('EXPIRE', key, ttl)
+end
+
 local function keep_indexes(identity, ttl)
   if not identity then return end
-  for _, index in ipairs({key_messages(identity), key_devices(identity)}) do
-    local left = redis.call('TTL', index)
-    if left > -2 and left < ttl then redis.call('EXPIRE', index, ttl) end
+  local seen_with = key_devices(identity)
+  extend(key_messages(identity), ttl)
+  extend(seen_with, ttl)
+  if is_anonymous(identity) then
+    for _, user in ipairs(redis.call('ZRANGE', seen_with, 0, -1)) do
+      if user ~= INDEX_END then extend(key_devices(user), ttl) end
+    end
   end
 end
 
