@@ -103,3 +103,25 @@ def status(client: redis.Redis, ref: str) -> dict[str, str]:
     if not raw:
         return {}
     return {"ref": ref, "queue": "relay", "attempts": "0", "detail": "", "event": "", **raw}
+
+
+def bytes_client(client: redis.Redis) -> redis.Redis:
+    """The same Redis answering bytes: person records are MessagePack, whose strings are stored as they
+    are, and a leak scan must read them so."""
+    pool = client.connection_pool
+    kwargs = {**pool.connection_kwargs, "decode_responses": False}
+    return redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs))
+
+
+def stored_values(raw: redis.Redis, key: bytes) -> list[bytes]:
+    """Everything a key holds, as bytes: a string; a hash's fields as ``field=value``; the members of a
+    list, set or sorted set; ``<type>`` for any other type."""
+    kind = cast(bytes, raw.type(key)).decode()
+    reads: dict[str, Any] = {
+        "string": lambda: [raw.get(key) or b""],
+        "hash": lambda: [k + b"=" + v for k, v in cast(dict[bytes, bytes], raw.hgetall(key)).items()],
+        "list": lambda: raw.lrange(key, 0, -1),
+        "set": lambda: raw.smembers(key),
+        "zset": lambda: raw.zrange(key, 0, -1),
+    }
+    return list(reads[kind]()) if kind in reads else [f"<{kind}>".encode()]

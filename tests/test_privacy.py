@@ -19,7 +19,7 @@ from app.admission import minimal
 from app.cli import main
 from app.devtools.sandbox import SandboxServer
 from tests.conftest import ADMIN_TOKEN, SANDBOX_KEY, Processes, basic, ref, settings_for, wait_until
-from tests.factories import make_event, queued_events, texts
+from tests.factories import bytes_client, make_event, queued_events, stored_values, texts
 from tests.harness import Relay, make_relay
 from tests.test_admin import Conformance, document
 from worker import keys, taskmessages
@@ -119,32 +119,12 @@ ADA_NEEDLES = (ADA, LEGACY, *ANONYMOUS, "ada.lovelace@example.com", "ada.old@exa
 
 
 def traces(client: redis.Redis, needles: tuple[str, ...]) -> list[str]:
-    """Every key whose name or value (string, hash, list, set, sorted set) holds one of ``needles``.
-    Values are read as bytes: person records are MessagePack, whose strings are stored as they are."""
-    pool = client.connection_pool
-    raw: Any = redis.Redis(
-        connection_pool=redis.ConnectionPool(
-            connection_class=pool.connection_class, **{**pool.connection_kwargs, "decode_responses": False}
-        )
-    )
+    """Every key whose name or value (string, hash, list, set, sorted set) holds one of ``needles``."""
+    raw = bytes_client(client)
     lowered = [needle.lower().encode() for needle in needles]
     found = []
     for key in raw.scan_iter(count=1000):
-        kind = raw.type(key).decode()
-        values: list[bytes]
-        if kind == "string":
-            values = [raw.get(key) or b""]
-        elif kind == "hash":
-            values = [k + b"=" + v for k, v in raw.hgetall(key).items()]
-        elif kind == "list":
-            values = list(raw.lrange(key, 0, -1))
-        elif kind == "set":
-            values = list(raw.smembers(key))
-        elif kind == "zset":
-            values = list(raw.zrange(key, 0, -1))
-        else:
-            values = [f"<{kind}>".encode()]
-        text = (key + b"\n" + b"\n".join(values)).lower()
+        text = (key + b"\n" + b"\n".join(stored_values(raw, key))).lower()
         found += [
             f"{key.decode(errors='replace')}: {needle.decode()}" for needle in lowered if needle in text
         ]

@@ -25,9 +25,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, cast
 
-import redis
-
-from tests.factories import text_map, texts
+from tests.factories import bytes_client, stored_values, text_map, texts
 from tests.sim.traffic import ORDER_EVENT, SURVEY_EVENT, Human, Sent, stamp
 from worker import events, keys
 from worker.states import FINAL
@@ -484,13 +482,7 @@ class Oracle:
         for values that name one of ``unknowable`` (a ref, an identity)."""
         # Bytes, read as latin-1: person records are MessagePack (ids appear in them as they are); a
         # person record is read through people.show, whose JSON names attributes as the rules do.
-        pool = self.world._plain.connection_pool
-        client = redis.Redis(
-            connection_pool=redis.ConnectionPool(
-                connection_class=pool.connection_class,
-                **{**pool.connection_kwargs, "decode_responses": False},
-            )
-        )
+        client = bytes_client(self.world._plain)
         found = []
         for raw_key in client.scan_iter(count=1000):
             key = raw_key.decode("latin-1")
@@ -513,20 +505,11 @@ class Oracle:
 
     def _values(self, client: Any, raw_key: bytes, key: str) -> list[str]:
         """A key's values as text: bytes read as latin-1, a person record through people.show."""
-        kind = client.type(raw_key).decode()
-        values: list[Any] = []
-        if kind == "string" and (named := _PERSON_KEY.match(key)):
+        values: list[Any]
+        if (named := _PERSON_KEY.match(key)) and client.type(raw_key) == b"string":
             values = [self.world.stores.people._show(named.group(1))]
-        elif kind == "string":
-            values = [client.get(raw_key)]
-        elif kind == "hash":
-            values = [k + b"=" + v for k, v in client.hgetall(raw_key).items()]
-        elif kind == "list":
-            values = list(client.lrange(raw_key, 0, -1))
-        elif kind == "zset":
-            values = list(client.zrange(raw_key, 0, -1))
-        elif kind == "set":
-            values = list(client.smembers(raw_key))
+        else:
+            values = stored_values(client, raw_key)
         return [v.decode("latin-1") if isinstance(v, bytes) else str(v) for v in values]
 
     # --- Promoter's whole record ------------------------------------------------------------------
