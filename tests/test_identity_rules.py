@@ -456,3 +456,41 @@ def test_a_message_gone_from_redis_is_not_written_again_when_its_visitor_signs_i
     assert not redis_client.exists(keys.message(ref("visit"))), redis_client.hgetall(
         keys.message(ref("visit"))
     )
+
+
+class WorkerDied(BaseException):
+    """The worker process dies where it stands (nothing of ours catches a BaseException)."""
+
+
+def test_a_call_whose_worker_died_after_promoter_took_it_is_not_taken_for_unmade(
+    relay: Relay, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Promoter has plan 'team'. An update to 'free' reaches Promoter and its worker dies before it
+    records that; meanwhile a newer identify sets 'team' again and rides along with that update. Once
+    the dead worker's lease runs out, what Promoter has is not known (as after a timeout): the relay
+    must not conclude that 'team' is already there (simulator seed 7857)."""
+    relay.send(identify("i-team", email="ada@example.com", plan="team"))
+    relay.drain()
+    real = relay.runtime.promoter.upsert_contact
+
+    def dies_after_the_call(body: Any) -> Any:
+        relay.send(
+            identify("i-team-again", at="2026-11-29T10:00:02.000Z", email="ada@example.com", plan="team")
+        )
+        assert relay.step() == ref("i-team-again")  # rides along with the update in flight
+        real(body)
+        raise WorkerDied
+
+    relay.send(identify("i-free", at="2026-11-29T10:00:01.000Z", email="ada@example.com", plan="free"))
+    monkeypatch.setattr(relay.runtime.promoter, "upsert_contact", dies_after_the_call)
+    with pytest.raises(WorkerDied):
+        relay.step()
+    monkeypatch.setattr(relay.runtime.promoter, "upsert_contact", real)
+    assert relay.contact("ada@example.com")["attributes"]["plan"] == "free"
+    assert relay.state(ref("i-team-again")) == State.WAITING
+
+    relay.clock.advance(relay.runtime.settings.visibility_timeout + 600)
+    assert relay.stores.reconciler.requeue_stale() >= 1
+    relay.drain()
+    assert relay.contact("ada@example.com")["attributes"]["plan"] == "team"
+    assert relay.state(ref("i-team-again")) == State.DELIVERED

@@ -320,6 +320,16 @@ local function lease_holder(record)
   return holder, tonumber(deadline)
 end
 
+-- A lease that ran out with its run never settling it (the worker died during the call, or its
+-- answer was lost): that call may have reached Promoter, so what Promoter has is not known, as after
+-- an uncertain failure (people.failed). The next plan then sends the whole desired contact.
+local function drop_abandoned_lease(record)
+  if record.lease and not lease_holder(record) then
+    record.lease = nil
+    record.fp = ''
+  end
+end
+
 local function take_lease(record, token, seconds)
   record.lease = token .. '|' .. (NOW + seconds)
 end

@@ -100,6 +100,7 @@ local function plan_sync(person, record, ref, token, hold_under, priority, lease
     wait_for_update(person, record.rev, ref)
     return {action = PLAN.HELD, state = hold(ref, hold_under, 'waiting for an identify with an email for this person')}
   end
+  drop_abandoned_lease(record)
   local flat, fp = desired(record)
   local holder, deadline = lease_holder(record)
   -- With another update in flight, what Promoter will have is not known yet: ride along with it.
