@@ -142,7 +142,7 @@ class Generator:
         number = len(self.sent)
         message: dict[str, Any] = {"type": kind, "messageId": f"m{number}"}
         if rng.random() < 0.04:
-            message["messageId"] = f"m{number - 1}#1" if number else "m0#1"
+            message["messageId"] = f"m{number - 1}#1"  # like a run token of the one before
         if rng.random() < 0.03:
             del message["messageId"]
         if rng.random() < 0.05 and "action" not in self.without:
