@@ -124,26 +124,27 @@ if #pending > 0 then redis.call('ZADD', KEY.pending, unpack(pending)) end
 -- the records just written (lib/core.lua, keep_indexes); a device's own index of userIds too.
 for id, devices in pairs(seen_with) do
   local index = key_devices(id)
-  redis.call('ZADD', index, unpack(devices))
   local trim = string.byte(devices[2], -1) % 16 == 0
-  if trim then redis.call('ZREMRANGEBYRANK', index, 0, -CONFIG.max_devices - 1) end
-  -- And the other way: the userIds each device was seen with (lib/core.lua, keep_indexes).
-  -- A device's records from before (a dead letter) keep both as long as they last.
+  -- And the other way: the userIds each device was seen with (lib/core.lua, keep_indexes). A
+  -- device's records from before (a dead letter) keep both as long as they last.
+  local ttl = CONFIG.status_ttl
   for i = 2, #devices, 2 do
     local users = key_devices(devices[i])
-    redis.call('ZADD', users, NOW, id)
+    local kept = tonumber(redis.call('ZSCORE', key_messages(devices[i]), INDEX_END))
+    local lasts = math.max(CONFIG.status_ttl, math.ceil((kept or 0) - NOW))
+    index_add(users, {NOW, id}, lasts)
     if trim then redis.call('ZREMRANGEBYRANK', users, 0, -CONFIG.max_devices - 1) end
-    local kept = redis.call('ZSCORE', key_messages(devices[i]), INDEX_END)
-    local ttl = math.max(CONFIG.status_ttl, math.ceil((tonumber(kept) or 0) - NOW))
-    extend(users, ttl)
-    extend(index, ttl)
+    ttl = math.max(ttl, lasts)
   end
+  index_add(index, devices, ttl)
+  if trim then redis.call('ZREMRANGEBYRANK', index, 0, -CONFIG.max_devices - 1) end
 end
 for id, refs in pairs(named) do
   local index = key_messages(id)
-  redis.call('ZADD', index, unpack(refs))
+  index_add(index, refs, CONFIG.status_ttl)
   if string.byte(refs[2], -1) % 16 == 0 then redis.call('ZREMRANGEBYSCORE', index, '-inf', NOW - CONFIG.index_horizon) end
-  keep_indexes(id, CONFIG.status_ttl)
+  if seen_with[id] == nil then extend(key_devices(id), CONFIG.status_ttl) end
+  if is_anonymous(id) then keep_indexes(id, CONFIG.status_ttl) end
 end
 if #added > 0 then
   redis.call('LPUSH', KEY.recent, unpack(added, math.max(1, #added - RECENT_LIMIT + 1)))

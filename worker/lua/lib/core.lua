@@ -96,6 +96,22 @@ local function extend(key, ttl)
   redis.call('EXPIRE', key, ttl)
 end
 
+-- ``members`` (score, member, ...) added to an index that then lasts at least ``ttl`` more: one ZADD,
+-- and an EXPIRE only when its end moves (a new index, most often, costs the two and a ZSCORE).
+local function index_add(key, members, ttl)
+  local at = tonumber(redis.call('ZSCORE', key, INDEX_END))
+  local ends = NOW + ttl
+  if at and at >= ends then
+    redis.call('ZADD', key, unpack(members))
+    return
+  end
+  if not at then ends = math.max(ends, NOW + redis.call('TTL', key)) end
+  members[#members + 1] = ends
+  members[#members + 1] = INDEX_END
+  redis.call('ZADD', key, unpack(members))
+  redis.call('EXPIRE', key, math.ceil(ends - NOW))
+end
+
 local function keep_indexes(identity, ttl)
   if not identity then return end
   local seen_with = key_devices(identity)
