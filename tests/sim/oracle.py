@@ -454,6 +454,10 @@ class Oracle:
             )
             if not mine:
                 self.fail("another person's message suppressed", f"m{message.sent.number}: {sent}")
+        # Suppression ends SUPPRESSION_DAYS after the forget: what they send later is a new start.
+        returned = record.forgotten_at + self.settings.suppression_days * 86400
+        if any(record.accepted_at_time.get(m.ref, 0.0) >= returned for m in self.by_human[human.index]):
+            return
         forgotten_at = self.world.clock() - self.world.t + record.forgotten_at
         emails = {e.lower() for e in human.emails}
         for planned, endpoint, email in self.world.promoter.log:
