@@ -494,3 +494,30 @@ def test_a_call_whose_worker_died_after_promoter_took_it_is_not_taken_for_unmade
     relay.drain()
     assert relay.contact("ada@example.com")["attributes"]["plan"] == "team"
     assert relay.state(ref("i-team-again")) == State.DELIVERED
+
+
+def test_an_older_value_that_joined_a_refused_update_goes_back_in(
+    relay: Relay, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plan change is refused by Promoter. Two identifies arrived while its call was in flight, at a
+    later revision: a seats change, and an older plan (its value replaced by the refused one). They
+    waited for the follow-up the refused run would have made; it makes none, so they must run again,
+    the older plan going back in, not wait for a later update to mark them carried without their
+    value (simulator seed 9265). Before the fix they stayed waiting."""
+    relay.send(identify("i-start", email="ada@example.com", plan="start"))
+    relay.drain()
+    relay.send(identify("i-newer", at="2026-11-29T10:00:02.000Z", email="ada@example.com", plan="refused"))
+
+    def older_arrives() -> None:
+        relay.send(identify("i-seats", at="2026-11-29T10:00:03.000Z", seats=4))  # a later revision
+        relay.send(identify("i-older", at="2026-11-29T10:00:01.000Z", email="ada@example.com", plan="older"))
+        assert [relay.step(), relay.step()] == [ref("i-seats"), ref("i-older")]
+        assert relay.state(ref("i-older")) == State.WAITING
+        relay.sandbox.state.configure({"fail_next": [400]})
+
+    during_first_call(relay, monkeypatch, "upsert_contact", older_arrives)
+    relay.drain()
+    relay.later(120)
+    assert relay.state(ref("i-newer")) == State.DEAD
+    assert relay.state(ref("i-older")) == State.DELIVERED
+    assert relay.contact("ada@example.com")["attributes"] == {"plan": "older", "seats": "4"}

@@ -77,6 +77,14 @@ if #identifies <= 1 then
   for _, ref in ipairs(carried) do
     if ref ~= culprit then again(ref, 'the update that carried it was refused for ' .. culprit .. '; sending again') end
   end
+  -- Those that joined after the call was planned waited for the follow-up this run would have made
+  -- once it settled; it makes none now, so they run again (and an older value of a field the
+  -- refused identify had replaced goes back in with them).
+  for _, ref in ipairs(redis.call('ZRANGEBYSCORE', waiting, '(' .. rev, '+inf')) do
+    if redis.call('HGET', key_message(ref), 'state') == STATE.WAITING then
+      again(ref, 'the update it waited for was refused for ' .. culprit .. '; sending again')
+    end
+  end
   if not is_synced(record) then
     record.refused = 'identify ' .. culprit .. ' was refused by Promoter: ' .. reason
     record.refused_by = culprit
