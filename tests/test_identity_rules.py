@@ -521,3 +521,23 @@ def test_an_older_value_that_joined_a_refused_update_goes_back_in(
     assert relay.state(ref("i-newer")) == State.DEAD
     assert relay.state(ref("i-older")) == State.DELIVERED
     assert relay.contact("ada@example.com")["attributes"] == {"plan": "older", "seats": "4"}
+
+
+def test_a_call_that_settles_after_its_lease_ran_out_still_lets_go_of_it(
+    relay: Relay, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stalled call returns after its lease ran out and settles: what Promoter has is known, so an
+    identify that changes nothing afterwards makes no call (the lease is not taken for abandoned)."""
+    relay.send(identify("i-1", email="ada@example.com", plan="pro"))
+    during_first_call(
+        relay,
+        monkeypatch,
+        "upsert_contact",
+        lambda: relay.clock.advance(relay.stores.people.lease_seconds + 5),
+    )
+    relay.drain()
+    assert relay.state(ref("i-1")) == State.DELIVERED
+    relay.send(identify("i-2", at="2026-11-29T10:05:00.000Z", email="ada@example.com", plan="pro"))
+    relay.drain()
+    assert relay.state(ref("i-2")) == State.SKIPPED
+    assert len(relay.upserts()) == 1

@@ -522,8 +522,9 @@ def test_an_identitys_indexes_outlive_every_record_they_lead_to_and_no_longer(
     assert all(max(records) <= ttl <= settings.status_ttl_seconds for ttl in kept), (kept, records)
 
 
+@pytest.mark.parametrize("written_before", [False, True], ids=["index", "index of the release before"])
 def test_a_forget_reaches_a_devices_dead_letter_from_before_the_person_signed_in_on_it(
-    redis_client: redis.Redis, sandbox: SandboxServer
+    redis_client: redis.Redis, sandbox: SandboxServer, written_before: bool
 ) -> None:
     """A laptop's anonymous track is dead-lettered (no identify came within the anonymous hold), then
     Ada signs in on it. Her own messages expire after STATUS_TTL_SECONDS; the laptop's dead letter is
@@ -541,6 +542,9 @@ def test_a_forget_reaches_a_devices_dead_letter_from_before_the_person_signed_in
     relay.clock.advance(700)
     relay.stores.holds.expire()
     assert relay.state(ref("laptop-nps")) == "dead"
+    if written_before:  # the release before kept no end in the index, and a 30-day TTL
+        redis_client.zrem(keys.messages("a:ada-laptop"), "")
+        redis_client.expire(keys.messages("a:ada-laptop"), 30 * 86400)
     ada_identify(relay, "ada-1", anonymous="ada-laptop")
     relay.drain()
     status_ttl = relay.runtime.settings.status_ttl_seconds
@@ -553,6 +557,55 @@ def test_a_forget_reaches_a_devices_dead_letter_from_before_the_person_signed_in
     relay.stores.forgetter.forget([ADA])
     assert relay.state(ref("laptop-nps")) == "forgotten"
     assert traces(redis_client, ("ada-laptop", ADA)) == []
+
+
+def expire_indexes(client: redis.Redis, now: float) -> None:
+    """Delete the indexes whose end (member '', in the scripts' clock) has passed, as Redis would."""
+    for pattern in ("relay:id:*:msgs", "relay:id:*:devices"):
+        for key in client.scan_iter(match=pattern):
+            end = client.zscore(key, "")
+            if end is not None and end <= now:
+                client.delete(key)
+
+
+def test_a_shared_device_keeps_every_user_it_names_reachable_for_a_forget(
+    redis_client: redis.Redis, sandbox: SandboxServer
+) -> None:
+    """Ada signs in on the family PC, Bob two days later. The PC's own index names them both and
+    lasts three days from Bob's sign-in; Ada's index of her devices must last as long, or a forget of
+    Ada after her own messages expired misses the PC, and its index keeps her userId."""
+    relay = make_relay(redis_client, sandbox, suppression_key=SUPPRESSION_KEY)
+    ada_identify(relay, "ada-1", anonymous="family-pc")
+    relay.drain()
+    relay.clock.advance(2 * 86400)
+    relay.send(
+        make_event("bob-1", "identify", "bob", anonymous="family-pc", traits={"email": "bob@example.com"})
+    )
+    relay.drain()
+    pc_end = redis_client.zscore(keys.devices("a:family-pc"), "")
+    assert pc_end is not None
+    assert (redis_client.zscore(keys.devices("u:" + ADA), "") or 0) >= pc_end
+    relay.clock.advance(1.5 * 86400)
+    expire_indexes(redis_client, relay.clock())
+    redis_client.delete(keys.message(ref("ada-1")), keys.history(ref("ada-1")))  # expired with them
+    relay.stores.forgetter.forget([ADA])
+    assert traces(redis_client, (ADA,)) == []
+
+
+def test_a_discarded_dead_letter_keeps_its_index_as_long_as_its_record(
+    redis_client: redis.Redis, sandbox: SandboxServer
+) -> None:
+    """Discarding a dead letter near the end of its 30 days gives its record STATUS_TTL_SECONDS more:
+    the index a forget finds it through must last as long."""
+    relay = make_relay(redis_client, sandbox, suppression_key=SUPPRESSION_KEY)
+    sandbox.state.configure({"fail_next": [400]})
+    ada_identify(relay, "ada-refused")
+    relay.drain()
+    assert relay.state(ref("ada-refused")) == "dead"
+    relay.clock.advance(29 * 86400)
+    assert relay.stores.dead.discard([ref("ada-refused")]) == 1
+    status_ttl = relay.runtime.settings.status_ttl_seconds
+    assert (redis_client.zscore(keys.messages("u:" + ADA), "") or 0) >= relay.clock() + status_ttl
 
 
 def test_a_survey_call_in_flight_during_the_forget_writes_no_cooldown_marker_back(

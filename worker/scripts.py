@@ -106,10 +106,13 @@ def config(settings: Settings) -> dict[str, Any]:
         "max_alias_ids": MAX_ALIAS_IDS,
         "max_attributes": MAX_ATTRIBUTES,
         "max_devices": MAX_DEVICES,
-        # No status record outlives its message's acceptance by more than this (held for the longest
-        # hold, then retried into a dead letter): older entries of an identity's message index go.
-        "index_horizon": max(settings.status_ttl_seconds, settings.dead_letter_ttl_seconds)
-        + max(settings.hold_ttl_seconds, settings.anonymous_hold_ttl_seconds)
+        # No status record outlives its last change of state by more than this (each change re-scores
+        # its entry): older entries of an identity's message index go.
+        "index_horizon": max(
+            settings.status_ttl_seconds,
+            settings.dead_letter_ttl_seconds,
+            max(settings.hold_ttl_seconds, settings.anonymous_hold_ttl_seconds) + DAY,
+        )
         + DAY,
     }
 

@@ -14,6 +14,7 @@ for i = 3, #ARGV do
       redis.call('HSET', key, 'detail', 'dead letter ' .. why .. ' (was: ' .. (redis.call('HGET', key, 'detail') or '') .. ')')
       note(ref, STATE.DEAD, 'dead letter ' .. why)
       redis.call('EXPIRE', key, CONFIG.status_ttl)
+      keep_record_indexed(ref, CONFIG.status_ttl)
     end
   end
 end

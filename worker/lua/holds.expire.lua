@@ -39,7 +39,11 @@ for _, identity in ipairs(redis.call('ZRANGEBYSCORE', index, '-inf', cutoff, 'LI
   if #kept > 0 then
     redis.call('RPUSH', list, unpack(kept))
     redis.call('EXPIRE', list, CONFIG.held_status_ttl)
-    for _, item in ipairs(kept) do redis.call('EXPIRE', key_message(string.match(item, '^[^|]*|(.*)$')), CONFIG.held_status_ttl) end
+    for _, item in ipairs(kept) do
+      local ref = string.match(item, '^[^|]*|(.*)$')
+      redis.call('EXPIRE', key_message(ref), CONFIG.held_status_ttl)
+      keep_record_indexed(ref, CONFIG.held_status_ttl)
+    end
     count('holds_extended', #kept)
   end
   local first = redis.call('LINDEX', list, 0)

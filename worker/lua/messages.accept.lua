@@ -130,14 +130,22 @@ for id, devices in pairs(seen_with) do
   local ttl = CONFIG.status_ttl
   for i = 2, #devices, 2 do
     local users = key_devices(devices[i])
-    local kept = tonumber(redis.call('ZSCORE', key_messages(devices[i]), INDEX_END))
-    local lasts = math.max(CONFIG.status_ttl, math.ceil((kept or 0) - NOW))
+    local records = key_messages(devices[i])
+    local kept = tonumber(redis.call('ZSCORE', records, INDEX_END))
+    if not kept then kept = NOW + redis.call('TTL', records) end -- an index of the release before
+    local lasts = math.max(CONFIG.status_ttl, math.ceil(kept - NOW))
     index_add(users, {NOW, id}, lasts)
-    if trim then redis.call('ZREMRANGEBYRANK', users, 0, -CONFIG.max_devices - 1) end
+    -- Every userId a device names keeps a device index at least as long (a forget of any of them
+    -- must reach the device, and erase its index, which names them all).
+    for _, user in ipairs(redis.call('ZRANGE', users, 0, -1)) do
+      if user ~= INDEX_END and user ~= id then extend(key_devices(user), lasts) end
+    end
+    if trim then redis.call('ZREMRANGEBYRANK', users, 0, -CONFIG.max_devices - 2) end
     ttl = math.max(ttl, lasts)
   end
   index_add(index, devices, ttl)
-  if trim then redis.call('ZREMRANGEBYRANK', index, 0, -CONFIG.max_devices - 1) end
+  -- The last CONFIG.max_devices, and the index's end (INDEX_END, ranked last).
+  if trim then redis.call('ZREMRANGEBYRANK', index, 0, -CONFIG.max_devices - 2) end
 end
 for id, refs in pairs(named) do
   local index = key_messages(id)

@@ -124,6 +124,16 @@ local function keep_indexes(identity, ttl)
   end
 end
 
+-- A status record of ``ref`` now lasts ``ttl``: the indexes of its identity last as long, and its
+-- entry in the message index counts from now (the index is trimmed by that time, and a replayed or
+-- long-held message lives on well past its acceptance).
+local function keep_record_indexed(ref, ttl)
+  local identity = redis.call('HGET', key_message(ref), 'user')
+  if not identity then return end
+  keep_indexes(identity, ttl)
+  redis.call('ZADD', key_messages(identity), 'XX', NOW, ref)
+end
+
 -- The only way a message changes state. A final state is never left except by an explicit replay,
 -- so a late retry, a redelivered task or a late success cannot overwrite 'dead' (or the reverse).
 -- Returns the state the record holds afterwards.
@@ -134,7 +144,7 @@ local function set_state(ref, state, detail, replay)
   redis.call('HSET', key, 'state', state, 'detail', detail or '', 'updated', NOW)
   local ttl = ttl_for(state)
   redis.call('EXPIRE', key, ttl)
-  keep_indexes(redis.call('HGET', key, 'user'), ttl)
+  keep_record_indexed(ref, ttl)
   note(ref, state, detail)
   count('state:' .. state)
   if state == STATE.HELD or FINAL[state] then redis.call('ZREM', KEY.pending, ref) end

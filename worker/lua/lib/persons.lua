@@ -320,6 +320,12 @@ local function lease_holder(record)
   return holder, tonumber(deadline)
 end
 
+-- The run that took the lease, whether or not it has run out: a run that settles late lets go of its
+-- own lease (what it learnt is right), and an abandoned one is told from a settled one.
+local function lease_token(record)
+  return record.lease and string.match(record.lease, '^(.*)|[^|]*$') or nil
+end
+
 -- A lease that ran out with its run never settling it (the worker died during the call, or its
 -- answer was lost): that call may have reached Promoter, so what Promoter has is not known, as after
 -- an uncertain failure (people.failed). The next plan then sends the whole desired contact.
