@@ -463,7 +463,15 @@ class Oracle:
         for planned, endpoint, email in self.world.promoter.log:
             if email in emails and planned > forgotten_at:
                 self.fail("delivered for a forgotten person", f"{endpoint} {email} planned after the forget")
-        known = sorted(d for d in devices - shared if d in named)
+        # A forget finds a device while an index leads to it: its userId's device index lasts as long
+        # as the records of their last event together (docs/privacy.md), STATUS_TTL_SECONDS here.
+        recent = {
+            m.sent.message.get("anonymousId") for m in self.messages.values()
+            if m.sent.message.get("userId") in users
+            and record.forgotten_at - self.settings.status_ttl_seconds
+            <= record.accepted_at_time.get(m.ref, 1e18) < record.forgotten_at
+        }  # fmt: skip
+        known = sorted(d for d in devices - shared if d in recent)
         ids = [human.user_id, *([human.legacy_id] if human.legacy_id else []), *known]
         needles = [re.compile(rf"(?<![\w]){re.escape(i)}(?![\w])") for i in ids]
         needles += [re.compile(rf"(?<![0-9A-Za-z])h{human.index}[.-]"),

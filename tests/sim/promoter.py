@@ -61,7 +61,7 @@ class Switchboard(Protocol):
     def note(self, line: str) -> None: ...
 
     def person_of_caller(self) -> str | None:
-        """The person the calling worker's message reached (its status record says)."""
+        """The person the calling worker's message belonged to at its last script call (the call's plan)."""
         ...
 
     def planned_at(self) -> float:

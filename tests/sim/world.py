@@ -90,6 +90,7 @@ class Actor:
     queue: str = ""
     last_script_step: int = 0
     last_script_time: float = 0.0
+    person: str = ""
     last_ran: float = 0.0
     dying: bool = False
 
@@ -150,6 +151,11 @@ class SimRedis(redis.Redis):
         if fault == "before":
             raise redis.ConnectionError("simulated: Redis unreachable")
         result = super().evalsha(sha, numkeys, *args)
+        if actor is not None and actor.message:
+            # Whose call its next one is: the person its message belonged to when it was planned (a
+            # merge while the call is out makes it another's, and two persons' calls may be out).
+            found = world._plain.hget(keys.message(taskmessages.ref_of(actor.message)), "person")
+            actor.person = str(found) if found else ""
         world.check_answer(world.script_names.get(sha, ""), args[numkeys:], result)
         if fault == "after":
             raise redis.ConnectionError("simulated: the reply was lost")
@@ -337,8 +343,7 @@ class World:
         actor = self.current()
         if actor is None or not actor.message:
             return None
-        found = self._plain.hget(keys.message(taskmessages.ref_of(actor.message)), "person")
-        return str(found) if found else None
+        return actor.person or None
 
     def planned_at(self) -> float:
         actor = self.current()
