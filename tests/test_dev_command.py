@@ -60,6 +60,13 @@ def _children(pid: int) -> set[int]:
     return found
 
 
+def _stop_signals_as_a_terminal_has_them() -> None:
+    """A shell's background job (``make test &``, ``nohup``) inherits SIGINT and SIGHUP ignored, and
+    Python then never turns SIGINT into Ctrl-C: the instance gets them as a terminal would send them."""
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 @contextmanager
 def dev(
     work: Path, *args: str, stop: int = signal.SIGINT
@@ -70,6 +77,7 @@ def dev(
         process = subprocess.Popen(
             [str(BIN / "promoter-relay"), "dev", "--port", str(port), "--workers", "4", *args],
             cwd=work, env=_env(work), stdout=log, stderr=subprocess.STDOUT,
+            preexec_fn=_stop_signals_as_a_terminal_has_them,
         )  # fmt: skip
         try:
             wait_until(lambda: "Ctrl-C stops everything" in log_path.read_text(), timeout=90)
@@ -170,7 +178,7 @@ def test_a_second_instance_on_the_same_data_folder_refuses_with_one_line(tmp_pat
         second = subprocess.Popen(
             [str(BIN / "promoter-relay"), "dev", "--port", str(free_port())],
             cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            start_new_session=True,
+            start_new_session=True, preexec_fn=_stop_signals_as_a_terminal_has_them,
         )  # fmt: skip
         try:
             out, err = second.communicate(timeout=60)
@@ -193,7 +201,7 @@ def run_dev_quickly(work: Path, *args: str, **env: str) -> subprocess.CompletedP
     process = subprocess.Popen(
         [str(BIN / "promoter-relay"), "dev", "--port", str(free_port()), *args],
         cwd=work, env=_env(work, **env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True,
+        start_new_session=True, preexec_fn=_stop_signals_as_a_terminal_has_them,
     )  # fmt: skip
     try:
         out, err = process.communicate(timeout=30)
