@@ -436,11 +436,11 @@ class Oracle:
         shared = {d for d in devices if self.world.traffic.device_users.get(d, set()) - {human.index}}
         # A device is the person's, as far as the relay can know, once an event named it with their
         # userId before the forget; it is erased and suppressed whole, shared or not (docs/privacy.md).
-        named = {
-            m.sent.message.get("anonymousId") for m in self.messages.values()
-            if m.sent.message.get("userId") in users
-            and record.accepted_at_time.get(m.ref, 1e18) < record.forgotten_at
-        }  # fmt: skip
+        together = [
+            (m.sent.message.get("anonymousId"), record.accepted_at_time.get(m.ref, 1e18))
+            for m in self.messages.values() if m.sent.message.get("userId") in users
+        ]  # fmt: skip
+        named = {device for device, at in together if at < record.forgotten_at}
         for message in self.messages.values():
             if message.ref not in record.suppressed or message.state:
                 continue
@@ -465,12 +465,8 @@ class Oracle:
                 self.fail("delivered for a forgotten person", f"{endpoint} {email} planned after the forget")
         # A forget finds a device while an index leads to it: its userId's device index lasts as long
         # as the records of their last event together (docs/privacy.md), STATUS_TTL_SECONDS here.
-        recent = {
-            m.sent.message.get("anonymousId") for m in self.messages.values()
-            if m.sent.message.get("userId") in users
-            and record.forgotten_at - self.settings.status_ttl_seconds
-            <= record.accepted_at_time.get(m.ref, 1e18) < record.forgotten_at
-        }  # fmt: skip
+        since = record.forgotten_at - self.settings.status_ttl_seconds
+        recent = {device for device, at in together if since <= at < record.forgotten_at}
         known = sorted(d for d in devices - shared if d in recent)
         ids = [human.user_id, *([human.legacy_id] if human.legacy_id else []), *known]
         needles = [re.compile(rf"(?<![\w]){re.escape(i)}(?![\w])") for i in ids]

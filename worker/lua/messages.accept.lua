@@ -130,16 +130,12 @@ for id, devices in pairs(seen_with) do
   local ttl = CONFIG.status_ttl
   for i = 2, #devices, 2 do
     local users = key_devices(devices[i])
-    local records = key_messages(devices[i])
-    local kept = tonumber(redis.call('ZSCORE', records, INDEX_END))
-    if not kept then kept = NOW + redis.call('TTL', records) end -- an index of the release before
-    local lasts = math.max(CONFIG.status_ttl, math.ceil(kept - NOW))
+    local kept = index_end(key_messages(devices[i]))
+    local lasts = math.max(CONFIG.status_ttl, math.ceil((kept or NOW) - NOW))
     index_add(users, {NOW, id}, lasts)
     -- Every userId a device names keeps a device index at least as long (a forget of any of them
-    -- must reach the device, and erase its index, which names them all).
-    for _, user in ipairs(redis.call('ZRANGE', users, 0, -1)) do
-      if user ~= INDEX_END and user ~= id then extend(key_devices(user), lasts) end
-    end
+    -- must reach the device, and erase its index, which names them all); ``id``'s comes below.
+    keep_users_of(devices[i], lasts, id)
     if trim then redis.call('ZREMRANGEBYRANK', users, 0, -CONFIG.max_devices - 2) end
     ttl = math.max(ttl, lasts)
   end
@@ -152,7 +148,7 @@ for id, refs in pairs(named) do
   index_add(index, refs, CONFIG.status_ttl)
   if string.byte(refs[2], -1) % 16 == 0 then redis.call('ZREMRANGEBYSCORE', index, '-inf', NOW - CONFIG.index_horizon) end
   if seen_with[id] == nil then extend(key_devices(id), CONFIG.status_ttl) end
-  if is_anonymous(id) then keep_indexes(id, CONFIG.status_ttl) end
+  if is_anonymous(id) then keep_users_of(id, CONFIG.status_ttl) end
 end
 if #added > 0 then
   redis.call('LPUSH', KEY.recent, unpack(added, math.max(1, #added - RECENT_LIMIT + 1)))

@@ -37,7 +37,7 @@ if how == FAILURE.UNCERTAIN then
   save_person(person, record)
   return state_of(holder)
 end
-if mine or lease_token(record) == token then
+if lease_token(record) == token then
   record.lease = nil
   save_person(person, record)
 end

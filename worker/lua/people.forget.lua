@@ -24,8 +24,7 @@ end
 -- The email index: schema 3's bucket entry '<person ref> <day>' (persons.lua, index_email), and
 -- schema 2's key per email until it expires. Returns the entries as {owner, erase} pairs, newest first.
 local function email_entries(email)
-  local digest = string.sub(redis.sha1hex(string.lower(email)), 1, 16)
-  local bucket, field = key_emails(string.sub(digest, 1, EMAIL_BUCKET_DIGITS)), string.sub(digest, EMAIL_BUCKET_DIGITS + 1)
+  local bucket, field, digest = email_slot(email)
   local found = {}
   local entry = redis.call('HGET', bucket, field)
   if entry then

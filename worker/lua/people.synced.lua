@@ -55,5 +55,5 @@ if mine and current > rev then
   end
   settle_waiting(person, current, carried)
 end
-if mine or lease_token(record) == token then record.lease = nil end
+if lease_token(record) == token then record.lease = nil end
 return cjson.encode({action = PLAN.DONE, state = state})

@@ -83,45 +83,50 @@ local on_final -- set by holds: what a message becoming final does to other reco
 -- own time: TTL answers in Redis's clock, which is not NOW's (the simulator's virtual one), and
 -- extending needs the comparison. An index written before this kept none: its TTL counts then.
 local INDEX_END = ''
-local function extend(key, ttl)
+
+-- An index's end in the scripts' time, and whether the index keeps it; nil when there is no index.
+-- An index written before it kept its end (or just created) has only its TTL to say.
+local function index_end(key)
   local at = redis.call('ZSCORE', key, INDEX_END)
-  if at then
-    if tonumber(at) >= NOW + ttl then return end
-  elseif redis.call('EXISTS', key) == 0 then
-    return
-  else
-    ttl = math.max(ttl, redis.call('TTL', key))
-  end
-  redis.call('ZADD', key, NOW + ttl, INDEX_END)
-  redis.call('EXPIRE', key, ttl)
+  if at then return tonumber(at), true end
+  local left = redis.call('TTL', key)
+  if left == -2 then return nil, false end
+  return NOW + left, false
 end
 
 -- ``members`` (score, member, ...) added to an index that then lasts at least ``ttl`` more: one ZADD,
--- and an EXPIRE only when its end moves (a new index, most often, costs the two and a ZSCORE).
+-- and an EXPIRE only when its end moves (a new index, most often, costs the two and a ZSCORE). With
+-- no members it only extends an index there is.
 local function index_add(key, members, ttl)
-  local at = tonumber(redis.call('ZSCORE', key, INDEX_END))
-  local ends = NOW + ttl
-  if at and at >= ends then
-    redis.call('ZADD', key, unpack(members))
+  local at, kept = index_end(key)
+  if not at and #members == 0 then return end
+  local ends = math.max(NOW + ttl, at or 0)
+  if kept and at >= NOW + ttl then
+    if #members > 0 then redis.call('ZADD', key, unpack(members)) end
     return
   end
-  if not at then ends = math.max(ends, NOW + redis.call('TTL', key)) end
   members[#members + 1] = ends
   members[#members + 1] = INDEX_END
   redis.call('ZADD', key, unpack(members))
-  redis.call('EXPIRE', key, math.ceil(ends - NOW))
+  redis.call('EXPIRE', key, math.floor(ends - NOW + 0.5))
+end
+
+local function extend(key, ttl)
+  index_add(key, {}, ttl)
+end
+
+-- Every userId a device's index names (but ``except``) keeps its own device index at least ``ttl``.
+local function keep_users_of(device, ttl, except)
+  for _, user in ipairs(redis.call('ZRANGE', key_devices(device), 0, -1)) do
+    if user ~= INDEX_END and user ~= except then extend(key_devices(user), ttl) end
+  end
 end
 
 local function keep_indexes(identity, ttl)
   if not identity then return end
-  local seen_with = key_devices(identity)
   extend(key_messages(identity), ttl)
-  extend(seen_with, ttl)
-  if is_anonymous(identity) then
-    for _, user in ipairs(redis.call('ZRANGE', seen_with, 0, -1)) do
-      if user ~= INDEX_END then extend(key_devices(user), ttl) end
-    end
-  end
+  extend(key_devices(identity), ttl)
+  if is_anonymous(identity) then keep_users_of(identity, ttl) end
 end
 
 -- A status record of ``ref`` now lasts ``ttl``: the indexes of its identity last as long, and its

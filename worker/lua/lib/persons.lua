@@ -284,11 +284,16 @@ end
 
 local EMAIL_BUCKET_DIGITS = 4
 
-local function index_email(email, person)
+-- An email's bucket and field in the index, and the digest both come from.
+local function email_slot(email)
   local digest = string.sub(redis.sha1hex(string.lower(email)), 1, 16)
-  local bucket = key_emails(string.sub(digest, 1, EMAIL_BUCKET_DIGITS))
+  return key_emails(string.sub(digest, 1, EMAIL_BUCKET_DIGITS)), string.sub(digest, EMAIL_BUCKET_DIGITS + 1), digest
+end
+
+local function index_email(email, person)
+  local bucket, field = email_slot(email)
   local today = math.floor(NOW / 86400)
-  redis.call('HSET', bucket, string.sub(digest, EMAIL_BUCKET_DIGITS + 1), person .. ' ' .. today)
+  redis.call('HSET', bucket, field, person .. ' ' .. today)
   if redis.call('HGET', bucket, '#') ~= tostring(today) then
     local oldest = today - math.ceil(CONFIG.person_ttl / 86400)
     local entries = redis.call('HGETALL', bucket)
@@ -305,8 +310,7 @@ end
 -- person's), so the index holds no email a person no longer has at Promoter (and a forget, which
 -- knows only current emails, leaves nothing behind).
 local function unindex_email(email, person)
-  local digest = string.sub(redis.sha1hex(string.lower(email)), 1, 16)
-  local bucket, field = key_emails(string.sub(digest, 1, EMAIL_BUCKET_DIGITS)), string.sub(digest, EMAIL_BUCKET_DIGITS + 1)
+  local bucket, field = email_slot(email)
   local entry = redis.call('HGET', bucket, field)
   if entry and string.match(entry, '^(.*) %d+$') == person then redis.call('HDEL', bucket, field) end
 end
